@@ -1,0 +1,51 @@
+"""The ``instaseg`` command: one sub-command per module in ``instaseg.cli``."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from instaseg.errors import InstasegError
+
+# sub-command name -> (module that defines add_arguments(parser) and run(args), one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("instaseg.cli.demo", "the main job end to end on the built-in synthetic dataset"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from instaseg import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="instaseg",
+        description="Instance segmentation: Mask R-CNN, Mask Scoring R-CNN, YOLACT and YOLACT++.",
+    )
+    parser.add_argument("--version", action="version", version=f"instaseg {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module_name, help_text) in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        command_parser = sub.add_parser(name, help=help_text, description=help_text)
+        module.add_arguments(command_parser)
+        command_parser.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(args._run(args) or 0)
+    except InstasegError as error:
+        print(f"instaseg {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,17 @@
+"""Errors meant for the person running instaseg: the CLI prints them without a traceback."""
+
+
+class InstasegError(Exception):
+    """A problem with the user's input (a file, a setting, a dataset) with a message saying what to do."""
+
+
+class ConfigError(InstasegError, ValueError):
+    """An unknown preset, an unknown or ill-typed config key."""
+
+
+class DatasetError(InstasegError, ValueError):
+    """A malformed dataset: the message names the file, image id or annotation id."""
+
+
+class CheckpointError(InstasegError, ValueError):
+    """A checkpoint that cannot be loaded safely or does not fit the model."""

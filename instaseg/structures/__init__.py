@@ -1,0 +1,26 @@
+"""Boxes, masks, typed results and image batches."""
+
+from instaseg.structures.boxes import (
+    BoxCoder,
+    box_area,
+    box_ioa,
+    box_iou,
+    clip_boxes_to_image,
+    nonempty,
+    remove_small_boxes,
+)
+from instaseg.structures.image_list import ImageList, batch_images
+from instaseg.structures.instances import Instances
+
+__all__ = [
+    "BoxCoder",
+    "ImageList",
+    "Instances",
+    "batch_images",
+    "box_area",
+    "box_ioa",
+    "box_iou",
+    "clip_boxes_to_image",
+    "nonempty",
+    "remove_small_boxes",
+]

@@ -1,0 +1,86 @@
+"""The typed result every detector returns: one ``Instances`` per image."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+
+import torch
+from torch import Tensor
+
+__all__ = ["Instances"]
+
+
+@dataclass
+class Instances:
+    """Detections of one image, in the coordinates of that image (original size, before resizing).
+
+    Every field has the same first dimension ``N`` (the number of detections).
+    """
+
+    boxes: Tensor  # (N, 4) float xyxy, absolute pixels, continuous coordinates
+    scores: Tensor  # (N,) float, class confidence (box results use this score)
+    labels: Tensor  # (N,) int64 in [0, num_classes)
+    masks: Tensor  # (N, H, W) bool, H x W the image size
+    mask_scores: Tensor | None = None  # (N,) float; MS R-CNN / YOLACT++ mask score, else None
+
+    def __post_init__(self) -> None:
+        n = self.boxes.shape[0]
+        if self.boxes.dim() != 2 or self.boxes.shape[1] != 4:
+            raise ValueError(f"boxes must be (N, 4), got {tuple(self.boxes.shape)}")
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is not None and value.shape[0] != n:
+                raise ValueError(f"{f.name} has {value.shape[0]} rows but boxes has {n}")
+        if self.masks.dim() != 3:
+            raise ValueError(f"masks must be (N, H, W), got {tuple(self.masks.shape)}")
+
+    def __len__(self) -> int:
+        return self.boxes.shape[0]
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """``(H, W)`` of the image the masks cover."""
+        return int(self.masks.shape[1]), int(self.masks.shape[2])
+
+    def __getitem__(self, index: Tensor | slice | int) -> "Instances":
+        """Select detections by a bool mask, an index tensor, a slice or an int."""
+        if isinstance(index, int):
+            index = slice(index, index + 1) if index != -1 else slice(-1, None)
+        return Instances(
+            **{f.name: None if getattr(self, f.name) is None else getattr(self, f.name)[index]
+               for f in fields(self)}
+        )
+
+    def to(self, device: torch.device | str) -> "Instances":
+        return replace(
+            self,
+            **{f.name: getattr(self, f.name).to(device)
+               for f in fields(self) if getattr(self, f.name) is not None},
+        )
+
+    @classmethod
+    def empty(cls, image_size: tuple[int, int], device: torch.device | str = "cpu") -> "Instances":
+        """No detections on an image of ``image_size = (H, W)``."""
+        h, w = image_size
+        return cls(
+            boxes=torch.zeros(0, 4, device=device),
+            scores=torch.zeros(0, device=device),
+            labels=torch.zeros(0, dtype=torch.int64, device=device),
+            masks=torch.zeros(0, h, w, dtype=torch.bool, device=device),
+        )
+
+    @staticmethod
+    def cat(items: list["Instances"]) -> "Instances":
+        """Concatenate detections of the same image."""
+        if not items:
+            raise ValueError("Instances.cat needs at least one item")
+        has_mask_scores = [it.mask_scores is not None for it in items]
+        if any(has_mask_scores) and not all(has_mask_scores):
+            raise ValueError("cannot concatenate Instances with and without mask_scores")
+        return Instances(
+            boxes=torch.cat([it.boxes for it in items]),
+            scores=torch.cat([it.scores for it in items]),
+            labels=torch.cat([it.labels for it in items]),
+            masks=torch.cat([it.masks for it in items]),
+            mask_scores=torch.cat([it.mask_scores for it in items]) if all(has_mask_scores) else None,
+        )
