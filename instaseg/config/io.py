@@ -1,0 +1,155 @@
+"""Config <-> plain dict / YAML, and ``--set a.b=c`` overrides, all checked against the schema.
+
+Every value is checked against the dataclass field's annotated type, so a typo or a wrong type
+fails with a message that names the key and lists the valid ones, instead of being ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from instaseg.config.schema import Config
+from instaseg.errors import ConfigError
+
+__all__ = ["config_to_dict", "config_from_dict", "apply_overrides", "load_yaml", "save_yaml"]
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """A frozen config dataclass as nested plain dicts/lists (JSON and YAML safe)."""
+
+    def convert(value: Any) -> Any:
+        if dataclasses.is_dataclass(value):
+            return {f.name: convert(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        if isinstance(value, (tuple, list)):
+            return [convert(v) for v in value]
+        return value
+
+    return convert(config)
+
+
+def _union_members(hint: Any) -> tuple[Any, ...] | None:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return typing.get_args(hint)
+    return None
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    """Check ``value`` against the type ``hint`` and convert lists to tuples / dicts to dataclasses."""
+    members = _union_members(hint)
+    if members is not None:
+        if value is None and type(None) in members:
+            return None
+        errors = []
+        for member in members:
+            if member is type(None):
+                continue
+            try:
+                return _coerce(value, member, key)
+            except ConfigError as error:
+                errors.append(str(error))
+        raise ConfigError(errors[0] if errors else f"{key}: cannot be None")
+    if dataclasses.is_dataclass(hint):
+        if isinstance(value, hint):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping for {hint.__name__}, got {value!r}")
+        return _dataclass_from_dict(hint, value, key)
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        args = typing.get_args(hint)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
+        if len(args) != len(value):
+            raise ConfigError(f"{key}: expected {len(args)} values, got {len(value)}: {value!r}")
+        return tuple(_coerce(v, a, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported type {hint!r}")  # pragma: no cover - schema bug
+
+
+def _dataclass_from_dict(cls: type, data: dict[str, Any], prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise ConfigError(f"unknown config key {where}{unknown[0]}; valid keys here: {', '.join(names)}")
+    kwargs = {k: _coerce(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    """Build a :class:`Config` from nested dicts; missing keys take their defaults."""
+    return _dataclass_from_dict(Config, data, "")
+
+
+def _set_path(node: Any, path: list[str], value: Any, full_key: str) -> Any:
+    cls = type(node)
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(node)]
+    head = path[0]
+    if head not in names:
+        raise ConfigError(f"unknown config key {full_key!r}: {head!r} is not one of {', '.join(names)}")
+    hint = hints[head]
+    if len(path) == 1:
+        return dataclasses.replace(node, **{head: _coerce(value, hint, full_key)})
+    child = getattr(node, head)
+    if child is None:  # setting a field of an optional part switches that part on
+        members = _union_members(hint) or (hint,)
+        part = next((m for m in members if dataclasses.is_dataclass(m)), None)
+        if part is None:
+            raise ConfigError(f"{full_key}: {head} has no sub-keys")
+        child = part()
+    if not dataclasses.is_dataclass(child):
+        raise ConfigError(f"{full_key}: {head} has no sub-keys")
+    return dataclasses.replace(node, **{head: _set_path(child, path[1:], value, full_key)})
+
+
+def apply_overrides(config: Config, overrides: list[str]) -> Config:
+    """Apply ``["model.rpn.nms_thresh=0.6", "train.steps=[100,200]"]``; values are parsed as YAML."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{key}: cannot parse value {raw!r}: {error}") from None
+        if isinstance(value, str) and value.lower() in {"none", "null"}:
+            value = None
+        config = _set_path(config, key.split("."), value, key)
+    return config
+
+
+def save_yaml(config: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
+
+
+def load_yaml(path: str | Path) -> Config:
+    data = yaml.safe_load(Path(path).read_text())
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of config keys")
+    return config_from_dict(data)

@@ -1,0 +1,184 @@
+"""The configuration schema: frozen dataclasses, one per part of a detector or of training.
+
+Components never read these: ``instaseg.detectors.build`` turns a config into modules that take
+plain typed arguments. A config is changed with ``dataclasses.replace`` (presets) or with
+``--set a.b=c`` overrides (``instaseg.config.overrides``), which are checked against these types.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+__all__ = [
+    "BackboneConfig",
+    "FPNConfig",
+    "InputConfig",
+    "RPNConfig",
+    "BoxHeadConfig",
+    "MaskHeadConfig",
+    "MaskIoUConfig",
+    "InferenceConfig",
+    "MaskRCNNConfig",
+    "TrainConfig",
+    "Config",
+]
+
+IMAGENET_MEAN_RGB = (123.675, 116.28, 103.53)  # ImageNet statistics in 0-255 units, RGB
+IMAGENET_STD_RGB = (58.395, 57.12, 57.375)
+
+
+@dataclass(frozen=True)
+class InputConfig:
+    """How images enter the model. Images are RGB floats in [0, 255] (uint8 is converted).
+
+    ``pixel_mean``/``pixel_std`` are in 0-255 units and in ``channel_order`` (weights trained on
+    BGR Caffe2 inputs fail silently on RGB, so the order is part of the config, not the code).
+    """
+
+    min_size_train: tuple[int, ...] = (800,)  # shortest side; several values = multi-scale training
+    max_size_train: int = 1333
+    min_size_test: int = 800
+    max_size_test: int = 1333
+    pixel_mean: tuple[float, float, float] = IMAGENET_MEAN_RGB
+    pixel_std: tuple[float, float, float] = IMAGENET_STD_RGB
+    channel_order: str = "RGB"  # "RGB" or "BGR": the order the backbone weights expect
+    size_divisibility: int = 32  # pad so every FPN level lines up
+    square: int = 0  # > 0: resize to square x square ignoring aspect (YOLACT); 0: shortest side
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    name: str = "resnet50"  # resnet18/34/50/101/152, resnext50_32x4d, resnext101_32x8d
+    norm: str = "FrozenBN"  # FrozenBN, BN, SyncBN, GN
+    freeze_at: int = 2  # 0 nothing, 1 stem, 2 stem + res2, ... (Detectron2's FREEZE_AT)
+    stride_in_1x1: bool = False  # True for MSRA/Caffe2 weights, False for torchvision weights
+    out_features: tuple[str, ...] = ("res2", "res3", "res4", "res5")
+    deform_stages: tuple[bool, bool, bool, bool] = (False, False, False, False)  # res2..res5
+    deform_interval: int = 1  # DCN in every k-th block of a deformable stage
+    weights: str = ""  # optional ImageNet weights file (torchvision or MSRA layout)
+
+
+@dataclass(frozen=True)
+class FPNConfig:
+    out_channels: int = 256
+    extra: str = "maxpool"  # "maxpool": P6 by subsampling P5 (R-CNN); "convs": strided convs (YOLACT)
+    num_extra: int = 1
+
+
+@dataclass(frozen=True)
+class RPNConfig:
+    anchor_sizes: tuple[tuple[float, ...], ...] = ((32,), (64,), (128,), (256,), (512,))
+    aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
+    anchor_convention: str = "detectron2"  # "torchvision" rounds cell anchors and orders ratio-major
+    pre_nms_topk_train: int = 2000  # per FPN level
+    pre_nms_topk_test: int = 1000
+    post_nms_topk_train: int = 1000  # per image
+    post_nms_topk_test: int = 1000
+    nms_thresh: float = 0.7
+    min_box_size: float = 0.0
+    iou_thresholds: tuple[float, float] = (0.3, 0.7)  # negative below the first, positive from the second
+    batch_size_per_image: int = 256
+    positive_fraction: float = 0.5
+    box_weights: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0)
+    smooth_l1_beta: float = 0.0  # 0 = L1 (Detectron2); torchvision uses 1/9
+    loss_weight: float = 1.0
+
+
+@dataclass(frozen=True)
+class BoxHeadConfig:
+    head: str = "fc"  # "fc": 2 x FC on FPN RoIs; "res5": the C4 head (res5 on 14x14 RoIs)
+    pooler_resolution: int = 7
+    sampling_ratio: int = 0  # <= 0: adaptive
+    aligned: bool = True  # False is the legacy RoIAlign torchvision-trained weights expect
+    pooler_type: str = "align"  # "align" or "pool" (RoIPool, for the paper's ablation)
+    fc_dim: int = 1024
+    num_fc: int = 2
+    batch_size_per_image: int = 512
+    positive_fraction: float = 0.25
+    iou_threshold: float = 0.5  # foreground at IoU >= 0.5 with a ground-truth box
+    box_weights: tuple[float, float, float, float] = (10.0, 10.0, 5.0, 5.0)
+    smooth_l1_beta: float = 0.0
+    append_gt_boxes: bool = True  # training adds the ground-truth boxes to the proposals
+
+
+@dataclass(frozen=True)
+class MaskHeadConfig:
+    head: str = "fcn"  # "fcn": 4 x conv3x3 + deconv; "mlp": the paper's MLP ablation
+    pooler_resolution: int = 14
+    num_convs: int = 4
+    conv_dim: int = 256
+    loss: str = "sigmoid"  # "sigmoid": per-class BCE (the paper); "softmax": multinomial ablation
+    class_agnostic: bool = False
+    loss_weight: float = 1.0
+    paste: str = "centres"  # "centres": bilinear at pixel centres; "torchvision": its legacy paste
+
+
+@dataclass(frozen=True)
+class MaskIoUConfig:
+    """Mask Scoring R-CNN's MaskIoU head (Huang et al. 2019)."""
+
+    conv_dim: int = 256
+    fc_dim: int = 1024
+    loss_weight: float = 1.0
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    score_thresh: float = 0.05
+    nms: str = "nms"  # "nms" or "soft_nms"
+    nms_thresh: float = 0.5
+    soft_nms_method: str = "linear"  # "linear" or "gaussian"
+    soft_nms_sigma: float = 0.5
+    detections_per_image: int = 100
+    min_box_size: float = 0.0
+    mask_threshold: float = 0.5
+
+
+@dataclass(frozen=True)
+class MaskRCNNConfig:
+    num_classes: int = 80  # foreground classes only: the one place this number is set
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    fpn: FPNConfig | None = field(default_factory=FPNConfig)  # None: C4 model
+    rpn: RPNConfig = field(default_factory=RPNConfig)
+    box_head: BoxHeadConfig = field(default_factory=BoxHeadConfig)
+    mask_head: MaskHeadConfig = field(default_factory=MaskHeadConfig)
+    maskiou: MaskIoUConfig | None = None  # set: Mask Scoring R-CNN
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    optimizer: str = "sgd"  # "sgd" or "adamw"
+    lr: float = 0.02
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    schedule: str = "step"  # "step" or "cosine"
+    max_iter: int = 90000
+    steps: tuple[int, ...] = (60000, 80000)  # LR x gamma at each (iterations)
+    max_epochs: int = 0  # > 0: max_iter and steps are derived from epochs and the dataset size
+    step_epochs: tuple[int, ...] = ()
+    gamma: float = 0.1
+    warmup_iters: int = 1000
+    warmup_factor: float = 0.001
+    ims_per_batch: int = 16
+    accumulate: int = 1  # gradient accumulation steps per optimizer step
+    clip_grad_norm: float = 0.0  # 0 disables clipping
+    amp: str = "none"  # "none", "bf16", "fp16" (GPU)
+    flip_prob: float = 0.5
+    augmentation: str = "rcnn"  # "rcnn": resize + flip; "yolact": SSD-style photometric/expand/crop
+    num_workers: int = 2
+    checkpoint_period: int = 5000
+    keep_last: int = 3
+    eval_period: int = 0  # 0: evaluate only at the end
+    max_bad_steps: int = 5  # stop (with a checkpoint) after this many non-finite losses in a row
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything needed to build, train and run one model."""
+
+    name: str = "mask_rcnn_r50_fpn"
+    model: MaskRCNNConfig = field(default_factory=MaskRCNNConfig)
+    input: InputConfig = field(default_factory=InputConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)

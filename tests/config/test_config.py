@@ -1,0 +1,79 @@
+import dataclasses
+
+import pytest
+
+from instaseg.config import (
+    Config,
+    MaskIoUConfig,
+    apply_overrides,
+    config_from_dict,
+    config_to_dict,
+    get_preset,
+    list_presets,
+    load_yaml,
+    save_yaml,
+)
+from instaseg.errors import ConfigError
+
+
+@pytest.mark.parametrize("name", list_presets())
+def test_every_preset_round_trips_through_yaml(name, tmp_path):
+    config = get_preset(name)
+    assert config.name == name
+    path = tmp_path / "config.yaml"
+    save_yaml(config, path)
+    assert load_yaml(path) == config
+    assert config_from_dict(config_to_dict(config)) == config
+
+
+def test_unknown_preset_lists_the_known_ones():
+    with pytest.raises(ConfigError, match="mask_rcnn_r50_fpn"):
+        get_preset("mask_rcnn_r51_fpn")
+
+
+def test_overrides_are_typed_and_nested():
+    config = apply_overrides(
+        Config(),
+        ["model.rpn.nms_thresh=0.6", "train.steps=[10, 20]", "model.num_classes=3",
+         "model.backbone.name=resnet18", "input.pixel_std=[1, 1, 1]"],
+    )
+    assert config.model.rpn.nms_thresh == 0.6
+    assert config.train.steps == (10, 20)
+    assert config.model.num_classes == 3
+    assert config.model.backbone.name == "resnet18"
+    assert config.input.pixel_std == (1.0, 1.0, 1.0)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.model.num_classes = 4  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("model.rpn.nms_tresh=0.6", "nms_tresh"),
+        ("model.num_classes=three", "expected an integer"),
+        ("model.num_classes=2.5", "expected an integer"),
+        ("train.steps=5", "expected a list"),
+        ("input.pixel_std=[1, 1]", "expected 3 values"),
+        ("model.box_head.aligned=maybe", "expected true or false"),
+        ("model.num_classes", "key=value"),
+        ("model.num_classes.x=1", "no sub-keys"),
+    ],
+)
+def test_bad_overrides_name_the_key(override, message):
+    with pytest.raises(ConfigError, match=message):
+        apply_overrides(Config(), [override])
+
+
+def test_setting_a_field_of_an_optional_part_switches_it_on():
+    config = apply_overrides(Config(), ["model.maskiou.loss_weight=2.0"])
+    assert config.model.maskiou == MaskIoUConfig(loss_weight=2.0)
+    assert apply_overrides(config, ["model.maskiou=null"]).model.maskiou is None
+    c4 = apply_overrides(Config(), ["model.fpn=none"])
+    assert c4.model.fpn is None
+
+
+def test_unknown_key_in_yaml_is_an_error(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("model:\n  num_clases: 3\n")
+    with pytest.raises(ConfigError, match="num_clases"):
+        load_yaml(path)
