@@ -10,3 +10,23 @@ Conventions used everywhere in the package:
 """
 
 __version__ = "0.1.0"
+
+# The public API, imported on first use so that ``import instaseg`` stays light and a broken
+# optional part cannot break the package import.
+_API = {
+    "Instances": "instaseg.structures.instances",
+    "Targets": "instaseg.structures.instances",
+    "Predictor": "instaseg.engine.predictor",
+    "build_model": "instaseg.detectors.build",
+    "list_presets": "instaseg.config.presets",
+}
+
+__all__ = ["__version__", *_API]
+
+
+def __getattr__(name: str):
+    if name in _API:
+        import importlib
+
+        return getattr(importlib.import_module(_API[name]), name)
+    raise AttributeError(f"module 'instaseg' has no attribute {name!r}")

@@ -13,6 +13,7 @@ from instaseg.config.schema import (
     InferenceConfig,
     InputConfig,
     MaskHeadConfig,
+    MaskIoUConfig,
     MaskRCNNConfig,
     RPNConfig,
     TrainConfig,
@@ -129,6 +130,39 @@ def mask_rcnn_r18_fpn_tiny() -> Config:
     return Config(name="mask_rcnn_r18_fpn_tiny", model=model, input=inputs, train=train)
 
 
+# --- Mask Scoring R-CNN (Huang et al. 2019): Mask R-CNN with a MaskIoU head ------------------------
+
+
+def _with_maskiou(base: Config, name: str) -> Config:
+    return replace(base, name=name, model=replace(base.model, maskiou=MaskIoUConfig()))
+
+
+def ms_rcnn_r50_fpn() -> Config:
+    return _with_maskiou(mask_rcnn_r50_fpn(), "ms_rcnn_r50_fpn")
+
+
+def ms_rcnn_r101_fpn() -> Config:
+    return _with_maskiou(mask_rcnn_r101_fpn(), "ms_rcnn_r101_fpn")
+
+
+def ms_rcnn_x101_32x8d_fpn() -> Config:
+    return _with_maskiou(mask_rcnn_x101_32x8d_fpn(), "ms_rcnn_x101_32x8d_fpn")
+
+
+def ms_rcnn_r50_fpn_ablation() -> Config:
+    """The paper's ablation setting: 600 px shortest side (max 1000), 18 epochs, LR / 10 at 14 and 17."""
+    base = ms_rcnn_r50_fpn()
+    inputs = replace(base.input, min_size_train=(600,), max_size_train=1000, min_size_test=600, max_size_test=1000)
+    train = replace(base.train, max_epochs=18, step_epochs=(14, 17), gamma=0.1, momentum=0.9, optimizer="sgd")
+    return replace(base, name="ms_rcnn_r50_fpn_ablation", input=inputs, train=train)
+
+
+def ms_rcnn_r18_fpn_tiny() -> Config:
+    base = mask_rcnn_r18_fpn_tiny()
+    small_iou = MaskIoUConfig(conv_dim=64, fc_dim=256)
+    return replace(base, name="ms_rcnn_r18_fpn_tiny", model=replace(base.model, maskiou=small_iou))
+
+
 PRESETS: dict[str, Callable[[], Config]] = {
     "mask_rcnn_r50_fpn": mask_rcnn_r50_fpn,
     "mask_rcnn_r101_fpn": mask_rcnn_r101_fpn,
@@ -137,6 +171,11 @@ PRESETS: dict[str, Callable[[], Config]] = {
     "mask_rcnn_r101_c4": mask_rcnn_r101_c4,
     "mask_rcnn_r50_fpn_torchvision": mask_rcnn_r50_fpn_torchvision,
     "mask_rcnn_r18_fpn_tiny": mask_rcnn_r18_fpn_tiny,
+    "ms_rcnn_r50_fpn": ms_rcnn_r50_fpn,
+    "ms_rcnn_r101_fpn": ms_rcnn_r101_fpn,
+    "ms_rcnn_x101_32x8d_fpn": ms_rcnn_x101_32x8d_fpn,
+    "ms_rcnn_r50_fpn_ablation": ms_rcnn_r50_fpn_ablation,
+    "ms_rcnn_r18_fpn_tiny": ms_rcnn_r18_fpn_tiny,
 }
 
 

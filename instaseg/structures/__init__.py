@@ -9,13 +9,14 @@ from instaseg.structures.boxes import (
     nonempty,
     remove_small_boxes,
 )
-from instaseg.structures.image_list import ImageList, batch_images
-from instaseg.structures.instances import Instances
+from instaseg.structures.image_list import ImageList, batch_images, resize_image, resized_shape
+from instaseg.structures.instances import Instances, Targets
 
 __all__ = [
     "BoxCoder",
     "ImageList",
     "Instances",
+    "Targets",
     "batch_images",
     "box_area",
     "box_ioa",
@@ -23,4 +24,6 @@ __all__ = [
     "clip_boxes_to_image",
     "nonempty",
     "remove_small_boxes",
+    "resize_image",
+    "resized_shape",
 ]

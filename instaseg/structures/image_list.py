@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["ImageList", "batch_images"]
+__all__ = ["ImageList", "batch_images", "resized_shape", "resize_image"]
 
 
 @dataclass
@@ -55,3 +55,23 @@ def batch_images(images: list[Tensor], size_divisibility: int = 32, pad_value: f
         for i, img in enumerate(images):
             tensor[i, :, : img.shape[1], : img.shape[2]].copy_(img)
     return ImageList(tensor, sizes)
+
+
+def resized_shape(height: int, width: int, min_size: int, max_size: int) -> tuple[int, int]:
+    """Shape after scaling the shortest side to ``min_size`` unless the longest would exceed ``max_size``.
+
+    ``scale = min(min_size / short, max_size / long)`` and each side is ``floor(side * scale)``
+    (torchvision's rule, computed in float32 as it does, so imported weights see the same input).
+    """
+    short, long = float(min(height, width)), float(max(height, width))
+    scale = torch.minimum(
+        torch.tensor(min_size / short, dtype=torch.float32), torch.tensor(max_size / long, dtype=torch.float32)
+    ).item()
+    return max(int(math.floor(height * scale)), 1), max(int(math.floor(width * scale)), 1)
+
+
+def resize_image(image: Tensor, size: tuple[int, int]) -> Tensor:
+    """Bilinear resize of ``image (C, H, W)`` float to ``size = (h, w)`` (half-pixel centres)."""
+    if tuple(image.shape[-2:]) == tuple(size):
+        return image
+    return F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]

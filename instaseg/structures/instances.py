@@ -7,7 +7,7 @@ from dataclasses import dataclass, fields, replace
 import torch
 from torch import Tensor
 
-__all__ = ["Instances"]
+__all__ = ["Instances", "Targets"]
 
 
 @dataclass
@@ -84,3 +84,28 @@ class Instances:
             masks=torch.cat([it.masks for it in items]),
             mask_scores=torch.cat([it.mask_scores for it in items]) if all(has_mask_scores) else None,
         )
+
+
+@dataclass
+class Targets:
+    """Ground truth of one image, in the frame of the image the model receives.
+
+    Crowd regions are not here: they are dropped from training targets (kept for evaluation).
+    """
+
+    boxes: Tensor  # (G, 4) float xyxy, absolute pixels
+    labels: Tensor  # (G,) int64 in [0, num_classes)
+    masks: Tensor  # (G, H, W) bool
+
+    def __post_init__(self) -> None:
+        g = self.boxes.shape[0]
+        if self.labels.shape[0] != g or self.masks.shape[0] != g:
+            raise ValueError(
+                f"Targets need equal lengths, got boxes {g}, labels {self.labels.shape[0]}, masks {self.masks.shape[0]}"
+            )
+
+    def __len__(self) -> int:
+        return self.boxes.shape[0]
+
+    def to(self, device: torch.device | str) -> "Targets":
+        return Targets(self.boxes.to(device), self.labels.to(device), self.masks.to(device))

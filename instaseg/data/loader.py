@@ -1,0 +1,187 @@
+"""Batches for training (an infinite, resumable stream) and for evaluation (each image once, in order).
+
+How the training stream stays a pure function of ``(seed, iteration)``, so that resuming at
+iteration ``k`` gives exactly the batches ``k, k+1, ...`` of an uninterrupted run:
+
+1. Order. Epoch ``e`` visits the dataset in ``randperm(N)`` drawn from a generator seeded with
+   ``seed + e``. With ``W`` ranks the permutation is padded (by repeating its start) to a multiple of
+   ``W`` and rank ``r`` takes every ``W``-th item from ``r`` (as ``DistributedSampler`` does), so each
+   rank's epoch has ``S = ceil(N / W)`` items. A rank's stream is its epochs one after another;
+   batch ``k`` holds stream positions ``k * B .. k * B + B - 1`` (batches may straddle two epochs),
+   position ``q`` being item ``q mod S`` of epoch ``q // S``. Starting at ``start_iter`` starts the
+   sampler at position ``start_iter * B``: nothing before it is drawn.
+2. Augmentation. The sample at (epoch ``e``, dataset index ``i``) is transformed with a fresh
+   ``torch.Generator`` seeded from ``(seed, e, i)`` (:func:`sample_seed`), so its randomness does not
+   depend on which worker makes it or on what that worker made before. Transforms must draw from
+   the generator they are given (all of ``instaseg.data.transforms`` do).
+3. Workers. ``torch.utils.data.DataLoader`` returns batches in sampler order whatever the number of
+   workers; each worker's global RNGs (torch, numpy, random) are also seeded from
+   ``(seed, start epoch, rank, worker id)`` for code outside the transforms that uses them.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import random
+import warnings
+from dataclasses import dataclass
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from instaseg.data.coco import Sample
+from instaseg.data.transforms import Transform
+from instaseg.errors import DatasetError
+from instaseg.structures.instances import Targets
+
+__all__ = [
+    "Batch",
+    "collate",
+    "sample_seed",
+    "epoch_order",
+    "build_train_loader",
+    "build_test_loader",
+]
+
+
+@dataclass
+class Batch:
+    """Images of different sizes with their ground truth; item ``i`` of each list belongs together."""
+
+    images: list[Tensor]  # each (3, H_i, W_i) float32 RGB in [0, 255]
+    targets: list[Targets]  # in the frame of images[i]
+    image_ids: list[int]  # COCO image ids
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+def collate(samples: Sequence[Sample]) -> Batch:
+    """Samples -> :class:`Batch` (images converted to float32; no padding: the model pads)."""
+    return Batch(images=[s.image.to(torch.float32) for s in samples], targets=[s.targets for s in samples],
+                 image_ids=[int(s.image_id) for s in samples])
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """The augmentation seed of dataset item ``index`` in ``epoch``: well mixed, 63 bits."""
+    state = np.random.SeedSequence([seed, epoch, index]).generate_state(2, dtype=np.uint32)
+    return (int(state[0]) << 31) ^ int(state[1])
+
+
+def epoch_order(num_items: int, seed: int, epoch: int, rank: int = 0, world_size: int = 1) -> list[int]:
+    """Dataset indices rank ``rank`` visits in ``epoch``: ``ceil(num_items / world_size)`` of them.
+
+    ``randperm(num_items)`` seeded with ``seed + epoch``, padded by its own start to a multiple of
+    ``world_size``, then every ``world_size``-th item from ``rank``: the ranks' shards are disjoint
+    except for the at most ``world_size - 1`` padding items.
+    """
+    order = torch.randperm(num_items, generator=torch.Generator().manual_seed(seed + epoch)).tolist()
+    total = math.ceil(num_items / world_size) * world_size
+    order = (order * math.ceil(total / max(num_items, 1)))[:total]
+    return order[rank::world_size]
+
+
+class _StreamSampler(Sampler):
+    """Yields ``(epoch, dataset index)`` forever, from stream position ``start`` (module docstring)."""
+
+    def __init__(self, num_items: int, seed: int, rank: int, world_size: int, start: int) -> None:
+        self.num_items, self.seed, self.rank, self.world_size = num_items, seed, rank, world_size
+        self.start = start
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        shard = math.ceil(self.num_items / self.world_size)
+        epoch, offset = divmod(self.start, shard)
+        while True:
+            order = epoch_order(self.num_items, self.seed, epoch, self.rank, self.world_size)
+            for index in order[offset:]:
+                yield epoch, index
+            epoch, offset = epoch + 1, 0
+
+
+class _Augmented(Dataset):
+    """``dataset[index]`` transformed with a generator seeded by ``(seed, epoch, index)``."""
+
+    def __init__(self, dataset: Dataset, transforms: Transform, seed: int) -> None:
+        self.dataset, self.transforms, self.seed = dataset, transforms, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> Sample:
+        epoch, index = key
+        sample = self.dataset[index]
+        generator = torch.Generator().manual_seed(sample_seed(self.seed, epoch, index))
+        image, targets = self.transforms(sample.image.to(torch.float32), sample.targets, generator)
+        # Crowd boxes are not carried through the transforms: training ignores them.
+        return Sample(image, targets, sample.image_id, torch.zeros((0, 4)))
+
+
+def _seed_worker(worker_id: int, seed: int, epoch: int, rank: int) -> None:
+    state = np.random.SeedSequence([seed, epoch, rank, worker_id]).generate_state(2, dtype=np.uint32)
+    torch.manual_seed((int(state[0]) << 32) | int(state[1]))
+    np.random.seed(int(state[0]))
+    random.seed(int(state[1]))
+
+
+def _rank_and_world_size(distributed: bool, rank: int | None, world_size: int | None) -> tuple[int, int]:
+    """Explicit ``rank``/``world_size`` win; else torch.distributed's when initialised; else (0, 1)."""
+    if rank is not None or world_size is not None:
+        if rank is None or world_size is None or not 0 <= rank < world_size:
+            raise ValueError(f"give both rank and world_size with 0 <= rank < world_size, got {rank}, {world_size}")
+        return rank, world_size
+    if not distributed:
+        return 0, 1
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    warnings.warn("distributed=True but torch.distributed is not initialised: loading all data on this process",
+                  stacklevel=3)
+    return 0, 1
+
+
+def build_train_loader(dataset: Dataset, transforms: Transform, batch_size: int, num_workers: int, seed: int,
+                       distributed: bool = False, start_iter: int = 0, *, rank: int | None = None,
+                       world_size: int | None = None) -> Iterable[Batch]:
+    """An infinite, deterministic stream of training batches starting at iteration ``start_iter``.
+
+    Args:
+        dataset: items are :class:`Sample` (e.g. :class:`~instaseg.data.coco.CocoDataset`).
+        transforms: applied to ``(float image, targets, generator)`` per sample.
+        batch_size: images per batch on this process.
+        num_workers: DataLoader worker processes (0: load in this process).
+        seed: the data seed: order and augmentation are pure functions of ``(seed, iteration)``.
+        distributed: shard by the rank and world size of torch.distributed when it is initialised.
+        start_iter: the first batch to produce (resuming at ``k`` reproduces batches ``k, k+1, ...``).
+        rank, world_size: explicit sharding (tests, custom launchers); overrides ``distributed``.
+
+    Iterating it again restarts at ``start_iter``. Its length is undefined (the stream is endless).
+    """
+    if len(dataset) == 0:
+        raise DatasetError("the training dataset has no images; check keep_negatives and the json")
+    if batch_size < 1 or num_workers < 0 or start_iter < 0:
+        raise ValueError(f"need batch_size >= 1, num_workers >= 0, start_iter >= 0, "
+                         f"got {batch_size}, {num_workers}, {start_iter}")
+    rank, world_size = _rank_and_world_size(distributed, rank, world_size)
+    start = start_iter * batch_size
+    sampler = _StreamSampler(len(dataset), seed, rank, world_size, start)
+    start_epoch = start // math.ceil(len(dataset) / world_size)
+    init = functools.partial(_seed_worker, seed=seed, epoch=start_epoch, rank=rank) if num_workers else None
+    return DataLoader(_Augmented(dataset, transforms, seed), batch_size=batch_size, sampler=sampler,
+                      num_workers=num_workers, collate_fn=collate, worker_init_fn=init)
+
+
+def build_test_loader(dataset: Dataset, num_workers: int, batch_size: int = 1, distributed: bool = False, *,
+                      rank: int | None = None, world_size: int | None = None) -> Iterable[Batch]:
+    """Each image once, untransformed (original size), in dataset order.
+
+    Distributed: rank ``r`` of ``W`` gets items ``r, r + W, r + 2W, ...`` (no padding, so no image is
+    evaluated twice; gather the ranks' results before scoring).
+    """
+    rank, world_size = _rank_and_world_size(distributed, rank, world_size)
+    indices = list(range(rank, len(dataset), world_size))
+    return DataLoader(dataset, batch_size=batch_size, sampler=indices, num_workers=num_workers,
+                      collate_fn=collate, shuffle=False)

@@ -1,0 +1,133 @@
+"""Config -> model. The only place where configuration meets components."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from torch import nn
+
+from instaseg.backbones.resnet import ResNet, build_resnet
+from instaseg.config.io import apply_overrides
+from instaseg.config.presets import get_preset
+from instaseg.config.schema import Config, MaskRCNNConfig
+from instaseg.detectors.mask_rcnn import MaskRCNN
+from instaseg.heads.box_head import BoxPredictor, FCBoxHead, Res5Head
+from instaseg.heads.mask_head import MaskFCNHead, MaskMLPHead
+from instaseg.heads.maskiou_head import MaskIoUHead
+from instaseg.heads.rpn import RPNHead
+from instaseg.necks.fpn import FPN
+from instaseg.targets.anchors import AnchorGenerator
+
+__all__ = ["build_model", "build_from_config", "resolve_config"]
+
+
+def _backbone(model: MaskRCNNConfig, out_features: tuple[str, ...]) -> ResNet:
+    cfg = model.backbone
+    return build_resnet(
+        cfg.name,
+        norm=cfg.norm,
+        freeze_at=cfg.freeze_at,
+        stride_in_1x1=cfg.stride_in_1x1,
+        out_features=out_features,
+        deform_stages=cfg.deform_stages,
+        deform_interval=cfg.deform_interval,
+    )
+
+
+def _mask_outputs(model: MaskRCNNConfig) -> int:
+    if model.mask_head.class_agnostic:
+        return 1
+    return model.num_classes + 1 if model.mask_head.loss == "softmax" else model.num_classes
+
+
+def _mask_rcnn(config: Config) -> MaskRCNN:
+    model = config.model
+    if model.fpn is None:  # C4: RPN and RoI pooling on res4, res5 as the RoI head
+        backbone = _backbone(model, ("res4",))
+        neck = None
+        shapes = backbone.output_shape()
+        res5 = _backbone(replace(model, backbone=replace(model.backbone, freeze_at=0)), ("res5",)).layer4
+        res5_channels = backbone.output_shape()["res4"].channels * 2
+        box_head: nn.Module = Res5Head(res5, res5_channels)
+        box_features, mask_in = res5_channels, res5_channels
+    else:
+        backbone = _backbone(model, model.backbone.out_features)
+        in_shapes = backbone.output_shape()
+        neck = FPN(
+            [s.channels for s in in_shapes.values()],
+            [s.stride for s in in_shapes.values()],
+            model.fpn.out_channels,
+            extra=model.fpn.extra,
+            num_extra=model.fpn.num_extra,
+        )
+        shapes = neck.output_shape()
+        res = model.box_head.pooler_resolution
+        box_head = FCBoxHead(model.fpn.out_channels, res, model.box_head.fc_dim, model.box_head.num_fc)
+        box_features, mask_in = box_head.out_features, model.fpn.out_channels
+    rpn = model.rpn
+    levels = len(shapes)
+    sizes = rpn.anchor_sizes if len(rpn.anchor_sizes) == levels else (rpn.anchor_sizes[0],) * levels
+    anchors = AnchorGenerator(
+        tuple(tuple(s) for s in sizes),
+        (tuple(rpn.aspect_ratios),) * levels,
+        tuple(s.stride for s in shapes.values()),
+        convention=rpn.anchor_convention,
+    )
+    num_anchors = anchors.num_anchors_per_location()
+    if len(set(num_anchors)) != 1:
+        raise ValueError(f"the shared RPN head needs the same number of anchors per level, got {num_anchors}")
+    rpn_head = RPNHead(next(iter(shapes.values())).channels, num_anchors[0])
+    mh = model.mask_head
+    if mh.head == "mlp":
+        mask_head: nn.Module = MaskMLPHead(mask_in, mh.pooler_resolution, _mask_outputs(model))
+    elif mh.head == "fcn":
+        mask_head = MaskFCNHead(mask_in, mh.conv_dim, mh.num_convs, _mask_outputs(model))
+    else:
+        raise ValueError(f"unknown mask head {mh.head!r}: use 'fcn' or 'mlp'")
+    maskiou_head = None  # Mask Scoring R-CNN: Mask R-CNN given one more part
+    if model.maskiou is not None:
+        maskiou_head = MaskIoUHead(mask_in, model.num_classes, mh.pooler_resolution, model.maskiou.conv_dim,
+                                   model.maskiou.fc_dim)
+    return MaskRCNN(
+        backbone=backbone,
+        neck=neck,
+        anchor_generator=anchors,
+        rpn_head=rpn_head,
+        box_head=box_head,
+        box_predictor=BoxPredictor(box_features, model.num_classes),
+        mask_head=mask_head,
+        num_classes=model.num_classes,
+        input_config=config.input,
+        rpn_config=model.rpn,
+        box_config=model.box_head,
+        mask_config=model.mask_head,
+        inference_config=model.inference,
+        maskiou_head=maskiou_head,
+        maskiou_loss_weight=model.maskiou.loss_weight if model.maskiou else 1.0,
+    )
+
+
+def build_from_config(config: Config) -> nn.Module:
+    """The model a :class:`Config` describes (weights freshly initialised)."""
+    if isinstance(config.model, MaskRCNNConfig):
+        return _mask_rcnn(config)
+    raise TypeError(f"no builder for {type(config.model).__name__}")
+
+
+def resolve_config(preset: str | Config, num_classes: int | None = None, overrides: list[str] | None = None,
+                   **kwargs: Any) -> Config:
+    """A preset (or config) with ``num_classes`` and ``--set`` style overrides applied."""
+    config = get_preset(preset) if isinstance(preset, str) else preset
+    if num_classes is not None:
+        config = replace(config, model=replace(config.model, num_classes=num_classes))
+    items = list(overrides or []) + [f"{key.replace('__', '.')}={value}" for key, value in kwargs.items()]
+    return apply_overrides(config, items) if items else config
+
+
+def build_model(preset: str | Config, num_classes: int | None = None, **overrides: Any) -> nn.Module:
+    """``build_model("mask_rcnn_r50_fpn", num_classes=3, model__rpn__nms_thresh=0.6)``.
+
+    Keyword overrides use ``__`` for nesting (``model__rpn__nms_thresh`` is ``model.rpn.nms_thresh``).
+    """
+    return build_from_config(resolve_config(preset, num_classes, **overrides))

@@ -1,0 +1,283 @@
+"""Mask R-CNN (He et al. 2017), and Mask Scoring R-CNN when a MaskIoU head is given.
+
+The contract every instaseg detector follows:
+
+* ``forward(images, targets=None) -> MaskRCNNOutput`` (raw tensors). In training mode the
+  targets only choose which anchors and RoIs the heads see; nothing is computed from them here.
+* ``loss(raw, targets) -> (total, {name: scalar})`` with L = L_cls + L_box + L_mask (+ the RPN's).
+* ``postprocess(raw, image_sizes) -> list[Instances]`` in the original images' coordinates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from instaseg.config.schema import BoxHeadConfig, InferenceConfig, InputConfig, MaskHeadConfig, RPNConfig
+from instaseg.detectors.rcnn_inference import Detections, detect_boxes, select_proposals
+from instaseg.detectors.rcnn_masks import paste_detections
+from instaseg.losses.rcnn import fast_rcnn_losses, mask_loss, maskiou_loss, rpn_losses
+from instaseg.ops.poolers import multiscale_roi_align
+from instaseg.structures.boxes import BoxCoder
+from instaseg.structures.image_list import ImageList, batch_images, resize_image, resized_shape
+from instaseg.structures.instances import Instances, Targets
+from instaseg.targets.maskiou import in_box_fraction, maskiou_targets
+from instaseg.targets.matcher import Matcher
+from instaseg.targets.rcnn import SampledRoIs, mask_targets, rpn_targets, sample_rois
+
+__all__ = ["MaskRCNN", "MaskRCNNOutput"]
+
+
+@dataclass
+class MaskRCNNOutput:
+    """Raw outputs. Training fills ``sampled``/``class_logits``/``box_deltas``; inference ``detections``."""
+
+    image_sizes: list[tuple[int, int]]  # sizes of the images as the model saw them (after resizing)
+    anchors: list[Tensor]  # per level (A_l, 4)
+    objectness_logits: list[Tensor]  # per level (B, A_l)
+    anchor_deltas: list[Tensor]  # per level (B, A_l, 4)
+    proposals: list[Tensor]  # per image (R_i, 4)
+    mask_logits: Tensor  # (P, K, M, M): positives (training) or detections (inference), image-major
+    sampled: list[SampledRoIs] | None = None
+    class_logits: Tensor | None = None  # (R, C + 1) over the sampled RoIs of all images
+    box_deltas: Tensor | None = None  # (R, 4C)
+    detections: list[Detections] | None = None
+    maskiou: Tensor | None = None  # (P, C) predicted MaskIoU of each mask (Mask Scoring R-CNN)
+    roi_features: Tensor | None = None  # (P, C, R, R) mask-branch RoI features (MaskIoU head input)
+
+
+class MaskRCNN(nn.Module):
+    """Backbone (+ FPN) -> RPN -> RoI heads (box, mask, optional MaskIoU).
+
+    Layers come in built; hyper-parameters come as the frozen config parts they belong to.
+    ``box_head`` maps pooled RoI features to the predictor's input: :class:`FCBoxHead` (FPN) or
+    :class:`Res5Head` (C4, whose output the mask head then reuses).
+    """
+
+    def __init__(
+        self,
+        *,
+        backbone: nn.Module,
+        neck: nn.Module | None,
+        anchor_generator: nn.Module,
+        rpn_head: nn.Module,
+        box_head: nn.Module,
+        box_predictor: nn.Module,
+        mask_head: nn.Module,
+        num_classes: int,
+        input_config: InputConfig,
+        rpn_config: RPNConfig,
+        box_config: BoxHeadConfig,
+        mask_config: MaskHeadConfig,
+        inference_config: InferenceConfig,
+        maskiou_head: nn.Module | None = None,
+        maskiou_loss_weight: float = 1.0,
+    ) -> None:
+        super().__init__()
+        self.backbone, self.neck = backbone, neck
+        self.anchor_generator, self.rpn_head = anchor_generator, rpn_head
+        self.box_head, self.box_predictor, self.mask_head = box_head, box_predictor, mask_head
+        self.maskiou_head = maskiou_head  # set: Mask Scoring R-CNN (Huang et al. 2019)
+        self.maskiou_loss_weight = maskiou_loss_weight
+        self.num_classes = num_classes
+        self.input_config, self.rpn_config, self.box_config = input_config, rpn_config, box_config
+        self.mask_config, self.inference_config = mask_config, inference_config
+        self.c4 = neck is None
+        shapes = backbone.output_shape() if self.c4 else neck.output_shape()
+        names = list(shapes)
+        self.rpn_features = names
+        # FPN: RoIs pool from P2-P5 (P6 only feeds the RPN); C4: from res4.
+        self.roi_features = names if self.c4 else [n for n in names if shapes[n].stride <= 32]
+        self.roi_scales = [1.0 / shapes[n].stride for n in self.roi_features]
+        self.rpn_coder = BoxCoder(rpn_config.box_weights)
+        self.box_coder = BoxCoder(box_config.box_weights)
+        self.rpn_matcher = Matcher(list(rpn_config.iou_thresholds), [0, -1, 1], allow_low_quality_matches=True)
+        self.roi_matcher = Matcher([box_config.iou_threshold], [0, 1], allow_low_quality_matches=False)
+        self.register_buffer("pixel_mean", torch.tensor(input_config.pixel_mean).view(3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(input_config.pixel_std).view(3, 1, 1), persistent=False)
+
+    # ------------------------------------------------------------------------------ input
+    def preprocess(self, images: list[Tensor]) -> ImageList:
+        """RGB ``(3, H, W)`` images in [0, 255] -> normalized, resized (inference only), padded batch.
+
+        Training images arrive already resized by the data transforms (with their targets).
+        """
+        cfg = self.input_config
+        prepared = []
+        for image in images:
+            image = image.to(self.pixel_mean.device, torch.float32)
+            if not self.training:
+                h, w = image.shape[-2:]
+                image = resize_image(image, resized_shape(h, w, cfg.min_size_test, cfg.max_size_test))
+            if cfg.channel_order == "BGR":
+                image = image.flip(0)
+            prepared.append((image - self.pixel_mean) / self.pixel_std)
+        return batch_images(prepared, cfg.size_divisibility)
+
+    def features(self, batch: Tensor) -> dict[str, Tensor]:
+        """Backbone (and FPN) feature maps by name."""
+        features = self.backbone(batch)
+        if self.neck is not None:
+            features = self.neck(list(features.values()))
+        return features
+
+    # ------------------------------------------------------------------------------ forward
+    def forward(self, images: list[Tensor], targets: list[Targets] | None = None) -> MaskRCNNOutput:
+        if self.training and targets is None:
+            raise ValueError("training mode needs targets: model(images, targets)")
+        batch = self.preprocess(images)
+        features = self.features(batch.tensor)
+        rpn_in = [features[n] for n in self.rpn_features]
+        logits, deltas = self.rpn_head(rpn_in)
+        anchors = self.anchor_generator([tuple(f.shape[-2:]) for f in rpn_in], device=batch.tensor.device)
+        cfg = self.rpn_config
+        with torch.no_grad():
+            proposals = select_proposals(
+                anchors, [l.detach() for l in logits], [d.detach() for d in deltas], batch.image_sizes,
+                self.rpn_coder,
+                cfg.pre_nms_topk_train if self.training else cfg.pre_nms_topk_test,
+                cfg.post_nms_topk_train if self.training else cfg.post_nms_topk_test,
+                cfg.nms_thresh, cfg.min_box_size,
+            )
+        raw = MaskRCNNOutput(batch.image_sizes, anchors, logits, deltas, proposals, mask_logits=torch.empty(0))
+        roi_maps = [features[n] for n in self.roi_features]
+        if self.training:
+            self._forward_train(raw, roi_maps, targets)
+        else:
+            self._forward_inference(raw, roi_maps)
+        return raw
+
+    def _pool(self, maps: list[Tensor], boxes: list[Tensor], resolution: int) -> Tensor:
+        rois = torch.cat([torch.cat([b.new_full((b.shape[0], 1), i), b], dim=1) for i, b in enumerate(boxes)])
+        return multiscale_roi_align(
+            maps, rois, self.roi_scales, resolution, self.box_config.sampling_ratio, self.box_config.aligned,
+            method=self.box_config.pooler_type,
+        )
+
+    def _forward_train(self, raw: MaskRCNNOutput, maps: list[Tensor], targets: list[Targets]) -> None:
+        cfg = self.box_config
+        raw.sampled = [
+            sample_rois(p, t.boxes, t.labels, self.num_classes, self.roi_matcher, cfg.batch_size_per_image,
+                        cfg.positive_fraction, cfg.append_gt_boxes)
+            for p, t in zip(raw.proposals, targets)
+        ]
+        box_features = self.box_head(self._pool(maps, [s.boxes for s in raw.sampled], cfg.pooler_resolution))
+        raw.class_logits, raw.box_deltas = self.box_predictor(box_features)
+        positives = [s.boxes[: s.num_positive] for s in raw.sampled]
+        if self.c4:  # the C4 mask head reuses the res5 features of the positive RoIs
+            starts = torch.tensor([0] + [s.boxes.shape[0] for s in raw.sampled]).cumsum(0)
+            index = torch.cat([torch.arange(s.num_positive) + int(starts[i]) for i, s in enumerate(raw.sampled)])
+            mask_features = box_features[index.to(box_features.device)]
+        else:
+            mask_features = self._pool(maps, positives, self.mask_config.pooler_resolution)
+        raw.mask_logits = self.mask_head(mask_features)
+        raw.roi_features = mask_features
+        if self.maskiou_head is not None:
+            classes = torch.cat([s.labels[: s.num_positive] for s in raw.sampled])
+            raw.maskiou = self._predict_maskiou(raw, classes)
+
+    def _predict_maskiou(self, raw: MaskRCNNOutput, classes: Tensor) -> Tensor:
+        # The head sees the mask as a fixed input: its loss scores the mask, it does not change it.
+        probs = self.class_mask_probabilities(raw.mask_logits, classes).detach()
+        return self.maskiou_head(raw.roi_features, probs)
+
+    def _forward_inference(self, raw: MaskRCNNOutput, maps: list[Tensor]) -> None:
+        cfg, inf = self.box_config, self.inference_config
+        box_features = self.box_head(self._pool(maps, raw.proposals, cfg.pooler_resolution))
+        class_logits, box_deltas = self.box_predictor(box_features)
+        raw.detections = detect_boxes(
+            class_logits, box_deltas, raw.proposals, raw.image_sizes, self.box_coder, inf.score_thresh,
+            inf.nms_thresh, inf.detections_per_image, inf.nms, inf.soft_nms_method, inf.soft_nms_sigma,
+            inf.min_box_size,
+        )
+        boxes = [d.boxes for d in raw.detections]
+        if self.c4:
+            mask_features = self.box_head(self._pool(maps, boxes, cfg.pooler_resolution))
+        else:
+            mask_features = self._pool(maps, boxes, self.mask_config.pooler_resolution)
+        raw.mask_logits = self.mask_head(mask_features)
+        raw.roi_features = mask_features
+        if self.maskiou_head is not None:
+            raw.maskiou = self._predict_maskiou(raw, torch.cat([d.labels for d in raw.detections]))
+
+    # ------------------------------------------------------------------------------ loss
+    def loss(self, raw: MaskRCNNOutput, targets: list[Targets]) -> tuple[Tensor, dict[str, Tensor]]:
+        """Total loss and its named terms (RPN, box classification/regression, mask)."""
+        if raw.sampled is None:
+            raise ValueError("loss() needs the outputs of a training-mode forward")
+        anchors = torch.cat(raw.anchors)
+        labels, target_deltas = zip(*[
+            rpn_targets(anchors, t.boxes, self.rpn_matcher, self.rpn_config.batch_size_per_image,
+                        self.rpn_config.positive_fraction, self.rpn_coder)
+            for t in targets
+        ])
+        losses = rpn_losses(
+            torch.cat(raw.objectness_logits, dim=1), torch.cat(raw.anchor_deltas, dim=1),
+            torch.stack(labels), torch.stack(target_deltas), self.rpn_config.smooth_l1_beta,
+        )
+        losses = {k: v * self.rpn_config.loss_weight for k, v in losses.items()}
+        roi_targets = torch.cat([
+            self.box_coder.encode(s.boxes, t.boxes[s.gt_index].to(s.boxes.dtype)) if len(t) else torch.zeros_like(s.boxes)
+            for s, t in zip(raw.sampled, targets)
+        ])
+        losses.update(fast_rcnn_losses(raw.class_logits, raw.box_deltas, torch.cat([s.labels for s in raw.sampled]),
+                                       roi_targets, self.box_config.smooth_l1_beta))
+        size = raw.mask_logits.shape[-1]
+        gt_masks = torch.cat([mask_targets(t.masks, s, size) for s, t in zip(raw.sampled, targets)])
+        gt_classes = torch.cat([s.labels[: s.num_positive] for s in raw.sampled])
+        losses["loss_mask"] = self.mask_config.loss_weight * mask_loss(
+            raw.mask_logits, gt_classes, gt_masks, self._mask_mode()
+        )
+        if self.maskiou_head is not None:
+            in_box = torch.cat([in_box_fraction(t.masks, s.gt_index[: s.num_positive], s.boxes[: s.num_positive])
+                                for s, t in zip(raw.sampled, targets)])
+            probs = self.class_mask_probabilities(raw.mask_logits, gt_classes).detach()
+            iou_targets = maskiou_targets(probs, gt_masks, in_box)
+            losses["loss_maskiou"] = self.maskiou_loss_weight * maskiou_loss(raw.maskiou, gt_classes, iou_targets)
+        return sum(losses.values()), losses
+
+    def _mask_mode(self) -> str:
+        if self.mask_config.class_agnostic:
+            return "agnostic"
+        return self.mask_config.loss
+
+    # ------------------------------------------------------------------------------ results
+    def class_mask_probabilities(self, logits: Tensor, labels: Tensor) -> Tensor:
+        """``(N, M, M)`` mask probabilities of class ``labels (N,)`` from ``logits (N, K, M, M)``."""
+        mode = self._mask_mode()
+        if mode == "agnostic":
+            return logits[:, 0].sigmoid()
+        index = torch.arange(labels.numel(), device=labels.device)
+        if mode == "softmax":
+            return logits.softmax(dim=1)[index, labels]
+        return logits[index, labels].sigmoid()
+
+    @torch.no_grad()
+    def postprocess(self, raw: MaskRCNNOutput, image_sizes: list[tuple[int, int]]) -> list[Instances]:
+        """Detections in the original images (``image_sizes[i] = (H, W)`` before resizing)."""
+        if raw.detections is None:
+            raise ValueError("postprocess() needs the outputs of an inference-mode forward")
+        labels = torch.cat([d.labels for d in raw.detections])
+        probs = self.class_mask_probabilities(raw.mask_logits, labels)
+        mask_scores = None
+        if self.maskiou_head is not None:  # S_mask = S_cls x S_iou; box results keep S_cls
+            scores = torch.cat([d.scores for d in raw.detections])
+            predicted_iou = raw.maskiou[torch.arange(labels.numel(), device=labels.device), labels]
+            mask_scores = scores * predicted_iou.clamp(0, 1)
+        return paste_detections(
+            raw.detections, probs, mask_scores, raw.image_sizes, image_sizes,
+            self.mask_config.paste, self.inference_config.mask_threshold,
+        )
+
+    @torch.no_grad()
+    def predict(self, images: list[Tensor]) -> list[Instances]:
+        """Inference on RGB ``(3, H, W)`` images in [0, 255]: ``postprocess(forward(images))``."""
+        was_training = self.training
+        self.eval()
+        try:
+            raw = self.forward(images)
+            return self.postprocess(raw, [tuple(img.shape[-2:]) for img in images])
+        finally:
+            self.train(was_training)

@@ -1,0 +1,113 @@
+"""Checkpoints: weights and the config together, written atomically, read without unpickling code.
+
+A checkpoint is a ``torch.save`` of plain containers only::
+
+    {"format": "instaseg", "version": 1, "config": {...nested dict...}, "model": state_dict,
+     "iteration": int, ... optional "optimizer", "scheduler", "rng", "data" for resuming}
+
+and is always read with ``torch.load(weights_only=True)``, which refuses anything but tensors and
+plain containers, so a malicious file cannot run code.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from instaseg.config.io import config_from_dict, config_to_dict
+from instaseg.config.schema import Config
+from instaseg.errors import CheckpointError
+
+__all__ = ["save_checkpoint", "load_checkpoint", "load_model", "load_state_dict_checked", "atomic_torch_save"]
+
+FORMAT = "instaseg"
+VERSION = 1
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``.
+
+    A crash (or a full disk) while writing leaves the previous file intact.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(obj, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, config: Config, **extra: Any) -> None:
+    """Save ``model``'s weights with its ``config`` (and resume state in ``extra``) atomically."""
+    payload = {"format": FORMAT, "version": VERSION, "config": config_to_dict(config),
+               "model": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
+    payload.update(extra)
+    atomic_torch_save(payload, path)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint safely; clear errors for missing, truncated, foreign or unsafe files."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # unpickling refused, truncated zip, not a torch file ...
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        if "weights_only" in str(error) or "Unsupported global" in str(error):
+            raise CheckpointError(
+                f"{path}: refused to load: the file contains Python objects that could run code "
+                f"when unpickled ({message}). Only tensors and plain containers are accepted."
+            ) from None
+        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt?): {message}") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{path}: not an instaseg checkpoint; convert peer weights first with `instaseg convert`"
+        )
+    return payload
+
+
+def load_state_dict_checked(model: nn.Module, state: dict[str, torch.Tensor], allow_partial: bool = False,
+                            source: str = "checkpoint") -> list[str]:
+    """Load ``state`` into ``model``; every missing, unexpected or mis-shaped tensor is named.
+
+    With ``allow_partial`` the tensors that fit are loaded and the names of the rest returned.
+    """
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    mismatched = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+                  for k in own if k in state and state[k].shape != own[k].shape]
+    problems = ([f"missing {k}" for k in missing] + [f"unexpected {k}" for k in unexpected]
+                + [f"shape {m}" for m in mismatched])
+    if problems and not allow_partial:
+        shown = "\n  ".join(problems[:12]) + (f"\n  ... and {len(problems) - 12} more" if len(problems) > 12 else "")
+        raise CheckpointError(
+            f"{source} does not fit this model ({len(problems)} problems; a different preset or number "
+            f"of classes?):\n  {shown}\nUse --allow-partial to load only the tensors that fit."
+        )
+    fitting = {k: v for k, v in state.items() if k in own and v.shape == own[k].shape}
+    model.load_state_dict(fitting, strict=False)
+    return problems
+
+
+def load_model(path: str | Path, allow_partial: bool = False) -> tuple[nn.Module, Config]:
+    """Build the model a checkpoint's config describes and load its weights (eval mode)."""
+    from instaseg.detectors.build import build_from_config
+
+    payload = load_checkpoint(path)
+    config = config_from_dict(payload["config"])
+    model = build_from_config(config)
+    load_state_dict_checked(model, payload["model"], allow_partial, source=str(path))
+    return model.eval(), config

@@ -1,0 +1,77 @@
+"""``Predictor``: a trained model behind one call, for files, PIL images, arrays and tensors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor, nn
+
+from instaseg.config.schema import Config
+from instaseg.data.image_io import read_image, to_rgb_array
+from instaseg.engine.checkpoint import load_model
+from instaseg.errors import InstasegError
+from instaseg.structures.instances import Instances
+
+__all__ = ["Predictor", "as_image_tensor"]
+
+ImageInput = Union[str, Path, Image.Image, np.ndarray, Tensor]
+
+
+def as_image_tensor(image: ImageInput) -> Tensor:
+    """Any supported input -> ``(3, H, W)`` float32 RGB in [0, 255].
+
+    Accepts a file path, a PIL image, an ``(H, W, 3)`` uint8 RGB array (or ``(H, W)`` gray), or a
+    ``(3, H, W)`` tensor (uint8, or float in [0, 255]; a float tensor whose values are all within
+    [0, 1] is taken to be in [0, 1] and scaled).
+    """
+    if isinstance(image, (str, Path)):
+        image = read_image(image)
+    elif isinstance(image, Image.Image):
+        image = to_rgb_array(image)
+    if isinstance(image, np.ndarray):
+        if image.ndim == 2:
+            image = np.repeat(image[..., None], 3, axis=2)
+        if image.ndim != 3 or image.shape[2] != 3:
+            raise InstasegError(f"expected an (H, W, 3) RGB array, got shape {image.shape}")
+        return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float()
+    if isinstance(image, Tensor):
+        if image.dim() != 3 or image.shape[0] != 3:
+            raise InstasegError(f"expected a (3, H, W) tensor, got shape {tuple(image.shape)}")
+        if image.dtype == torch.uint8:
+            return image.float()
+        image = image.float()
+        return image * 255.0 if image.numel() and float(image.max()) <= 1.0 else image
+    raise InstasegError(f"unsupported image input of type {type(image).__name__}")
+
+
+class Predictor:
+    """``Predictor.from_checkpoint(path)(image) -> Instances`` in original image coordinates.
+
+    ``predictor([img1, img2])`` returns a list; ``score_threshold`` drops weaker detections.
+    """
+
+    def __init__(self, model: nn.Module, config: Config, device: str | torch.device = "cpu",
+                 score_threshold: float = 0.0) -> None:
+        self.model = model.to(device).eval()
+        self.config = config
+        self.device = torch.device(device)
+        self.score_threshold = score_threshold
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu",
+                        score_threshold: float = 0.0) -> "Predictor":
+        model, config = load_model(path)
+        return cls(model, config, device, score_threshold)
+
+    @torch.no_grad()
+    def __call__(self, images: ImageInput | list[ImageInput]) -> Instances | list[Instances]:
+        single = not isinstance(images, (list, tuple))
+        batch = [as_image_tensor(img).to(self.device) for img in ([images] if single else images)]
+        results = self.model.predict(batch)
+        if self.score_threshold > 0:
+            results = [r[r.scores >= self.score_threshold] for r in results]
+        return results[0] if single else results

@@ -1,0 +1,607 @@
+"""Non-maximum suppression: greedy ``nms`` / ``batched_nms``, ``soft_nms``, YOLACT's ``fast_nms``.
+
+All boxes are ``(N, 4)`` absolute-pixel ``xyxy`` in continuous coordinates (width ``x2 - x1``, no
+"+1"), with IoU as in :func:`instaseg.structures.boxes.box_iou`: empty or inverted boxes have
+area 0 and IoU 0 with everything (torchvision would use a negative area for inverted boxes).
+Coordinates must be finite. An IoU "above the threshold" compares the IoU computed in the boxes'
+dtype with the threshold as real numbers, like torchvision (see ``_floor_to_dtype``).
+
+Greedy NMS without a per-box loop
+---------------------------------
+Sort the boxes by score and let ``S[i, j]`` (``i < j``) mean "IoU(i, j) > threshold". Greedy NMS
+keeps ``j`` iff no kept ``i < j`` has ``S[i, j]``. On this DAG that rule has exactly one solution,
+so any fixed point of ``keep <- not any_i (keep[i] and S[i, j])`` *is* the greedy answer, and the
+Jacobi iteration reaches it in (longest suppression chain + 1) steps.
+
+``S`` is sparse, and is listed without the dense ``N x N`` IoU matrix: for boxes ``p``, ``q`` with
+``x1_p <= x1_q``, ``inter <= (x2_p - x1_q) * h_p`` and ``union >= w_p * h_p``, so ``IoU > t``
+needs ``x1_q < x2_p - t * w_p``. After sorting by ``x1`` each box only meets the next few boxes
+(a window), tested exactly in slabs of consecutive rows read as ``unfold`` views (no gathers).
+The sweep runs along x or y, whichever lists fewer pairs. Long chains switch to one exact pass
+over the edge list; inputs with too many overlapping pairs to list (e.g. thousands of identical
+boxes) switch to an exact dense pass over score-ordered blocks, with memory ``O(block x N)``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from instaseg.ops._dispatch import torchvision_ops
+from instaseg.structures.boxes import box_iou
+
+__all__ = ["nms", "batched_nms", "soft_nms", "batched_soft_nms", "fast_nms"]
+
+# Windows are tested in cells of this many columns: a cell's max IoU screens it before the
+# (slow) exact comparison and nonzero run on the few cells that can hold a pair.
+_CELL = 32
+# Jacobi steps before switching to the exact one-pass resolution over the edge list.
+_MAX_JACOBI_STEPS = 24
+# Soft-NMS looks at this many of the best remaining boxes per round (see _soft_nms_torch).
+_SOFT_NMS_ROUND = 64
+
+
+def _chunk_elements(device: torch.device) -> int:
+    """Elements of one chunk of pairwise work (a slab of the sweep, a dense block).
+
+    On CPU, chunks below PyTorch's parallel grain (32768 elements) stay in cache and run on one
+    thread: a second thread gains little at that size and stalls whenever the cores are
+    oversubscribed. Accelerators want big chunks (few kernel launches).
+    """
+    return (1 << 15) - 1 if device.type == "cpu" else 1 << 22
+
+
+def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
+    """Greedy NMS, a drop-in for ``torchvision.ops.nms``.
+
+    Args:
+        boxes: ``(N, 4)`` float xyxy, absolute pixels.
+        scores: ``(N,)`` float.
+        iou_threshold: a box is dropped if its IoU with a higher-scored *kept* box is
+            ``> iou_threshold`` (an IoU exactly equal to the threshold does not suppress).
+
+    Returns:
+        ``(K,)`` int64 indices of the kept boxes, by decreasing score. Equal scores are ordered
+        by index (a stable sort: the lower index counts as the higher score), like torchvision's
+        CPU kernel.
+    """
+    ops = torchvision_ops()
+    if ops is not None:
+        return ops.nms(boxes, scores, iou_threshold)
+    return _nms_torch(boxes, scores, iou_threshold)
+
+
+def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float) -> Tensor:
+    """Per-category NMS, a drop-in for ``torchvision.ops.batched_nms``.
+
+    ``boxes (N, 4)``, ``scores (N,)``, ``idxs (N,)`` int (e.g. class labels): a box only
+    suppresses boxes with the same ``idxs``. Returns ``(K,)`` int64 indices by decreasing score
+    (ties by index). The pure-PyTorch path keeps categories apart without torchvision's
+    coordinate offset, so large offsets cannot cost float precision.
+    """
+    ops = torchvision_ops()
+    if ops is not None:
+        return ops.batched_nms(boxes, scores, idxs, iou_threshold)
+    return _nms_torch(boxes, scores, iou_threshold, idxs)
+
+
+def _nms_torch(
+    boxes: Tensor, scores: Tensor, iou_threshold: float, idxs: Tensor | None = None
+) -> Tensor:
+    """Pure-PyTorch greedy NMS (per category when ``idxs (N,)`` is given); see :func:`nms`."""
+    boxes, scores = boxes.detach(), scores.detach()  # indices only: no gradient flows through NMS
+    if boxes.dim() != 2 or boxes.shape[1] != 4:
+        raise ValueError(f"boxes must be (N, 4), got {tuple(boxes.shape)}")
+    if scores.shape != boxes.shape[:1] or (idxs is not None and idxs.shape != scores.shape):
+        raise ValueError(f"scores and idxs must be ({boxes.shape[0]},)")
+    order = torch.argsort(scores, descending=True, stable=True)
+    threshold = _floor_to_dtype(float(iou_threshold), boxes.dtype)
+    # An IoU (<= 1) never exceeds a threshold >= 1 (or NaN): nothing is suppressed.
+    if boxes.shape[0] <= 1 or not threshold < 1.0:
+        return order
+    sorted_boxes = boxes.index_select(0, order)
+    sorted_idxs = None if idxs is None else idxs.index_select(0, order)
+    edges = None
+    if threshold >= 0.0:  # below 0 every pair suppresses and the sweep's window does not hold
+        edges = _suppression_edges(sorted_boxes, sorted_idxs, threshold)
+    if edges is None:
+        keep = _dense_greedy(sorted_boxes, sorted_idxs, threshold)
+    else:
+        keep = _resolve_edges(edges[0], edges[1], boxes.shape[0])
+    return _select(order, keep)
+
+
+def _floor_to_dtype(value: float, dtype: torch.dtype) -> float:
+    """The largest number of ``dtype`` that is ``<= value``.
+
+    Comparing a ``dtype`` tensor with it, ``x > result`` holds exactly when ``x > value`` holds
+    for the real numbers (as torchvision, which compares float IoUs with a double threshold);
+    a plain ``x > value`` would round ``value`` to the nearest ``dtype`` number, possibly up.
+    """
+    if not dtype.is_floating_point:
+        raise TypeError(f"boxes and scores must be floating point, got {dtype}")
+    if not math.isfinite(value):
+        return value
+    rounded = torch.tensor(value, dtype=dtype)
+    if rounded.item() > value:
+        rounded = torch.nextafter(rounded, torch.tensor(-math.inf, dtype=dtype))
+    return rounded.item()
+
+
+def _select(values: Tensor, mask: Tensor) -> Tensor:
+    """``values[mask]`` for 1-D tensors; on CPU this form stays on one thread for our sizes
+    (``values[mask]`` and ``masked_select`` split across threads and stall on a busy core)."""
+    return values.index_select(0, torch.nonzero(mask).flatten())
+
+
+def _suppression_edges(
+    boxes: Tensor, idxs: Tensor | None, threshold: float
+) -> tuple[Tensor, Tensor] | None:
+    """Every pair ``(src, dst)``, ``src < dst`` (score ranks), with IoU > threshold, same category.
+
+    ``boxes (N, 4)`` are sorted by score. Returns two ``(E,)`` int64 tensors, or None when the
+    pairs are too many to list (the caller then takes the dense path).
+    """
+    n, device = boxes.shape[0], boxes.device
+    arange = torch.arange(n, device=device)
+    sweeps = []
+    for lo, hi, perm in ((0, 2, [0, 1, 2, 3]), (1, 3, [1, 0, 3, 2])):
+        order, end = _sweep_windows(boxes[:, lo], boxes[:, hi], idxs, threshold)
+        counts = (end - arange - 1).clamp(min=0)
+        sweeps.append((int(counts.sum()), order, counts, perm))
+    _, order, counts, perm = min(sweeps, key=lambda sweep: sweep[0])
+    # The y sweep swaps the roles of x and y, which leaves every IoU unchanged.
+    swept_boxes = boxes.index_select(0, order).index_select(1, torch.tensor(perm, device=device))
+    swept_idxs = None if idxs is None else idxs.index_select(0, order)
+    return _swept_pairs(swept_boxes, swept_idxs, order, counts, threshold, max(16 * n, 1 << 16))
+
+
+def _sweep_windows(
+    low: Tensor, high: Tensor, idxs: Tensor | None, threshold: float
+) -> tuple[Tensor, Tensor]:
+    """Sort by ``(idxs, low)`` exactly; return the order and each sorted entry's window end.
+
+    Entry ``p`` of the order can only pair with entries ``p < q < end[p]`` (module docstring).
+    """
+    order = torch.argsort(low, stable=True)
+    if idxs is not None:  # category-major, then by `low` within a category
+        order = order.index_select(0, torch.argsort(idxs.index_select(0, order), stable=True))
+    # float64 keeps the window arithmetic far more precise than any input (MPS has no float64).
+    calc = torch.float32 if low.device.type == "mps" else torch.float64
+    lo, hi = low.index_select(0, order).to(calc), high.index_select(0, order).to(calc)
+    key = lo
+    if idxs is not None:  # one increasing key: categories a span apart, so windows stay inside
+        cats = idxs.index_select(0, order)
+        cat_rank = torch.cat((cats[:1] * 0, (cats[1:] != cats[:-1]).cumsum(dim=0)))  # 0, 1, ...
+        span = (hi.max() - lo.min()).clamp(min=0) + 1.0
+        key = (lo - lo.min()) + cat_rank.to(calc) * span
+    width = (hi - lo).clamp(min=0)
+    # The caller compares IoUs rounded in the input dtype: widen the window to cover that
+    # rounding (relative to the width) and the rounding of the key itself.
+    slack = min(1.0, 64.0 * torch.finfo(low.dtype).eps)
+    margin = 1e-12 * (key.abs() + width)
+    limit = key + width * (1.0 - threshold * (1.0 - slack)) + margin
+    return order, _searchsorted(key, limit)
+
+
+def _searchsorted(sorted_values: Tensor, values: Tensor) -> Tensor:
+    """``torch.searchsorted(sorted_values, values, side="left")``, one thread on CPU.
+
+    PyTorch splits this op across threads from 200 values on (its parallel grain); pieces of
+    200 keep each call on one thread, which is as fast here and never waits on a busy core.
+    """
+    if values.device.type != "cpu":
+        return torch.searchsorted(sorted_values, values, side="left")
+    out = torch.empty(values.shape, dtype=torch.long)
+    for start in range(0, values.numel(), 200):
+        part = slice(start, start + 200)
+        torch.searchsorted(sorted_values, values[part], side="left", out=out[part])
+    return out
+
+
+def _swept_pairs(
+    boxes: Tensor,
+    idxs: Tensor | None,
+    ranks: Tensor,
+    counts: Tensor,
+    threshold: float,
+    max_edges: int,
+) -> tuple[Tensor, Tensor] | None:
+    """Suppression edges among swept ``boxes (N, 4)``, as ``(src, dst)`` score ranks.
+
+    Tests the pairs ``p < q <= p + counts[p]`` (and some beyond: real pairs too) of the swept
+    order; ``ranks (N,)`` maps swept positions to score ranks. Rows ``r0 <= p < r1`` form a
+    slab whose partners ``p + 1 .. p + W`` are an ``unfold`` view of one small table. Returns
+    None once more than ``max_edges`` edges are found.
+    """
+    n, device = boxes.shape[0], boxes.device
+    empty = torch.zeros(0, dtype=torch.long, device=device)
+    window_max = -(-int(counts.max()) // _CELL) * _CELL
+    if window_max == 0:
+        return empty, empty
+    table = _pair_table(boxes, window_max)
+    rows_per_slab = max(1, _chunk_elements(device) // window_max)
+    num_slabs = -(-n // rows_per_slab)
+    padded = counts.new_zeros(num_slabs * rows_per_slab)
+    padded[:n] = counts
+    slab_windows = padded.view(num_slabs, rows_per_slab).amax(dim=1).tolist()
+    sources, targets, total = [empty], [empty], 0
+    for slab, count in enumerate(slab_windows):
+        if count == 0:
+            continue
+        window = -(-count // _CELL) * _CELL
+        r0 = slab * rows_per_slab
+        r1 = min(r0 + rows_per_slab, n)
+        partners = table[:, r0 + 1 : r1 + window].unfold(1, window, 1)
+        iou = _pair_iou(table[:, r0:r1, None], partners)
+        row, offset = _hits(iou, threshold)
+        p = row + r0
+        q = p + 1 + offset
+        if idxs is not None:
+            same = idxs.index_select(0, p) == idxs.index_select(0, q)
+            p, q = _select(p, same), _select(q, same)
+        p, q = ranks.index_select(0, p), ranks.index_select(0, q)
+        sources.append(torch.minimum(p, q))
+        targets.append(torch.maximum(p, q))
+        total += p.numel()
+        if total > max_edges:
+            return None
+    return torch.cat(sources), torch.cat(targets)
+
+
+def _pair_table(boxes: Tensor, pad: int) -> Tensor:
+    """Component-major ``(5, N + pad)`` table of ``boxes (N, 4)``: x1, y1, x2, y2, area.
+
+    The ``pad`` trailing boxes sit at x = +inf: they intersect nothing, so windows may run
+    past the last box.
+    """
+    area = (boxes[:, 2:] - boxes[:, :2]).clamp(min=0).prod(dim=1)
+    tail = boxes.new_zeros(5, pad)
+    tail[[0, 2]] = math.inf
+    return torch.cat((torch.cat((boxes.t(), area[None]), dim=0), tail), dim=1)
+
+
+def _pair_iou(row: Tensor, col: Tensor) -> Tensor:
+    """IoU ``(R, W)`` of tables ``row (5, R, 1)`` and ``col (5, R, W)`` with ``x1_col >= x1_row``.
+
+    Same arithmetic as ``box_iou`` (so both NMS paths agree bit for bit), except that the sort
+    guarantees ``max(x1_row, x1_col) = x1_col`` within a category (other pairs are dropped).
+    """
+    # Explicit row-major outputs: the unfold view's overlapping strides leave the layout open.
+    iw, ih = (col.new_empty(col.shape[1:]) for _ in range(2))
+    torch.minimum(row[2], col[2], out=iw).sub_(col[0]).clamp_(min=0)
+    torch.minimum(row[3], col[3], out=ih).sub_(torch.maximum(row[1], col[1])).clamp_(min=0)
+    inter = iw.mul_(ih)
+    union = (row[4] + col[4]).sub_(inter).clamp_(min=torch.finfo(inter.dtype).tiny)
+    return inter.div_(union)
+
+
+def _hits(iou: Tensor, threshold: float) -> tuple[Tensor, Tensor]:
+    """Row and column indices of ``iou (R, W) > threshold``, ``W`` a multiple of ``_CELL``.
+
+    Pairs above the threshold are rare: the max of each cell of ``_CELL`` columns screens the
+    slab, and the comparison and nonzero (slow kernels) only run on the cells that pass.
+    """
+    rows, width = iou.shape
+    cells = iou.view(rows * (width // _CELL), _CELL)
+    (cell,) = (cells.amax(dim=1) > threshold).nonzero(as_tuple=True)
+    which, offset = (cells.index_select(0, cell) > threshold).nonzero(as_tuple=True)
+    cell = cell.index_select(0, which)
+    return cell // (width // _CELL), (cell % (width // _CELL)) * _CELL + offset
+
+
+def _resolve_edges(src: Tensor, dst: Tensor, n: int) -> Tensor:
+    """Greedy keep mask ``(n,)`` bool from the suppression DAG ``src[e] < dst[e]`` (score ranks).
+
+    Jacobi steps until a fixed point (exact, module docstring); long chains switch to one pass
+    over the edges sorted by source, where each source's fate is final when it is reached.
+    """
+    keep = torch.ones(n, dtype=torch.uint8, device=src.device)
+    if src.numel() == 0:
+        return keep.bool()
+    for _ in range(_MAX_JACOBI_STEPS):
+        # suppressed[j] = any kept i with an edge (i, j), as a scatter-max over the edges.
+        suppressed = torch.zeros_like(keep)
+        suppressed.scatter_reduce_(0, dst, keep.index_select(0, src), "amax")
+        if torch.equal(suppressed, 1 - keep):
+            return keep.bool()
+        keep = 1 - suppressed
+    perm = torch.argsort(src, stable=True)
+    flags = bytearray(n)
+    for s, d in zip(src.index_select(0, perm).tolist(), dst.index_select(0, perm).tolist()):
+        if not flags[s]:
+            flags[d] = 1
+    suppressed = torch.frombuffer(flags, dtype=torch.uint8).to(src.device, torch.bool)
+    return ~suppressed
+
+
+def _suppression_matrix(
+    a: Tensor, b: Tensor, a_idxs: Tensor | None, b_idxs: Tensor | None, threshold: float
+) -> Tensor:
+    """``(A, B)`` bool: IoU(a, b) > threshold, within the same category if categories are given."""
+    hit = box_iou(a, b) > threshold
+    if a_idxs is not None and b_idxs is not None:
+        hit &= a_idxs[:, None] == b_idxs[None, :]
+    return hit
+
+
+def _dense_greedy(boxes: Tensor, idxs: Tensor | None, threshold: float) -> Tensor:
+    """Exact greedy keep mask ``(N,)`` over score-sorted ``boxes (N, 4)``, block by block.
+
+    Each block of still-alive boxes is resolved exactly (Jacobi on its small dense matrix); its
+    kept boxes then suppress the later alive boxes in column chunks (memory ``O(block x N)``).
+    """
+    n, device = boxes.shape[0], boxes.device
+    suppressed = torch.zeros(n, dtype=torch.bool, device=device)
+    keep = torch.zeros(n, dtype=torch.bool, device=device)
+    positions = torch.arange(n, device=device)
+
+    chunk = _chunk_elements(device) // 2  # box_iou holds (A, B, 2) corner tensors
+    block_size = math.isqrt(chunk)
+    upper = torch.arange(block_size, device=device)
+    upper = upper[:, None] < upper[None, :]  # strictly upper triangle, built once
+
+    def cats(index: Tensor) -> Tensor | None:
+        return None if idxs is None else idxs.index_select(0, index)
+
+    for start in range(0, n, block_size):
+        stop = min(start + block_size, n)
+        block = _select(positions[start:stop], ~suppressed[start:stop])
+        if block.numel() == 0:
+            continue
+        block_boxes = boxes.index_select(0, block)
+        inner = _suppression_matrix(block_boxes, block_boxes, cats(block), cats(block), threshold)
+        inner &= upper[: block.numel(), : block.numel()]
+        kept = _select(block, _greedy_dense_block(inner))
+        keep.index_fill_(0, kept, True)
+        kept_boxes = boxes.index_select(0, kept)
+        later = _select(positions[stop:], ~suppressed[stop:])
+        for part in later.split(max(1, chunk // kept.numel())):
+            part_boxes = boxes.index_select(0, part)
+            hit = _suppression_matrix(kept_boxes, part_boxes, cats(kept), cats(part), threshold)
+            suppressed.index_fill_(0, _select(part, hit.any(dim=0)), True)
+    return keep
+
+
+def _greedy_dense_block(upper: Tensor) -> Tensor:
+    """Greedy keep mask ``(M,)`` from a strictly upper-triangular ``(M, M)`` suppression matrix."""
+    keep = torch.ones(upper.shape[0], dtype=torch.bool, device=upper.device)
+    for _ in range(upper.shape[0] + 1):  # converges within (longest chain + 1) steps
+        new_keep = ~(upper & keep[:, None]).any(dim=0)
+        if torch.equal(new_keep, keep):
+            break
+        keep = new_keep
+    return keep
+
+
+def soft_nms(
+    boxes: Tensor,
+    scores: Tensor,
+    iou_threshold: float = 0.3,
+    sigma: float = 0.5,
+    method: str = "linear",
+    score_threshold: float = 0.001,
+) -> tuple[Tensor, Tensor]:
+    """Soft-NMS (Bodla et al. 2017, "Improving Object Detection With One Line of Code").
+
+    Repeatedly selects the box with the highest remaining (decayed) score, then decays the
+    others by their IoU with it: ``linear``: ``s *= 1 - iou`` if ``iou > iou_threshold`` (the
+    paper's N_t), else unchanged; ``gaussian``: ``s *= exp(-iou**2 / sigma)`` for all boxes.
+    A box whose (decayed) score is below ``score_threshold`` is dropped and never selected.
+
+    Args:
+        boxes: ``(N, 4)`` float xyxy, absolute pixels.
+        scores: ``(N,)`` non-negative scores (e.g. probabilities).
+
+    Returns:
+        ``keep (K,)`` int64 indices in selection order (decreasing decayed score; equal scores
+        by index) and ``scores (K,)``, their decayed scores at selection.
+    """
+    return _soft_nms_torch(boxes, scores, None, iou_threshold, sigma, method, score_threshold)
+
+
+def batched_soft_nms(
+    boxes: Tensor,
+    scores: Tensor,
+    idxs: Tensor,
+    iou_threshold: float = 0.3,
+    sigma: float = 0.5,
+    method: str = "linear",
+    score_threshold: float = 0.001,
+) -> tuple[Tensor, Tensor]:
+    """Soft-NMS per category: a box only decays boxes with the same ``idxs (N,)``.
+
+    Same arguments and returns as :func:`soft_nms`; the kept boxes of all categories come
+    together by decreasing decayed score.
+    """
+    return _soft_nms_torch(boxes, scores, idxs, iou_threshold, sigma, method, score_threshold)
+
+
+def _soft_nms_torch(
+    boxes: Tensor,
+    scores: Tensor,
+    idxs: Tensor | None,
+    iou_threshold: float,
+    sigma: float,
+    method: str,
+    score_threshold: float,
+) -> tuple[Tensor, Tensor]:
+    """Soft-NMS selecting several boxes per round.
+
+    The next box is the best remaining one. When the best remaining boxes (sorted by score,
+    ties by index) leave each other's scores exactly unchanged, selecting one after another
+    cannot reorder them, so a whole prefix of them is selected at once and their decays applied
+    together. Rounds cost a few vector ops, and there are far fewer rounds than boxes.
+    """
+    boxes, scores = boxes.detach(), scores.detach()  # selection only: no gradient through Soft-NMS
+    if method not in ("linear", "gaussian"):
+        raise ValueError(f"method must be 'linear' or 'gaussian', got {method!r}")
+    if method == "gaussian" and not sigma > 0:
+        raise ValueError(f"sigma must be positive, got {sigma}")
+    if boxes.dim() != 2 or boxes.shape[1] != 4 or scores.shape != boxes.shape[:1]:
+        raise ValueError(f"expected boxes (N, 4) and scores (N,), got {tuple(boxes.shape)}, "
+                         f"{tuple(scores.shape)}")
+    threshold = _floor_to_dtype(float(iou_threshold), boxes.dtype)
+    score_ceil = -_floor_to_dtype(-float(score_threshold), scores.dtype)  # x >= it <=> x >= thr
+
+    def factors(rows: Tensor, cols: Tensor) -> Tensor:
+        return _decay_factors(boxes, idxs, rows, cols, method, threshold, sigma).to(scores.dtype)
+
+    remaining = torch.arange(boxes.shape[0], device=boxes.device)  # ascending: ties by index
+    upper = remaining[:_SOFT_NMS_ROUND, None] < remaining[None, :_SOFT_NMS_ROUND]
+    current = scores.clone()
+    picks, values = [remaining[:0]], [current[:0]]
+    while remaining.numel() > 0:
+        sorted_scores, order = current.sort(descending=True, stable=True)
+        head = order[:_SOFT_NMS_ROUND]
+        head_boxes = remaining.index_select(0, head)
+        # A head box may join the round if no earlier head box changes its score.
+        changed = factors(head_boxes, head_boxes) != 1
+        touched = (changed & upper[: head.numel(), : head.numel()]).any(dim=0)
+        touched |= sorted_scores[: head.numel()] < score_ceil  # below the threshold: stop there
+        count = int(torch.cat((touched, touched.new_ones(1))).int().argmax())
+        if count == 0:
+            break
+        chosen = head[:count]
+        picks.append(remaining.index_select(0, chosen))
+        values.append(current.index_select(0, chosen))
+        rest = torch.ones_like(remaining, dtype=torch.bool).index_fill_(0, chosen, False)
+        rest = torch.nonzero(rest).flatten()  # keeps `remaining` ascending
+        remaining, current = remaining.index_select(0, rest), current.index_select(0, rest)
+        # Column chunks keep each (count, M) decay block small (see _chunk_elements).
+        step = max(1, _chunk_elements(boxes.device) // (2 * count))
+        decay = [factors(picks[-1], part).prod(dim=0) for part in remaining.split(step)]
+        current = current * torch.cat(decay) if decay else current
+    return torch.cat(picks), torch.cat(values)
+
+
+def _decay_factors(
+    boxes: Tensor,
+    idxs: Tensor | None,
+    rows: Tensor,
+    cols: Tensor,
+    method: str,
+    threshold: float,
+    sigma: float,
+) -> Tensor:
+    """Soft-NMS factors ``(R, M)`` by which selected boxes ``rows`` decay the scores of ``cols``."""
+    iou = box_iou(boxes.index_select(0, rows), boxes.index_select(0, cols))
+    if method == "linear":
+        factor = torch.where(iou > threshold, 1.0 - iou, 1.0)
+    else:
+        # exp(-iou^2 / sigma) written with exp2: the same values (to rounding), and exp2 stays
+        # on one thread for small inputs, where exp splits even a few values across threads.
+        factor = torch.exp2(iou * iou * (-1.0 / (sigma * math.log(2.0))))
+    if idxs is not None:
+        same = idxs.index_select(0, rows)[:, None] == idxs.index_select(0, cols)[None, :]
+        factor = torch.where(same, factor, 1.0)
+    return factor
+
+
+def fast_nms(
+    boxes: Tensor,
+    scores: Tensor,
+    iou_threshold: float = 0.5,
+    top_k: int = 200,
+    score_threshold: float = 0.05,
+    max_detections: int = 100,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Fast NMS of YOLACT (Bolya et al. 2019, Sec. 3.3), batched over classes.
+
+    Per class, the ``top_k`` scores above ``score_threshold`` (ties by box index) are sorted
+    descending; a detection is dropped if any higher-scored detection *of the same class*
+    overlaps it with IoU ``> iou_threshold``, whether or not that one was itself dropped (the
+    upper triangle of the IoU matrix, column max; that is what makes it faster than greedy
+    NMS, which it approximates). The ``max_detections`` best survivors over all classes remain.
+    The best entry of a class is always kept (even for a negative threshold).
+
+    Args:
+        boxes: ``(N, 4)`` xyxy shared by all classes, or ``(C, N, 4)`` class-specific.
+        scores: ``(C, N)`` per-class scores.
+
+    Returns:
+        ``box_index (K,)`` int64 into the N boxes, ``labels (K,)`` int64 in ``0..C-1`` and
+        ``scores (K,)``, by decreasing score (ties by class, then by rank within the class).
+    """
+    if scores.dim() != 2 or boxes.shape[-1] != 4 or boxes.shape[-2] != scores.shape[1]:
+        raise ValueError(f"expected scores (C, N) and boxes (N, 4) or (C, N, 4), got "
+                         f"{tuple(scores.shape)} and {tuple(boxes.shape)}")
+    score_floor = _floor_to_dtype(float(score_threshold), scores.dtype)
+    box_index, labels, entry_scores = _ranked_entries(scores, top_k, score_floor)
+    if boxes.dim() == 2:
+        entry_boxes = boxes.index_select(0, box_index)
+    else:
+        entry_boxes = boxes[labels, box_index]
+    keep = ~_fast_suppressed(entry_boxes, labels, float(iou_threshold))
+    kept_scores, order = _select(entry_scores, keep).sort(descending=True, stable=True)
+    order = order[:max_detections]
+    return (_select(box_index, keep).index_select(0, order),
+            _select(labels, keep).index_select(0, order), kept_scores[:max_detections])
+
+
+def _ranked_entries(
+    scores: Tensor, top_k: int, score_floor: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Per class of ``scores (C, N)``, its ``top_k`` scores ``> score_floor``, best first.
+
+    Returns ``(E,)`` box indices, labels and scores, class-major (ties by box index).
+    """
+    # Boxes whose best class score is below the threshold can never be kept (as YOLACT does).
+    candidates = torch.nonzero((scores > score_floor).any(dim=0)).flatten()
+    k = min(top_k, candidates.numel())
+    if scores.shape[0] == 0 or k == 0:
+        empty = torch.zeros(0, dtype=torch.long, device=scores.device)
+        return empty, empty.clone(), scores.new_zeros(0)
+    if candidates.numel() < scores.shape[1]:
+        scores = scores.index_select(1, candidates)
+    top_scores, top = _top_k_stable(scores, k)
+    # The valid entries of each class are a prefix of its ranking.
+    entry = torch.nonzero((top_scores > score_floor).flatten()).flatten()
+    box_index = candidates[top].flatten().index_select(0, entry)
+    labels = torch.div(entry, k, rounding_mode="floor")
+    return box_index, labels, top_scores.flatten().index_select(0, entry)
+
+
+def _fast_suppressed(boxes: Tensor, labels: Tensor, iou_threshold: float) -> Tensor:
+    """Fast NMS rule on ``boxes (M, 4)`` ranked within each of ``labels (M,)`` (class-major).
+
+    Entry ``j`` is suppressed if an earlier entry of its class has IoU > threshold with it: the
+    edges of the greedy NMS graph, without resolving them. Returns ``(M,)`` bool.
+    """
+    m, device = boxes.shape[0], boxes.device
+    suppressed = torch.zeros(m, dtype=torch.uint8, device=device)
+    threshold = _floor_to_dtype(iou_threshold, boxes.dtype)
+    if m <= 1 or not threshold < 1.0:
+        return suppressed.bool()
+    edges = _suppression_edges(boxes, labels, threshold) if threshold >= 0.0 else None
+    if edges is not None:
+        return suppressed.index_fill_(0, edges[1], 1).bool()
+    # Too many pairs to list (or a negative threshold): dense, in chunks of columns.
+    positions = torch.arange(m, device=device)
+    for part in positions.split(max(1, _chunk_elements(device) // (2 * m))):
+        hit = _suppression_matrix(boxes, boxes.index_select(0, part), labels,
+                                  labels.index_select(0, part), threshold)
+        hit &= positions[:, None] < part[None, :]
+        suppressed.index_copy_(0, part, hit.any(dim=0).to(torch.uint8))
+    return suppressed.bool()
+
+
+def _top_k_stable(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """The ``k`` largest of each row of ``scores (C, M)``, descending, ties by lower column.
+
+    Returns values and column indices ``(C, k)``. ``topk`` alone leaves tie order and, at the
+    k-th value, tie membership unspecified; a full stable sort is exact but slow for large M.
+    """
+    if 4 * k >= scores.shape[1]:
+        values, index = scores.sort(dim=1, descending=True, stable=True)
+        return values[:, :k], index[:, :k]
+    kth = scores.topk(k, dim=1).values[:, -1:]
+    above, tied = scores > kth, scores == kth
+    # Strictly larger entries all belong; the first tied columns fill the remaining places.
+    room = k - above.sum(dim=1, keepdim=True)
+    chosen = above | (tied & (tied.cumsum(dim=1) <= room))
+    index = chosen.nonzero()[:, 1].view(-1, k)  # ascending column index within each row
+    values, order = scores.gather(1, index).sort(dim=1, descending=True, stable=True)
+    return values, index.gather(1, order)

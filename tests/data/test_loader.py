@@ -1,0 +1,131 @@
+"""Tests for collate and the loaders: determinism, exact resume (with and without workers), sharding."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.data import Subset
+
+from instaseg.config.schema import Config, InputConfig, TrainConfig
+from instaseg.data.coco import CocoDataset
+from instaseg.data.loader import Batch, build_test_loader, build_train_loader, collate, epoch_order
+from instaseg.data.synthetic import SyntheticDataset, generate_synthetic_dataset
+from instaseg.data.transforms import Compose, build_transforms
+from instaseg.errors import DatasetError
+
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory: pytest.TempPathFactory) -> SyntheticDataset:
+    return generate_synthetic_dataset(tmp_path_factory.mktemp("syn"), num_images=16, image_size=64,
+                                      val_fraction=0.25)
+
+
+@pytest.fixture(scope="module")
+def dataset(synthetic: SyntheticDataset) -> CocoDataset:
+    return CocoDataset(synthetic.train_annotations, synthetic.train_images)  # 12 images
+
+
+def _yolact_transforms() -> Compose:
+    """The most random pipeline: photometric, expand, crop, flip, square resize."""
+    config = Config(input=InputConfig(square=48), train=TrainConfig(augmentation="yolact"))
+    return build_transforms(config, train=True)
+
+
+def _take(loader, count: int) -> list[Batch]:
+    return list(itertools.islice(iter(loader), count))
+
+
+def _assert_same_batches(first: list[Batch], second: list[Batch]) -> None:
+    assert len(first) == len(second)
+    for a, b in zip(first, second):
+        assert a.image_ids == b.image_ids
+        for image_a, image_b, targets_a, targets_b in zip(a.images, b.images, a.targets, b.targets):
+            assert torch.equal(image_a, image_b)
+            assert torch.equal(targets_a.boxes, targets_b.boxes) and torch.equal(targets_a.labels, targets_b.labels)
+            assert torch.equal(targets_a.masks, targets_b.masks)
+
+
+def test_collate(dataset: CocoDataset) -> None:
+    samples = [dataset[0], dataset[3]]
+    batch = collate(samples)
+    assert len(batch) == 2 and batch.image_ids == [samples[0].image_id, samples[1].image_id]
+    for image, sample, targets in zip(batch.images, samples, batch.targets):
+        assert image.dtype == torch.float32 and torch.equal(image, sample.image.float())
+        assert targets is sample.targets
+
+
+def test_stream_is_deterministic_and_seed_dependent(dataset: CocoDataset) -> None:
+    transforms = _yolact_transforms()
+    first = _take(build_train_loader(dataset, transforms, 3, 0, seed=7), 5)
+    second = _take(build_train_loader(dataset, transforms, 3, 0, seed=7), 5)
+    _assert_same_batches(first, second)
+    other = _take(build_train_loader(dataset, transforms, 3, 0, seed=8), 5)
+    assert [b.image_ids for b in other] != [b.image_ids for b in first]
+    assert all(image.shape == (3, 48, 48) for batch in first for image in batch.images)
+
+
+def test_each_epoch_visits_every_image_once(dataset: CocoDataset) -> None:
+    ids = [i for b in _take(build_train_loader(dataset, Compose([]), 4, 0, seed=1), 6) for i in b.image_ids]
+    epochs = [ids[:12], ids[12:]]
+    assert sorted(epochs[0]) == sorted(dataset.image_ids) == sorted(epochs[1])
+    assert epochs[0] != epochs[1]  # reshuffled with seed + epoch
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_resume_reproduces_the_uninterrupted_stream(dataset: CocoDataset, num_workers: int) -> None:
+    transforms = _yolact_transforms()
+    # batch_size 5 over 12 images: batches straddle epochs, and resuming lands mid-epoch
+    full = _take(build_train_loader(dataset, transforms, 5, num_workers, seed=3), 8)
+    for start in (3, 5):
+        resumed = _take(build_train_loader(dataset, transforms, 5, num_workers, seed=3, start_iter=start), 8 - start)
+        _assert_same_batches(full[start:], resumed)
+    if num_workers:  # the worker count does not change the stream either
+        _assert_same_batches(full, _take(build_train_loader(dataset, transforms, 5, 0, seed=3), 8))
+
+
+@pytest.mark.parametrize("num_items", [12, 11])
+def test_two_ranks_shard_each_epoch(dataset: CocoDataset, num_items: int) -> None:
+    data = dataset if num_items == 12 else Subset(dataset, list(range(num_items)))
+    per_rank = -(-num_items // 2)
+    streams = [[i for b in _take(build_train_loader(data, Compose([]), 1, 0, seed=5, rank=r, world_size=2),
+                                 2 * per_rank) for i in b.image_ids] for r in (0, 1)]
+    all_ids = {dataset.image_ids[i] for i in range(num_items)}
+    for epoch in range(2):
+        shards = [set(s[epoch * per_rank:(epoch + 1) * per_rank]) for s in streams]
+        assert shards[0] | shards[1] == all_ids
+        assert len(shards[0] & shards[1]) == 2 * per_rank - num_items  # only the padding repeats
+    assert streams[0][:per_rank] != streams[0][per_rank:]
+
+
+def test_epoch_order_shards_partition_the_permutation() -> None:
+    for num_items, world_size in [(10, 1), (10, 3), (2, 4)]:
+        shards = [epoch_order(num_items, 0, 2, r, world_size) for r in range(world_size)]
+        assert {len(s) for s in shards} == {-(-num_items // world_size)}
+        assert set().union(*shards) == set(range(num_items))
+    assert epoch_order(10, 0, 1) == epoch_order(10, 1, 0)  # the seed is seed + epoch
+    assert sorted(epoch_order(10, 0, 0)) == list(range(10))
+
+
+def test_test_loader_in_order_and_sharded(dataset: CocoDataset) -> None:
+    batches = list(build_test_loader(dataset, num_workers=0, batch_size=5))
+    assert [len(b) for b in batches] == [5, 5, 2]
+    assert [i for b in batches for i in b.image_ids] == dataset.image_ids
+    for k, image in enumerate(batches[0].images):
+        assert torch.equal(image, dataset[k].image.float())
+    shards = [[i for b in build_test_loader(dataset, 0, rank=r, world_size=3) for i in b.image_ids] for r in range(3)]
+    assert sorted(itertools.chain(*shards)) == sorted(dataset.image_ids)
+    assert shards[1] == dataset.image_ids[1::3]
+    with_workers = [i for b in build_test_loader(dataset, num_workers=2, batch_size=2) for i in b.image_ids]
+    assert with_workers == dataset.image_ids
+
+
+def test_empty_dataset_is_refused(dataset: CocoDataset) -> None:
+    with pytest.raises(DatasetError, match="no images"):
+        build_train_loader(Subset(dataset, []), Compose([]), 2, 0, seed=0)
+    with pytest.raises(ValueError, match="rank"):
+        build_train_loader(dataset, Compose([]), 2, 0, seed=0, rank=2, world_size=2)
