@@ -24,6 +24,27 @@ __all__ = ["build_model", "build_from_config", "resolve_config"]
 
 def _backbone(model: MaskRCNNConfig, out_features: tuple[str, ...]) -> ResNet:
     cfg = model.backbone
+    backbone = _resnet(model, out_features)
+    if cfg.weights:  # ImageNet initialisation (torchvision, MSRA/Caffe2 or Detectron2 layout)
+        from instaseg.weights.backbone import load_backbone_weights
+
+        load_backbone_weights(backbone, cfg.weights)
+    return backbone
+
+
+def _c4_res5(model: MaskRCNNConfig) -> nn.Sequential:
+    """The res5 stage used as the C4 RoI head, with the ImageNet ``layer4`` weights when given."""
+    res5 = _resnet(replace(model, backbone=replace(model.backbone, freeze_at=0)), ("res5",)).layer4
+    if model.backbone.weights:
+        from instaseg.weights.backbone import read_backbone_weights
+
+        state, _ = read_backbone_weights(model.backbone.weights)
+        res5.load_state_dict({k[len("layer4."):]: v for k, v in state.items() if k.startswith("layer4.")})
+    return res5
+
+
+def _resnet(model: MaskRCNNConfig, out_features: tuple[str, ...]) -> ResNet:
+    cfg = model.backbone
     return build_resnet(
         cfg.name,
         norm=cfg.norm,
@@ -47,7 +68,7 @@ def _mask_rcnn(config: Config) -> MaskRCNN:
         backbone = _backbone(model, ("res4",))
         neck = None
         shapes = backbone.output_shape()
-        res5 = _backbone(replace(model, backbone=replace(model.backbone, freeze_at=0)), ("res5",)).layer4
+        res5 = _c4_res5(model)
         res5_channels = backbone.output_shape()["res4"].channels * 2
         box_head: nn.Module = Res5Head(res5, res5_channels)
         box_features, mask_in = res5_channels, res5_channels

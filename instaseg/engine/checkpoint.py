@@ -23,7 +23,14 @@ from instaseg.config.io import config_from_dict, config_to_dict
 from instaseg.config.schema import Config
 from instaseg.errors import CheckpointError
 
-__all__ = ["save_checkpoint", "load_checkpoint", "load_model", "load_state_dict_checked", "atomic_torch_save"]
+__all__ = [
+    "atomic_torch_save",
+    "checkpoint_categories",
+    "load_checkpoint",
+    "load_model",
+    "load_state_dict_checked",
+    "save_checkpoint",
+]
 
 FORMAT = "instaseg"
 VERSION = 1
@@ -111,3 +118,17 @@ def load_model(path: str | Path, allow_partial: bool = False) -> tuple[nn.Module
     model = build_from_config(config)
     load_state_dict_checked(model, payload["model"], allow_partial, source=str(path))
     return model.eval(), config
+
+
+def checkpoint_categories(payload: dict[str, Any], num_classes: int) -> tuple[list[int], list[str]]:
+    """The dataset category ids and names a checkpoint was trained with (label k -> ids[k]).
+
+    Checkpoints from ``instaseg train`` store them under ``"categories"``; converted or older ones
+    fall back to ids 1..C and names "class_k".
+    """
+    categories = payload.get("categories") or {}
+    ids = list(categories.get("ids") or range(1, num_classes + 1))
+    names = list(categories.get("names") or [f"class_{k}" for k in range(num_classes)])
+    if len(ids) != num_classes or len(names) != num_classes:
+        raise CheckpointError(f"checkpoint lists {len(ids)} categories but its model has {num_classes} classes")
+    return ids, names

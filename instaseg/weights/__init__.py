@@ -1,1 +1,33 @@
-"""instaseg.weights."""
+"""Converters from peer checkpoints: torchvision and Detectron2 Mask R-CNN, ImageNet backbones.
+
+Every file is read without running code from it (``instaseg.weights.safe_pickle``).
+"""
+
+from instaseg.weights.backbone import load_backbone_weights, read_backbone_weights
+from instaseg.weights.detectron2 import (
+    convert_detectron2_file,
+    convert_detectron2_maskrcnn,
+    to_detectron2_maskrcnn,
+)
+from instaseg.weights.safe_pickle import RestrictedUnpickler, load_weights_file, safe_load_pickle
+from instaseg.weights.torchvision import (
+    ConversionSummary,
+    convert_torchvision_file,
+    convert_torchvision_maskrcnn,
+    to_torchvision_maskrcnn,
+)
+
+__all__ = [
+    "ConversionSummary",
+    "RestrictedUnpickler",
+    "convert_detectron2_file",
+    "convert_detectron2_maskrcnn",
+    "convert_torchvision_file",
+    "convert_torchvision_maskrcnn",
+    "load_backbone_weights",
+    "load_weights_file",
+    "read_backbone_weights",
+    "safe_load_pickle",
+    "to_detectron2_maskrcnn",
+    "to_torchvision_maskrcnn",
+]

@@ -1,0 +1,322 @@
+"""Detectron2 model-zoo Mask R-CNN weights (R-50/R-101, FPN and C4) <-> instaseg weights.
+
+Detectron2 names (facebookresearch/detectron2: modeling/backbone/resnet.py, fpn.py,
+proposal_generator/rpn.py, roi_heads/{roi_heads,box_head,fast_rcnn,mask_head}.py):
+
+* ResNet: ``stem.conv1`` and ``res{2..5}.{i}.conv{1,2,3}`` / ``.shortcut``, each conv carrying its
+  norm as ``<conv>.norm.*``; under ``backbone.bottom_up.`` for FPN models, ``backbone.`` for C4
+  (whose res5 is the RoI head ``roi_heads.res5``);
+* FPN: ``backbone.fpn_lateral{2..5}`` and ``backbone.fpn_output{2..5}``;
+* RPN: ``proposal_generator.rpn_head.{conv,objectness_logits,anchor_deltas}``;
+* RoI heads: ``roi_heads.box_head.fc{1,2}``, ``roi_heads.box_predictor.{cls_score,bbox_pred}``
+  (C + 1 scores with background LAST and 4C deltas: exactly our layout), and
+  ``roi_heads.mask_head.{mask_fcn1..4,deconv,predictor}``.
+
+So the conversion is a pure renaming: no tensor is reordered. The model-zoo ``.pkl`` (a pickled
+``{"model": {name: ndarray}, "__author__": ...}``) is read with the restricted unpickler of
+``instaseg.weights.safe_pickle``; ``.pth`` files with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from instaseg.config.presets import get_preset
+from instaseg.config.schema import Config
+from instaseg.errors import CheckpointError
+from instaseg.weights.safe_pickle import load_weights_file, numpy_state_to_tensors
+from instaseg.weights.torchvision import INSTASEG_BN_EPS, ConversionSummary, save_converted
+
+__all__ = [
+    "Detectron2Layout",
+    "DETECTRON2_PIXEL_MEAN_BGR",
+    "detect_detectron2_layout",
+    "detectron2_config",
+    "detectron2_name_to_ours",
+    "our_name_to_detectron2",
+    "block_name_to_ours",
+    "Detectron2Conversion",
+    "convert_detectron2_maskrcnn",
+    "fill_missing_bn_stats",
+    "to_detectron2_maskrcnn",
+    "convert_detectron2_file",
+]
+
+# MSRA R-50/R-101 ImageNet weights take BGR 0-255 images minus this mean, std 1 (Detectron2's
+# default MODEL.PIXEL_MEAN / PIXEL_STD with INPUT.FORMAT "BGR").
+DETECTRON2_PIXEL_MEAN_BGR = (103.530, 116.280, 123.675)
+DETECTRON2_PIXEL_STD_BGR = (1.0, 1.0, 1.0)
+_DEPTH_FROM_BLOCKS = {(3, 4, 6, 3): 50, (3, 4, 23, 3): 101}
+_NORM_PARAM = r"(weight|bias|running_mean|running_var)"
+# Same-name parts outside the ResNet (Detectron2 prefix, our prefix).
+_PLAIN_RENAMES = (
+    ("proposal_generator.rpn_head.conv.", "rpn_head.conv."),
+    ("proposal_generator.rpn_head.objectness_logits.", "rpn_head.objectness_logits."),
+    ("proposal_generator.rpn_head.anchor_deltas.", "rpn_head.anchor_deltas."),
+    ("roi_heads.box_predictor.cls_score.", "box_predictor.cls_score."),
+    ("roi_heads.box_predictor.bbox_pred.", "box_predictor.bbox_pred."),
+    ("roi_heads.mask_head.deconv.", "mask_head.deconv."),
+    ("roi_heads.mask_head.predictor.", "mask_head.predictor."),
+)
+
+
+# ------------------------------------------------------------------------------- names, one by one
+def block_name_to_ours(rest: str) -> str | None:
+    """Inside a ResNet block (or the stem): Detectron2 -> torchvision/instaseg naming.
+
+    ``conv2.weight`` -> ``conv2.weight``, ``conv2.norm.bias`` -> ``bn2.bias``,
+    ``shortcut.weight`` -> ``downsample.0.weight``, ``shortcut.norm.X`` -> ``downsample.1.X``.
+    """
+    if m := re.fullmatch(r"conv(\d)\.weight", rest):
+        return f"conv{m[1]}.weight"
+    if m := re.fullmatch(rf"conv(\d)\.norm\.{_NORM_PARAM}", rest):
+        return f"bn{m[1]}.{m[2]}"
+    if rest == "shortcut.weight":
+        return "downsample.0.weight"
+    if m := re.fullmatch(rf"shortcut\.norm\.{_NORM_PARAM}", rest):
+        return f"downsample.1.{m[1]}"
+    return None
+
+
+def _block_name_to_d2(rest: str) -> str | None:
+    if m := re.fullmatch(r"conv(\d)\.weight", rest):
+        return f"conv{m[1]}.weight"
+    if m := re.fullmatch(rf"bn(\d)\.{_NORM_PARAM}", rest):
+        return f"conv{m[1]}.norm.{m[2]}"
+    if rest == "downsample.0.weight":
+        return "shortcut.weight"
+    if m := re.fullmatch(rf"downsample\.1\.{_NORM_PARAM}", rest):
+        return f"shortcut.norm.{m[1]}"
+    return None
+
+
+def _prefixed(prefix: str, rest: str | None) -> str | None:
+    return None if rest is None else prefix + rest
+
+
+def detectron2_name_to_ours(name: str, fpn: bool) -> str | None:
+    """Our name for Detectron2 tensor ``name`` of an FPN (``fpn=True``) or C4 model, or None."""
+    body = "backbone.bottom_up." if fpn else "backbone."
+    if name.startswith(body + "stem."):
+        return _prefixed("backbone.", block_name_to_ours(name[len(body + "stem."):]))
+    if m := re.fullmatch(re.escape(body) + r"res([2-5])\.(\d+)\.(.+)", name):
+        return _prefixed(f"backbone.layer{int(m[1]) - 1}.{m[2]}.", block_name_to_ours(m[3]))
+    if not fpn and (m := re.fullmatch(r"roi_heads\.res5\.(\d+)\.(.+)", name)):
+        return _prefixed(f"box_head.res5.{m[1]}.", block_name_to_ours(m[2]))
+    if fpn and (m := re.fullmatch(r"backbone\.fpn_(lateral|output)([2-5])\.(weight|bias)", name)):
+        kind = "lateral_convs" if m[1] == "lateral" else "output_convs"
+        return f"neck.{kind}.{int(m[2]) - 2}.{m[3]}"
+    if m := re.fullmatch(r"roi_heads\.box_head\.fc([1-9])\.(weight|bias)", name):
+        return f"box_head.fcs.{int(m[1]) - 1}.{m[2]}"
+    if m := re.fullmatch(r"roi_heads\.mask_head\.mask_fcn([1-9])\.(weight|bias)", name):
+        return f"mask_head.convs.{int(m[1]) - 1}.{m[2]}"
+    for old, new in _PLAIN_RENAMES:
+        if name.startswith(old) and name[len(old):] in ("weight", "bias"):
+            return new + name[len(old):]
+    return None
+
+
+def our_name_to_detectron2(name: str, fpn: bool) -> str | None:
+    """The inverse of :func:`detectron2_name_to_ours`."""
+    body = "backbone.bottom_up." if fpn else "backbone."
+    if m := re.fullmatch(r"backbone\.layer([1-4])\.(\d+)\.(.+)", name):
+        return _prefixed(f"{body}res{int(m[1]) + 1}.{m[2]}.", _block_name_to_d2(m[3]))
+    if m := re.fullmatch(r"backbone\.(conv1\.weight|bn1\..+)", name):
+        return _prefixed(f"{body}stem.", _block_name_to_d2(m[1]))
+    if m := re.fullmatch(r"box_head\.res5\.(\d+)\.(.+)", name):
+        return _prefixed(f"roi_heads.res5.{m[1]}.", _block_name_to_d2(m[2]))
+    if m := re.fullmatch(r"neck\.(lateral|output)_convs\.(\d)\.(weight|bias)", name):
+        return f"backbone.fpn_{m[1]}{int(m[2]) + 2}.{m[3]}"
+    if m := re.fullmatch(r"box_head\.fcs\.(\d)\.(weight|bias)", name):
+        return f"roi_heads.box_head.fc{int(m[1]) + 1}.{m[2]}"
+    if m := re.fullmatch(r"mask_head\.convs\.(\d)\.(weight|bias)", name):
+        return f"roi_heads.mask_head.mask_fcn{int(m[1]) + 1}.{m[2]}"
+    for old, new in _PLAIN_RENAMES:
+        if name.startswith(new):
+            return old + name[len(new):]
+    return None
+
+
+# ---------------------------------------------------------------------------------------- layout
+@dataclass(frozen=True)
+class Detectron2Layout:
+    """What a Detectron2 Mask R-CNN checkpoint is, read from its keys and shapes."""
+
+    fpn: bool
+    depth: int  # 50 or 101
+    num_classes: int  # foreground classes (cls_score rows - 1)
+    class_agnostic_mask: bool = False
+
+    @property
+    def preset(self) -> str:
+        return f"mask_rcnn_r{self.depth}_{'fpn' if self.fpn else 'c4'}"
+
+    @property
+    def architecture(self) -> str:
+        return f"Mask R-CNN R-{self.depth}-{'FPN' if self.fpn else 'C4'} (Detectron2)"
+
+
+def _blocks(state: dict[str, Any], prefix: str) -> int:
+    pattern = re.compile(re.escape(prefix) + r"(\d+)\.")
+    return len({m[1] for k in state if (m := pattern.match(k))})
+
+
+def detect_detectron2_layout(state: dict[str, Any]) -> Detectron2Layout:
+    """FPN vs C4, R-50 vs R-101 (blocks per stage), num_classes; clear errors for the rest."""
+    if "conv1_w" in state or any(k.startswith("res2_0_") for k in state):
+        raise CheckpointError("Caffe2/Detectron1 names (res2_0_branch2a_w ...): not a Detectron2 "
+                              "model-zoo detector. ImageNet backbones of this kind load as backbone weights.")
+    if any("conv2_offset" in k for k in state):
+        raise CheckpointError("deformable-conv Detectron2 checkpoints are not supported")
+    fpn = any(k.startswith("backbone.bottom_up.res2.") for k in state)
+    c4 = any(k.startswith("backbone.res2.") for k in state) and any(k.startswith("roi_heads.res5.") for k in state)
+    if fpn == c4:
+        raise CheckpointError("not a Detectron2 R-CNN ResNet checkpoint: found neither "
+                              "backbone.bottom_up.res2.* (FPN) nor backbone.res2.* + roi_heads.res5.* (C4)")
+    body = "backbone.bottom_up." if fpn else "backbone."
+    counts = tuple(_blocks(state, f"{body}res{s}.") for s in (2, 3, 4)) + (
+        _blocks(state, f"{body}res5.") if fpn else _blocks(state, "roi_heads.res5."),)
+    if counts not in _DEPTH_FROM_BLOCKS:
+        raise CheckpointError(f"unsupported ResNet: blocks per stage {counts}; supported: R-50 (3, 4, 6, 3), "
+                              "R-101 (3, 4, 23, 3)")
+    conv2 = state.get(f"{body}res2.0.conv2.weight")
+    if conv2 is not None and conv2.shape[0] != conv2.shape[1]:
+        raise CheckpointError("grouped 3x3 convs (ResNeXt): not supported by this converter")
+    if "roi_heads.box_predictor.cls_score.weight" not in state:
+        raise CheckpointError("no roi_heads.box_predictor.cls_score.weight: not a Detectron2 R-CNN checkpoint")
+    num_classes = int(state["roi_heads.box_predictor.cls_score.weight"].shape[0]) - 1
+    bbox_pred = state.get("roi_heads.box_predictor.bbox_pred.weight")
+    if bbox_pred is not None and bbox_pred.shape[0] != 4 * num_classes:
+        raise CheckpointError("class-agnostic box regression (CLS_AGNOSTIC_BBOX_REG) is not supported")
+    mask_predictor = state.get("roi_heads.mask_head.predictor.weight")
+    agnostic = mask_predictor is not None and mask_predictor.shape[0] == 1 and num_classes != 1
+    return Detectron2Layout(fpn, _DEPTH_FROM_BLOCKS[counts], num_classes, agnostic)
+
+
+def detectron2_config(layout: Detectron2Layout, pixel_mean: tuple[float, float, float] = DETECTRON2_PIXEL_MEAN_BGR,
+                      pixel_std: tuple[float, float, float] = DETECTRON2_PIXEL_STD_BGR) -> Config:
+    """The preset for ``layout`` with Detectron2's conventions: BGR 0-255 input, stride in the 1x1
+    (MSRA weights), aligned RoIAlign with adaptive sampling, unrounded anchors, centre paste."""
+    base = get_preset(layout.preset)
+    m = base.model
+    model = replace(
+        m,
+        num_classes=layout.num_classes,
+        backbone=replace(m.backbone, stride_in_1x1=True),
+        rpn=replace(m.rpn, anchor_convention="detectron2"),
+        box_head=replace(m.box_head, aligned=True, sampling_ratio=0),
+        mask_head=replace(m.mask_head, paste="centres", class_agnostic=layout.class_agnostic_mask),
+    )
+    inputs = replace(base.input, channel_order="BGR", pixel_mean=pixel_mean, pixel_std=pixel_std)
+    return replace(base, name=f"{layout.preset}_detectron2", model=model, input=inputs)
+
+
+# ------------------------------------------------------------------------------------ conversion
+def _is_ignored(name: str) -> bool:
+    # Step counters of trainable BN, and the cell anchors old checkpoints stored as buffers
+    # (Detectron2 now rebuilds them from the config and ignores them too).
+    return name.endswith("num_batches_tracked") or "anchor_generator.cell_anchors" in name
+
+
+def _pixel_stats(state: dict[str, Tensor]) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    # Older checkpoints saved GeneralizedRCNN's pixel_mean/pixel_std buffers (3, 1, 1): trust them.
+    mean = state.pop("pixel_mean", None)
+    std = state.pop("pixel_std", None)
+    mean_t = DETECTRON2_PIXEL_MEAN_BGR if mean is None else tuple(float(v) for v in mean.flatten())
+    std_t = DETECTRON2_PIXEL_STD_BGR if std is None else tuple(float(v) for v in std.flatten())
+    if len(mean_t) != 3 or len(std_t) != 3:
+        raise CheckpointError("pixel_mean/pixel_std must have 3 values")
+    return mean_t, std_t
+
+
+def fill_missing_bn_stats(state: dict[str, Tensor], eps: float = INSTASEG_BN_EPS) -> int:
+    """Give norms that have only ``weight``/``bias`` (Caffe2-style, affine already folded) the
+    running stats that make our FrozenBN exactly ``x * weight + bias``: mean 0 and var ``1 - eps``
+    (``rsqrt((1 - eps) + eps)`` is exactly 1 in float32; Detectron2 itself uses var 1, which scales
+    by ``1 / sqrt(1 + eps)``). Works on our names; returns the number of norms filled."""
+    filled = 0
+    for name in [k for k in state if re.search(r"(^|\.)(bn\d|downsample\.1)\.weight$", k)]:
+        stem = name[: -len("weight")]
+        if stem + "running_mean" in state or stem + "running_var" in state:
+            continue
+        weight = state[name]
+        state[stem + "running_mean"] = torch.zeros_like(weight)
+        state[stem + "running_var"] = torch.ones_like(weight) - eps
+        filled += 1
+    return filled
+
+
+def _rename_all(state: dict[str, Tensor], rename: Callable[[str], str | None], what: str) -> dict[str, Tensor]:
+    out: dict[str, Tensor] = {}
+    unknown = []
+    for name, value in state.items():
+        new = rename(name)
+        if new is None:
+            unknown.append(name)
+        else:
+            out[new] = value
+    if unknown:
+        raise CheckpointError(f"{len(unknown)} {what} tensors have no counterpart: {unknown[:8]}")
+    return out
+
+
+@dataclass(frozen=True)
+class Detectron2Conversion:
+    """A converted Detectron2 checkpoint: our state dict, the config it loads into, and notes."""
+
+    state: dict[str, Tensor]
+    config: Config
+    layout: Detectron2Layout
+    notes: tuple[str, ...] = ()
+
+
+def convert_detectron2_maskrcnn(state: dict[str, Any]) -> Detectron2Conversion:
+    """Detectron2 Mask R-CNN state dict (tensors or numpy arrays) -> our state dict and config.
+
+    Every tensor is renamed (none reordered; Detectron2 also puts background last). Unknown keys
+    raise :class:`CheckpointError`; ``num_batches_tracked`` and stored cell anchors are ignored;
+    stored ``pixel_mean``/``pixel_std`` go into the config.
+    """
+    tensors = numpy_state_to_tensors({k: v for k, v in state.items() if not _is_ignored(k)})
+    pixel_mean, pixel_std = _pixel_stats(tensors)
+    layout = detect_detectron2_layout(tensors)
+    ours = _rename_all(tensors, lambda n: detectron2_name_to_ours(n, layout.fpn), "Detectron2")
+    ours = {k: v.float() if v.is_floating_point() else v for k, v in ours.items()}
+    notes = []
+    filled = fill_missing_bn_stats(ours)
+    if filled:
+        notes.append(f"{filled} norm layers had no running statistics: set to the identity (mean 0, var 1 - eps)")
+    if (pixel_mean, pixel_std) != (DETECTRON2_PIXEL_MEAN_BGR, DETECTRON2_PIXEL_STD_BGR):
+        notes.append(f"pixel mean {pixel_mean} / std {pixel_std} read from the checkpoint")
+    return Detectron2Conversion(ours, detectron2_config(layout, pixel_mean, pixel_std), layout, tuple(notes))
+
+
+def to_detectron2_maskrcnn(our_state: dict[str, Tensor], fpn: bool) -> dict[str, Tensor]:
+    """Our Mask R-CNN (R-50/101, FPN or C4) state dict in Detectron2 names (for tests and export)."""
+    return _rename_all(dict(our_state), lambda n: our_name_to_detectron2(n, fpn), "instaseg")
+
+
+def _detectron2_state(payload: Any, source: str) -> dict[str, Any]:
+    if isinstance(payload, dict) and "blobs" in payload:
+        raise CheckpointError(f"{source}: a Caffe2/Detectron1 'blobs' file, not a Detectron2 model-zoo checkpoint")
+    if isinstance(payload, dict) and isinstance(payload.get("model"), dict):
+        payload = payload["model"]
+    if not isinstance(payload, dict) or not payload:
+        raise CheckpointError(f"{source}: expected {{'model': {{name: array}}}} or a state dict")
+    return payload
+
+
+def convert_detectron2_file(src: str | Path, dst: str | Path) -> ConversionSummary:
+    """Convert a Detectron2 model-zoo Mask R-CNN ``.pkl`` / ``.pth`` into an instaseg checkpoint."""
+    state = _detectron2_state(load_weights_file(src), str(src))
+    result = convert_detectron2_maskrcnn(state)
+    count = save_converted(result.state, result.config, dst, source=str(src))
+    return ConversionSummary(result.layout.architecture, result.layout.num_classes, count,
+                             result.config.name, result.notes)

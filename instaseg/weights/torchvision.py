@@ -1,0 +1,234 @@
+"""torchvision ``maskrcnn_resnet50_fpn`` (v1) weights <-> instaseg Mask R-CNN weights.
+
+Key names: ``backbone.body.*`` is already our ResNet naming (ours is torchvision's); the FPN, RPN
+and RoI heads are renamed (see ``_HEAD_RENAMES``). Classes: torchvision's predictors have
+``C + 1`` outputs with background at index 0, so its label ``k`` (1..C) is our label ``k - 1``:
+``cls_score`` row 0 moves to the end (ours has background LAST), ``bbox_pred`` rows 0:4 and
+``mask_fcn_logits`` channel 0 (background, never used at inference) are dropped. For the COCO
+checkpoint (91 outputs) our label ``k`` is torchvision's label ``k + 1``, which torchvision
+sets to the COCO category id (its 91 include 11 unused "N/A" ids).
+
+FrozenBatchNorm eps: our FrozenBatchNorm2d uses ``eps = 1e-5``; torchvision's published COCO
+checkpoint runs with ``eps = 0`` (``maskrcnn_resnet50_fpn`` calls ``overwrite_eps(model, 0.0)``
+for ``COCO_V1``). The converter folds the difference into each frozen BN's ``weight``
+(``weight * sqrt((running_var + 1e-5) / (running_var + source_eps))``), so every per-channel
+scale ``weight / sqrt(running_var + eps)`` is the one torchvision computes.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from instaseg.config.presets import get_preset
+from instaseg.config.schema import Config
+from instaseg.errors import CheckpointError
+from instaseg.weights.safe_pickle import load_weights_file
+
+__all__ = [
+    "ConversionSummary",
+    "TORCHVISION_COCO_BN_EPS",
+    "INSTASEG_BN_EPS",
+    "convert_torchvision_maskrcnn",
+    "to_torchvision_maskrcnn",
+    "torchvision_config",
+    "convert_torchvision_file",
+    "unwrap_state_dict",
+    "save_converted",
+]
+
+# The eps torchvision's COCO_V1 maskrcnn_resnet50_fpn runs its FrozenBatchNorm2d with
+# (torchvision/models/detection/mask_rcnn.py: overwrite_eps(model, 0.0)).
+TORCHVISION_COCO_BN_EPS = 0.0
+# instaseg.layers.norm.FrozenBatchNorm2d's default eps, which every built model uses.
+INSTASEG_BN_EPS = 1e-5
+
+# (torchvision prefix, our prefix) for everything outside the ResNet body.
+_HEAD_RENAMES: tuple[tuple[str, str], ...] = (
+    *((f"backbone.fpn.inner_blocks.{i}.0.", f"neck.lateral_convs.{i}.") for i in range(4)),
+    *((f"backbone.fpn.layer_blocks.{i}.0.", f"neck.output_convs.{i}.") for i in range(4)),
+    ("rpn.head.conv.0.0.", "rpn_head.conv."),
+    ("rpn.head.cls_logits.", "rpn_head.objectness_logits."),
+    ("rpn.head.bbox_pred.", "rpn_head.anchor_deltas."),
+    ("roi_heads.box_head.fc6.", "box_head.fcs.0."),
+    ("roi_heads.box_head.fc7.", "box_head.fcs.1."),
+    ("roi_heads.box_predictor.cls_score.", "box_predictor.cls_score."),
+    ("roi_heads.box_predictor.bbox_pred.", "box_predictor.bbox_pred."),
+    *((f"roi_heads.mask_head.{i}.0.", f"mask_head.convs.{i}.") for i in range(4)),
+    ("roi_heads.mask_predictor.conv5_mask.", "mask_head.deconv."),
+    ("roi_heads.mask_predictor.mask_fcn_logits.", "mask_head.predictor."),
+)
+# Names older torchvision versions saved (they upgrade them when loading): rpn.head.conv was a
+# plain conv, the mask head convs were mask_fcn1..4. Whole names, so new names never match.
+_LEGACY_NAMES: dict[str, str] = {
+    **{f"rpn.head.conv.{p}": f"rpn.head.conv.0.0.{p}" for p in ("weight", "bias")},
+    **{f"roi_heads.mask_head.mask_fcn{i + 1}.{p}": f"roi_heads.mask_head.{i}.0.{p}"
+       for i in range(4) for p in ("weight", "bias")},
+}
+_BODY_PREFIX, _OUR_BACKBONE = "backbone.body.", "backbone."
+_BN_WEIGHT = re.compile(r"^backbone\.(.*\.)?(bn\d|downsample\.1)\.weight$")
+
+
+@dataclass(frozen=True)
+class ConversionSummary:
+    """What a converter read and wrote (the CLI prints it)."""
+
+    architecture: str  # e.g. "Mask R-CNN R-50-FPN (torchvision)"
+    num_classes: int  # foreground classes
+    num_tensors: int  # tensors written to the instaseg checkpoint
+    config_name: str
+    notes: tuple[str, ...] = ()
+
+
+def unwrap_state_dict(payload: object, source: str = "checkpoint") -> dict[str, Tensor]:
+    """The state dict inside a loaded file: the file itself or its ``"model"``/``"state_dict"``."""
+    if isinstance(payload, dict):
+        for key in ("model", "state_dict"):
+            if isinstance(payload.get(key), dict):
+                payload = payload[key]
+                break
+    if not isinstance(payload, dict) or not payload or not all(isinstance(k, str) for k in payload):
+        raise CheckpointError(f"{source}: expected a state dict (or a dict with 'model'/'state_dict')")
+    return dict(payload)
+
+
+def _rename(name: str, renames: tuple[tuple[str, str], ...]) -> str | None:
+    for old, new in renames:
+        if name.startswith(old):
+            return new + name[len(old):]
+    return None
+
+
+def _bn_scale_factor(running_var: Tensor, from_eps: float, to_eps: float) -> Tensor:
+    # weight / sqrt(var + from_eps) == (weight * factor) / sqrt(var + to_eps), computed in float64.
+    var = running_var.double()
+    return torch.sqrt((var + to_eps) / (var + from_eps))
+
+
+def _refold_bn_eps(state: dict[str, Tensor], from_eps: float, to_eps: float) -> None:
+    """Rescale every backbone FrozenBN weight in ``state`` (our names) from one eps to another."""
+    if from_eps == to_eps:
+        return
+    for name in [k for k in state if _BN_WEIGHT.match(k)]:
+        var = state.get(name[: -len("weight")] + "running_var")
+        if var is None:  # left for the strict load to report as missing
+            continue
+        weight = state[name]
+        state[name] = (weight.double() * _bn_scale_factor(var, from_eps, to_eps)).to(weight.dtype)
+
+
+def _num_classes_from(state: dict[str, Tensor], key: str) -> int:
+    if key not in state:
+        raise CheckpointError(f"not a torchvision Mask R-CNN state dict: no {key!r}")
+    return int(state[key].shape[0]) - 1
+
+
+def convert_torchvision_maskrcnn(
+    state: dict[str, Tensor], source_bn_eps: float = TORCHVISION_COCO_BN_EPS
+) -> tuple[dict[str, Tensor], int]:
+    """torchvision ``maskrcnn_resnet50_fpn`` state dict -> (our state dict, num_classes).
+
+    ``num_classes`` (foreground) is ``cls_score`` rows - 1, read from the dict, so fine-tuned
+    checkpoints keep their own count. ``num_batches_tracked`` entries are ignored; any other key
+    this converter does not know raises :class:`CheckpointError` (nothing is dropped silently).
+    Renamed tensors share storage with ``state`` (no copy of the ~170 MB of weights).
+    ``source_bn_eps`` is the eps the source model's FrozenBatchNorm2d ran with: 0.0 for the
+    published COCO weights, 1e-5 (torchvision's default) for a model built without them.
+    """
+    state = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
+    state = {_LEGACY_NAMES.get(k, k): v for k, v in state.items()}
+    num_classes = _num_classes_from(state, "roi_heads.box_predictor.cls_score.weight")
+    ours: dict[str, Tensor] = {}
+    unknown = []
+    for name, value in state.items():
+        if name.startswith(_BODY_PREFIX):
+            new = _OUR_BACKBONE + name[len(_BODY_PREFIX):]
+        else:
+            new = _rename(name, _HEAD_RENAMES)
+        if new is None:
+            unknown.append(name)
+            continue
+        if new.startswith("box_predictor.cls_score."):
+            value = torch.cat([value[1:], value[:1]])  # background row 0 -> last
+        elif new.startswith("box_predictor.bbox_pred."):
+            value = value[4:]  # drop the background's 4 deltas
+        elif new.startswith("mask_head.predictor."):
+            value = value[1:]  # drop the background mask channel
+        ours[new] = value.detach()
+    if unknown:
+        raise CheckpointError(f"unknown torchvision keys (not maskrcnn_resnet50_fpn v1?): {unknown[:8]}")
+    _refold_bn_eps(ours, source_bn_eps, INSTASEG_BN_EPS)
+    return ours, num_classes
+
+
+def to_torchvision_maskrcnn(
+    our_state: dict[str, Tensor], num_classes: int, target_bn_eps: float = TORCHVISION_COCO_BN_EPS
+) -> dict[str, Tensor]:
+    """Our ``mask_rcnn_r50_fpn*`` state dict -> torchvision ``maskrcnn_resnet50_fpn`` state dict.
+
+    The inverse of :func:`convert_torchvision_maskrcnn`; the background's box deltas and mask
+    channel, which our model does not have, are written as zeros (torchvision never reads them
+    at inference: it drops class 0 before decoding boxes and picking masks).
+    """
+    inverse = tuple((new, old) for old, new in _HEAD_RENAMES)
+    state = {k: v.detach() for k, v in our_state.items()}
+    _refold_bn_eps(state, INSTASEG_BN_EPS, target_bn_eps)
+    rows = int(state["box_predictor.cls_score.weight"].shape[0])
+    if rows != num_classes + 1:
+        raise CheckpointError(f"cls_score has {rows} rows, expected num_classes + 1 = {num_classes + 1}")
+    theirs: dict[str, Tensor] = {}
+    for name, value in state.items():
+        old = _rename(name, inverse)
+        if old is None:
+            if not name.startswith(_OUR_BACKBONE):
+                raise CheckpointError(f"{name}: no torchvision counterpart (not a mask_rcnn_r50_fpn model?)")
+            old = _BODY_PREFIX + name[len(_OUR_BACKBONE):]
+        if name.startswith("box_predictor.cls_score."):
+            value = torch.cat([value[-1:], value[:-1]])
+        elif name.startswith("box_predictor.bbox_pred."):
+            value = torch.cat([value.new_zeros((4, *value.shape[1:])), value])
+        elif name.startswith("mask_head.predictor."):
+            value = torch.cat([value.new_zeros((1, *value.shape[1:])), value])
+        theirs[old] = value
+    return theirs
+
+
+def save_converted(state: dict[str, Tensor], config: Config, dst: str | Path, source: str) -> int:
+    """Build ``config``'s model, load ``state`` strictly (nothing missing, nothing unused, no shape
+    mismatch) and save an instaseg checkpoint at ``dst``. Returns the number of tensors loaded."""
+    # Imported here: the builder may itself use instaseg.weights (backbone weights), and a
+    # module-level import would make the two packages import each other.
+    from instaseg.detectors.build import build_from_config
+    from instaseg.engine.checkpoint import load_state_dict_checked, save_checkpoint
+
+    model = build_from_config(config)
+    load_state_dict_checked(model, state, allow_partial=False, source=source)
+    save_checkpoint(dst, model.eval(), config)
+    return len(state)
+
+
+def torchvision_config(num_classes: int) -> Config:
+    """The ``mask_rcnn_r50_fpn_torchvision`` preset (torchvision's inference conventions)."""
+    base = get_preset("mask_rcnn_r50_fpn_torchvision")
+    return replace(base, model=replace(base.model, num_classes=num_classes))
+
+
+def convert_torchvision_file(
+    src: str | Path, dst: str | Path, source_bn_eps: float = TORCHVISION_COCO_BN_EPS
+) -> ConversionSummary:
+    """Convert a torchvision Mask R-CNN file (a state dict, or ``{"model"|"state_dict": ...}``,
+    read with ``weights_only=True``) into an instaseg checkpoint at ``dst``."""
+    state = unwrap_state_dict(load_weights_file(src), str(src))
+    if not all(isinstance(v, Tensor) for v in state.values()):
+        raise CheckpointError(f"{src}: expected tensors in the state dict")
+    ours, num_classes = convert_torchvision_maskrcnn(state, source_bn_eps)
+    config = torchvision_config(num_classes)
+    count = save_converted(ours, config, dst, source=str(src))
+    notes = ["our label k = torchvision label k + 1"]
+    if source_bn_eps != INSTASEG_BN_EPS:
+        notes.append(f"FrozenBN eps {source_bn_eps:g} folded into the BN weights (ours run with {INSTASEG_BN_EPS:g})")
+    return ConversionSummary("Mask R-CNN R-50-FPN (torchvision v1)", num_classes, count, config.name, tuple(notes))
