@@ -11,6 +11,12 @@ from instaseg.errors import InstasegError
 # sub-command name -> (module that defines add_arguments(parser) and run(args), one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("instaseg.cli.demo", "the main job end to end on the built-in synthetic dataset"),
+    "train": ("instaseg.cli.train", "train a preset on COCO-format data"),
+    "eval": ("instaseg.cli.eval", "COCO box and mask AP of a checkpoint or a results file"),
+    "predict": ("instaseg.cli.predict", "segment images, folders or videos; overlays and results json"),
+    "data": ("instaseg.cli.data", "synthetic dataset, dataset statistics and ground-truth overlays"),
+    "presets": ("instaseg.cli.presets", "list the model presets"),
+    "convert": ("instaseg.cli.convert", "torchvision / Detectron2 weights -> instaseg checkpoint"),
 }
 
 

@@ -1,0 +1,46 @@
+"""``instaseg train``: train a preset on COCO-format data (single process, or DDP under torchrun)."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import replace
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--preset", required=True, help="model preset (see `instaseg presets`)")
+    parser.add_argument("--train-json", required=True, help="COCO instances json of the training set")
+    parser.add_argument("--train-images", required=True, help="image folder of the training set")
+    parser.add_argument("--val-json", help="COCO json of a validation set (periodic and final evaluation)")
+    parser.add_argument("--val-images", help="image folder of the validation set")
+    parser.add_argument("--out", required=True, help="run folder: checkpoints, metrics.jsonl, metrics.json")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set train.max_iter=500 (repeatable)")
+    parser.add_argument("--resume", action="store_true", help="continue from RUN/checkpoints/last.pt exactly")
+    parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: the GPU if there is one)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from instaseg.config.io import apply_overrides
+    from instaseg.config.presets import get_preset
+    from instaseg.data.coco import CocoDataset
+    from instaseg.engine.train import train_on_dataset
+    from instaseg.errors import ConfigError
+
+    if (args.val_json is None) != (args.val_images is None):
+        raise ConfigError("give both --val-json and --val-images, or neither")
+    config = get_preset(args.preset)
+    train_set = CocoDataset(args.train_json, args.train_images)
+    # num_classes comes from the data (set here, in one place), before overrides can refine it
+    config = replace(config, model=replace(config.model, num_classes=train_set.num_classes))
+    config = apply_overrides(config, args.overrides)
+    if config.model.num_classes != train_set.num_classes:
+        raise ConfigError(f"model.num_classes={config.model.num_classes} but {args.train_json} has "
+                          f"{train_set.num_classes} categories")
+    val_set = CocoDataset(args.val_json, args.val_images) if args.val_json else None
+    summary = train_on_dataset(config, train_set, args.out, val_dataset=val_set, resume=args.resume,
+                               overrides_note=" ".join(args.overrides) or None, progress=not args.no_progress,
+                               device=args.device)
+    print(f"{summary['status']} at iteration {summary['iteration']}/{summary['max_iter']} "
+          f"in {summary['seconds']:.0f} s; last checkpoint {summary['last_checkpoint']}")
+    return 0 if summary["status"] == "finished" else 130

@@ -1,0 +1,579 @@
+"""The training loop: one explicit loop, no hook framework.
+
+Per iteration ``i`` (0-based; ``iteration`` below counts completed iterations):
+
+1. at the boundary, stop if SIGTERM / Ctrl-C asked for it (all ranks agree), then snapshot RNGs;
+2. set the LR to ``LRSchedule.lr_at(i)``;
+3. for each of ``accumulate`` micro-batches: forward through the (DDP-wrapped) model, loss,
+   backward of ``loss / accumulate`` (DDP syncs gradients on the last micro-batch only);
+4. clip the gradient norm (optional) and step, unless a loss was non-finite: then the step is
+   skipped (no update), a warning is issued, and after ``max_bad_steps`` in a row a checkpoint is
+   written and :class:`NonFiniteLossError` raised;
+5. every ``log_period``: a line in ``metrics.jsonl``; every ``eval_period`` and at the end:
+   COCO evaluation (``metrics.json``, ``checkpoints/best.pt`` by segm AP); every
+   ``checkpoint_period`` and at the end: ``checkpoints/model_{iteration:07d}.pt`` + ``last.pt``.
+
+Exact resumption: the data stream is a pure function of (seed, micro-batch index) and is read with
+the global RNGs set aside, the LR is a pure function of the iteration, and a checkpoint holds
+model, optimizer, grad scaler, iteration and every rank's RNG states taken at an iteration
+boundary. So ``N`` iterations equal ``k`` + resume + ``N - k`` (bit-exact on the CPU).
+
+Batch size: ``train.ims_per_batch`` is the number of images per optimizer step over all processes
+and micro-batches (Detectron2's meaning), so the LR schedule does not change with the hardware;
+each micro-batch holds ``ims_per_batch / (world_size * accumulate)`` images.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import random
+import shutil
+import signal
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from instaseg.config.io import save_yaml
+from instaseg.config.schema import Config
+from instaseg.detectors.build import build_from_config
+from instaseg.engine.checkpoint import load_checkpoint, load_state_dict_checked, save_checkpoint
+from instaseg.engine.distributed import (all_gather_objects, any_across_ranks, barrier, destroy_distributed,
+                                         get_local_rank, get_rank, get_world_size, init_distributed,
+                                         is_distributed, wrap_model)
+from instaseg.engine.evaluate import evaluate_model, write_metrics_json
+from instaseg.engine.logging import (LossMeter, MetricsWriter, format_losses, get_logger, progress_bar,
+                                     setup_logger, teardown_logger)
+from instaseg.engine.optim import LRSchedule, build_optimizer, resolve_schedule
+from instaseg.errors import ConfigError, InstasegError
+from instaseg.evaluation.coco_eval import AP_KEYS
+
+__all__ = ["train", "train_on_dataset", "NonFiniteLossError", "TrainLoaderFn", "TestLoaderFn",
+           "seed_everything", "capture_rng_state", "restore_rng_state"]
+
+# (dataset, config, micro_batch_size, start_micro_batch, distributed) -> infinite stream of batches
+TrainLoaderFn = Callable[[Any, Config, int, int, bool], Iterable[Any]]
+TestLoaderFn = Callable[[Any], Iterable[Any]]  # dataset -> batches of original images, in order
+
+
+class NonFiniteLossError(InstasegError, FloatingPointError):
+    """Too many non-finite losses in a row; a checkpoint was written before raising."""
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's ``random``, NumPy's global generator and torch (CPU and every CUDA device)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def capture_rng_state(cuda: bool = True) -> dict[str, Any]:
+    """The global RNG states as tensors and plain containers (loadable with ``weights_only=True``)."""
+    kind, key, pos, has_gauss, gauss = np.random.get_state()
+    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
+             "numpy": {"kind": kind, "key": torch.from_numpy(key.astype(np.int64)), "pos": int(pos),
+                       "has_gauss": int(has_gauss), "gauss": float(gauss)}}
+    if cuda and torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    """Inverse of :func:`capture_rng_state`."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    torch.set_rng_state(state["torch"])
+    np_state = state["numpy"]
+    np.random.set_state((np_state["kind"], np_state["key"].numpy().astype(np.uint32), np_state["pos"],
+                         np_state["has_gauss"], np_state["gauss"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class _StopSignals:
+    """SIGTERM, and a first Ctrl-C, set ``requested``; the loop stops at the next iteration boundary.
+
+    A second Ctrl-C raises ``KeyboardInterrupt`` at once. Handlers can only be installed from the
+    main thread; elsewhere only ``KeyboardInterrupt`` is handled.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        if signum == signal.SIGINT and self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        name = signal.Signals(signum).name
+        get_logger().warning(f"{name} received: stopping after this iteration (Ctrl-C again to stop now)")
+
+    def __enter__(self) -> "_StopSignals":
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                self._previous[signum] = signal.signal(signum, self._handler)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        self._previous.clear()
+
+
+@dataclass
+class _Run:
+    """Everything the loop reads and updates (built once by :func:`_setup`)."""
+
+    config: Config
+    model: nn.Module  # the bare model: loss(), predict(), state_dict()
+    ddp_model: nn.Module  # DDP wrapper when distributed (forward only), else the model
+    optimizer: torch.optim.Optimizer
+    schedule: LRSchedule
+    device: torch.device
+    out_dir: Path
+    micro_batch: int
+    distributed: bool
+    main: bool
+    val_dataset: Any
+    test_loader_fn: TestLoaderFn | None
+    progress: bool
+    log_period: int
+    note: str | None
+    amp_dtype: torch.dtype | None = None
+    scaler: Any = None
+    stream: Iterator[Any] | None = None
+    iteration: int = 0
+    best_segm_ap: float = float("nan")
+    bad_steps: int = 0
+    skipped_steps: int = 0
+    phase: str = "setup"  # "compute" | "step" | "after": where a KeyboardInterrupt landed
+    rng_snapshot: dict[str, Any] | None = None
+    final_metrics: dict[str, Any] | None = None
+    categories: dict[str, list] | None = None  # dataset category ids and names, label order
+    meter: LossMeter = field(default_factory=LossMeter)
+    writer: Any = None
+    bar: Any = None
+    stop: _StopSignals = field(default_factory=_StopSignals)
+
+    @property
+    def max_iter(self) -> int:
+        return self.schedule.max_iter
+
+    @property
+    def ckpt_dir(self) -> Path:
+        return self.out_dir / "checkpoints"
+
+
+# ------------------------------------------------------------------------------------- entry points
+def train(config: Config, train_json: str | Path, train_images: str | Path, out_dir: str | Path,
+          val_json: str | Path | None = None, val_images: str | Path | None = None, resume: bool = False,
+          overrides_note: str | None = None, progress: bool = True, *, log_period: int = 20,
+          device: str | None = None) -> dict[str, Any]:
+    """Train ``config``'s model on a COCO dataset; see :func:`train_on_dataset` for the rest.
+
+    ``train_json`` / ``val_json`` are COCO instance annotation files, ``*_images`` their image
+    folders. ``config.model.num_classes`` must equal the training set's number of categories.
+    """
+    from instaseg.data.coco import CocoDataset
+
+    if (val_json is None) != (val_images is None):
+        raise ConfigError("give both val_json and val_images, or neither")
+    train_set = CocoDataset(train_json, train_images)
+    val_set = CocoDataset(val_json, val_images) if val_json is not None else None
+    return train_on_dataset(config, train_set, out_dir, val_dataset=val_set, resume=resume,
+                            overrides_note=overrides_note, progress=progress, log_period=log_period, device=device)
+
+
+def train_on_dataset(config: Config, train_dataset: Any, out_dir: str | Path, *, val_dataset: Any = None,
+                     resume: bool = False, overrides_note: str | None = None, progress: bool = True,
+                     log_period: int = 20, device: str | None = None, train_loader_fn: TrainLoaderFn | None = None,
+                     test_loader_fn: TestLoaderFn | None = None) -> dict[str, Any]:
+    """Train on dataset objects (``len()``, ``num_classes``; val: ``json_path``, ``category_ids``).
+
+    Under ``torchrun`` this joins the process group and trains with DDP. ``resume`` continues from
+    ``out_dir/checkpoints/last.pt`` (from scratch, with a warning, when there is none).
+    ``train_loader_fn`` / ``test_loader_fn`` replace the ``instaseg.data.loader`` streams (their
+    contract is :data:`TrainLoaderFn` / :data:`TestLoaderFn`); ``device`` defaults to the
+    process's GPU when CUDA is available, else the CPU.
+
+    Returns a summary: ``status`` ("finished" or "interrupted"), ``iteration``, ``max_iter``,
+    ``last_checkpoint``, ``best_checkpoint`` (or None), ``metrics`` (last evaluation or None),
+    ``skipped_steps``, ``seconds``, ``out_dir``.
+    """
+    owns_group = init_distributed()
+    try:
+        run = _setup(config, train_dataset, Path(out_dir), val_dataset, resume, overrides_note, progress,
+                     log_period, device, train_loader_fn, test_loader_fn)
+        return _train(run)
+    finally:
+        teardown_logger()
+        if owns_group:
+            destroy_distributed()
+
+
+# ------------------------------------------------------------------------------------- setup
+def _micro_batch_size(cfg: Any, world_size: int) -> int:
+    if cfg.accumulate < 1:
+        raise ConfigError(f"train.accumulate must be >= 1, got {cfg.accumulate}")
+    parts = world_size * cfg.accumulate
+    if cfg.ims_per_batch % parts:
+        raise ConfigError(f"train.ims_per_batch={cfg.ims_per_batch} must be divisible by processes x accumulate "
+                          f"= {world_size} x {cfg.accumulate}")
+    return cfg.ims_per_batch // parts
+
+
+def _pick_device(device: str | None) -> torch.device:
+    if device is not None:
+        return torch.device(device)
+    return torch.device("cuda", get_local_rank()) if torch.cuda.is_available() else torch.device("cpu")
+
+
+def _amp(amp: str, device: torch.device) -> tuple[torch.dtype | None, Any]:
+    """(autocast dtype or None, GradScaler or None). Mixed precision is CUDA-only here."""
+    if amp not in ("none", "bf16", "fp16"):
+        raise ConfigError(f"unknown train.amp {amp!r}: use none, bf16 or fp16")
+    if amp == "none":
+        return None, None
+    if device.type != "cuda":
+        warnings.warn(f"train.amp={amp} needs CUDA; training in float32 on {device}", stacklevel=3)
+        return None, None
+    # fp16 needs loss scaling (small gradients underflow); bf16 has float32's range and does not.
+    return (torch.bfloat16, None) if amp == "bf16" else (torch.float16, torch.amp.GradScaler("cuda"))
+
+
+def _setup(config: Config, dataset: Any, out_dir: Path, val_dataset: Any, resume: bool, note: str | None,
+           progress: bool, log_period: int, device_name: str | None, train_loader_fn: TrainLoaderFn | None,
+           test_loader_fn: TestLoaderFn | None) -> _Run:
+    cfg = config.train
+    num_classes = getattr(dataset, "num_classes", config.model.num_classes)
+    if num_classes != config.model.num_classes:
+        raise ConfigError(f"the model has num_classes={config.model.num_classes} but the training set has "
+                          f"{num_classes} categories: set model.num_classes={num_classes}")
+    distributed, main = is_distributed(), get_rank() == 0
+    last = out_dir / "checkpoints" / "last.pt"
+    if last.is_file() and not resume:
+        raise InstasegError(f"{out_dir} already holds a training run ({last}); resume it with --resume "
+                            "or choose another output folder")
+    logger = setup_logger(out_dir if main else None, enabled=main)
+    device = _pick_device(device_name)
+    seed_everything(cfg.seed + get_rank())  # ranks draw different RoI samples; DDP syncs the weights
+    max_iter, steps = resolve_schedule(cfg, len(dataset))
+    micro_batch = _micro_batch_size(cfg, get_world_size())
+    model = build_from_config(config).to(device)
+    run = _Run(config=config, model=model, ddp_model=model, optimizer=build_optimizer(model, cfg),
+               schedule=LRSchedule(cfg, max_iter, steps), device=device, out_dir=out_dir,
+               micro_batch=micro_batch, distributed=distributed, main=main,
+               val_dataset=val_dataset, test_loader_fn=test_loader_fn, progress=progress,
+               log_period=max(1, log_period), note=note, categories=_categories(dataset))
+    run.amp_dtype, run.scaler = _amp(cfg.amp, device)
+    rng_states = _resume(run, last, logger) if resume and last.is_file() else None
+    if resume and not last.is_file():
+        logger.warning(f"--resume: no checkpoint in {last.parent}; starting from scratch")
+    run.ddp_model = wrap_model(model, device)
+    loader_fn = train_loader_fn or _default_train_loader
+    run.stream = iter(loader_fn(dataset, config, run.micro_batch, run.iteration * cfg.accumulate, distributed))
+    if rng_states is not None and len(rng_states) == get_world_size():
+        restore_rng_state(rng_states[get_rank()])
+    elif rng_states is not None:  # another number of processes: a fresh, distinct stream per rank
+        seed_everything(cfg.seed + get_rank() + 7919 * run.iteration)
+    if main:
+        _write_config(config, out_dir / "config.yaml", note)
+    run.writer = MetricsWriter(out_dir / "metrics.jsonl", enabled=main, tensorboard_dir=out_dir / "tensorboard")
+    run.writer.truncate_after(run.iteration)
+    logger.info(f"training {config.name}: {max_iter} iterations of {cfg.ims_per_batch} images "
+                f"({get_world_size()} process(es) x {cfg.accumulate} micro-batch(es) of {run.micro_batch}) "
+                f"on {device}, starting at iteration {run.iteration}")
+    return run
+
+
+def _write_config(config: Config, path: Path, note: str | None) -> None:
+    """The resolved config as YAML; the command-line overrides that made it as a comment on top."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_yaml(config, path)
+    if note:
+        path.write_text(f"# overrides: {note}\n" + path.read_text())
+
+
+def _resume(run: _Run, path: Path, logger: Any) -> list[dict[str, Any]] | None:
+    """Load ``path`` into the run; return the saved RNG states (one per rank) to restore later."""
+    payload = load_checkpoint(path)
+    load_state_dict_checked(run.model, payload["model"], source=str(path))
+    if "optimizer" not in payload or "iteration" not in payload:
+        raise InstasegError(f"{path} holds weights only (no optimizer state / iteration): it cannot be resumed")
+    run.optimizer.load_state_dict(payload["optimizer"])
+    if run.scaler is not None and payload.get("scaler"):
+        run.scaler.load_state_dict(payload["scaler"])
+    run.iteration = int(payload["iteration"])
+    run.best_segm_ap = float(payload.get("best_segm_ap", float("nan")))
+    rng = payload.get("rng")
+    if rng is not None and len(rng) != get_world_size():
+        logger.warning(f"{path} was written by {len(rng)} process(es), this run has {get_world_size()}: "
+                       "the random sampling will not repeat the original run exactly")
+    logger.info(f"resumed from {path} at iteration {run.iteration}")
+    return rng
+
+
+def _default_train_loader(dataset: Any, config: Config, batch_size: int, start: int,
+                          distributed: bool) -> Iterable[Any]:
+    from instaseg.data.loader import build_train_loader
+    from instaseg.data.transforms import build_transforms
+
+    return build_train_loader(dataset, build_transforms(config, train=True), batch_size, config.train.num_workers,
+                              config.train.seed, distributed=distributed, start_iter=start)
+
+
+# ------------------------------------------------------------------------------------- the loop
+def _train(run: _Run) -> dict[str, Any]:
+    start_time, start_iter = time.time(), run.iteration
+    run.bar = progress_bar(run.max_iter, run.iteration, enabled=run.progress and run.main)
+    status, path = "finished", None
+    try:
+        with run.stop:
+            status = _loop(run)
+            if status == "interrupted":
+                path = _save(run, run.iteration, all_gather_objects(capture_rng_state()))
+    except KeyboardInterrupt:
+        status, path = "interrupted", _save_after_keyboard_interrupt(run)
+    finally:
+        run.bar.close()
+        run.writer.close()
+    logger = get_logger()
+    if status == "interrupted":
+        where = f"checkpoint {path}" if path else "no checkpoint (interrupted inside an optimizer step)"
+        logger.warning(f"interrupted at iteration {run.iteration}/{run.max_iter}: {where}. To continue, run "
+                       f"the same command with --resume (train(..., resume=True)) and output folder {run.out_dir}")
+    seconds = time.time() - start_time
+    logger.info(f"{status}: {run.iteration - start_iter} iterations in {seconds:.0f} s")
+    best = run.ckpt_dir / "best.pt"
+    return {"status": status, "iteration": run.iteration, "max_iter": run.max_iter, "out_dir": str(run.out_dir),
+            "last_checkpoint": str(run.ckpt_dir / "last.pt") if (run.ckpt_dir / "last.pt").is_file() else None,
+            "best_checkpoint": str(best) if best.is_file() else None, "metrics": run.final_metrics,
+            "skipped_steps": run.skipped_steps, "seconds": seconds}
+
+
+def _loop(run: _Run) -> str:
+    while run.iteration < run.max_iter:
+        if any_across_ranks(run.stop.requested, run.device):
+            return "interrupted"
+        run.rng_snapshot = capture_rng_state()  # the boundary state, for a Ctrl-C in mid-iteration
+        run.phase = "compute"
+        started = time.perf_counter()
+        lr = run.schedule.apply(run.optimizer, run.iteration)
+        losses, data_time = _compute_gradients(run)
+        run.phase = "step"
+        stepped = losses is not None and _optimizer_step(run)
+        run.optimizer.zero_grad(set_to_none=True)
+        run.iteration += 1
+        run.phase = "after"
+        run.meter.add_time(time.perf_counter() - started, data_time)
+        if stepped:
+            run.bad_steps = 0
+            run.meter.add_losses(losses)
+            run.bar.set_postfix_str(f"lr {lr:.2e} {format_losses(losses)}", refresh=False)
+        else:
+            _non_finite_step(run)
+        run.bar.update(1)
+        _periodic(run, lr)
+    return "finished"
+
+
+def _next_batch(run: _Run) -> Any:
+    """The next micro-batch, read with the global RNGs set aside so that data loading (which has its
+    own seeded randomness) never shifts the model's random sampling."""
+    state = capture_rng_state(cuda=False)
+    try:
+        return next(run.stream)
+    except RuntimeError:
+        if run.stop.requested:  # Ctrl-C also killed the loader's worker processes
+            raise KeyboardInterrupt from None
+        raise
+    finally:
+        restore_rng_state(state)
+
+
+def _compute_gradients(run: _Run) -> tuple[dict[str, float] | None, float]:
+    """Forward/backward over ``accumulate`` micro-batches; the mean loss terms, or None when one was
+    non-finite on any rank (then the remaining micro-batches are read and dropped, so the data
+    position stays a function of the iteration). Also returns the seconds spent waiting for data."""
+    accumulate = run.config.train.accumulate
+    sums: dict[str, float] = {}
+    data_time, finite = 0.0, True
+    for micro in range(accumulate):
+        started = time.perf_counter()
+        batch = _next_batch(run)
+        data_time += time.perf_counter() - started
+        if not finite:
+            continue
+        targets = [t.to(run.device) for t in batch.targets]
+        last = micro == accumulate - 1
+        sync = run.ddp_model.no_sync() if run.distributed and not last else contextlib.nullcontext()
+        with sync:
+            autocast = (torch.autocast(run.device.type, dtype=run.amp_dtype) if run.amp_dtype is not None
+                        else contextlib.nullcontext())
+            with autocast:
+                raw = run.ddp_model(batch.images, targets)  # DDP's forward arms the gradient hooks
+                total, losses = run.model.loss(raw, targets)
+            if any_across_ranks(not bool(torch.isfinite(total.detach())), run.device):
+                finite = False
+                continue
+            scaled = total / accumulate
+            (run.scaler.scale(scaled) if run.scaler is not None else scaled).backward()
+        for name, value in losses.items():
+            sums[name] = sums.get(name, 0.0) + float(value.detach()) / accumulate
+        sums["total_loss"] = sums.get("total_loss", 0.0) + float(total.detach()) / accumulate
+    return (sums if finite else None), data_time
+
+
+def _optimizer_step(run: _Run) -> bool:
+    """Clip (optional) and step; False when clipping found a non-finite gradient norm (no update)."""
+    clip = run.config.train.clip_grad_norm
+    if clip > 0:
+        if run.scaler is not None:
+            run.scaler.unscale_(run.optimizer)  # clip the true gradients, not the scaled ones
+        params = [p for group in run.optimizer.param_groups for p in group["params"]]
+        norm = torch.nn.utils.clip_grad_norm_(params, clip)
+        if run.scaler is None and not bool(torch.isfinite(norm)):  # identical on all ranks after DDP sync
+            return False
+    if run.scaler is not None:
+        run.scaler.step(run.optimizer)  # skips the update itself when fp16 gradients overflowed
+        run.scaler.update()
+    else:
+        run.optimizer.step()
+    return True
+
+
+def _non_finite_step(run: _Run) -> None:
+    run.bad_steps += 1
+    run.skipped_steps += 1
+    limit = run.config.train.max_bad_steps
+    if run.main:
+        warnings.warn(f"non-finite loss or gradient at iteration {run.iteration - 1}: step skipped, weights "
+                      f"unchanged ({run.bad_steps} in a row; stopping at {limit})", RuntimeWarning, stacklevel=2)
+    if limit > 0 and run.bad_steps >= limit:
+        path = _save(run, run.iteration, all_gather_objects(capture_rng_state()))
+        raise NonFiniteLossError(
+            f"{run.bad_steps} non-finite losses in a row (iterations {run.iteration - run.bad_steps} to "
+            f"{run.iteration - 1}); the weights of the last good step are saved in {path}. Lower train.lr, "
+            "set train.clip_grad_norm, lengthen train.warmup_iters or check the data, then resume with --resume."
+        )
+
+
+def _periodic(run: _Run, lr: float) -> None:
+    """Log, evaluate and checkpoint after iteration ``run.iteration`` as the periods say."""
+    cfg, it = run.config.train, run.iteration
+    final = it == run.max_iter
+    if it % run.log_period == 0 or final:
+        _log_metrics(run, lr)
+    if run.val_dataset is not None and (final or (cfg.eval_period > 0 and it % cfg.eval_period == 0)):
+        _evaluate(run)
+    if final or (cfg.checkpoint_period > 0 and it % cfg.checkpoint_period == 0):
+        _save(run, it, all_gather_objects(capture_rng_state()))
+
+
+def _log_metrics(run: _Run, lr: float) -> None:
+    seconds, data_seconds = run.meter.seconds_per_iteration()
+    means = run.meter.means()
+    total = means.pop("total_loss", float("nan"))
+    record = {"iteration": run.iteration, "lr": lr, "losses": means, "total_loss": total, "time": seconds,
+              "data_time": data_seconds, "skipped_steps": run.skipped_steps}
+    run.writer.write(record)
+    if run.main and not run.progress:
+        get_logger().info(f"iter {run.iteration}/{run.max_iter} lr {lr:.3g} loss {total:.4f} "
+                          f"{format_losses(means)} ({seconds:.3f} s/it)")
+    run.meter.reset()
+
+
+def _evaluate(run: _Run) -> None:
+    loader = run.test_loader_fn(run.val_dataset) if run.test_loader_fn is not None else None
+    state = capture_rng_state()
+    try:  # evaluation must not shift the training's random stream
+        metrics = evaluate_model(run.model, run.val_dataset, run.config.train.num_workers,
+                                 progress=run.progress, distributed=run.distributed, loader=loader)
+    finally:
+        restore_rng_state(state)
+    run.final_metrics = metrics
+    segm_ap = float(metrics["segm"]["AP"])
+    improved = math.isfinite(segm_ap) and not segm_ap <= run.best_segm_ap  # NaN best: first value wins
+    if improved:
+        run.best_segm_ap = segm_ap
+    if not run.main:
+        return
+    write_metrics_json(metrics, run.out_dir / "metrics.json")
+    summary = {t: {k: metrics[t][k] for k in AP_KEYS} for t in ("bbox", "segm") if t in metrics}
+    run.writer.write({"iteration": run.iteration, "eval": summary})
+    get_logger().info(f"eval at {run.iteration}: bbox AP {metrics['bbox']['AP']:.4f} segm AP {segm_ap:.4f}")
+    if improved:
+        save_checkpoint(run.ckpt_dir / "best.pt", run.model, run.config, iteration=run.iteration, metrics=summary,
+                        categories=run.categories)
+
+
+# ------------------------------------------------------------------------------------- checkpoints
+def _categories(dataset: Any) -> dict[str, list] | None:
+    """What a checkpoint needs to map labels back to the dataset (results json, overlays)."""
+    ids = getattr(dataset, "category_ids", None)
+    names = getattr(dataset, "category_names", None)
+    return {"ids": list(ids), "names": list(names)} if ids is not None and names is not None else None
+
+
+def _save(run: _Run, iteration: int, rng_states: list[dict[str, Any]], sync: bool = True) -> Path:
+    """``model_{iteration:07d}.pt`` and ``last.pt`` (main rank), then drop all but ``keep_last``.
+
+    Holds everything an exact resume needs: model, optimizer, grad scaler, iteration, the RNG
+    states of every rank (``rng_states[rank]``), the best segm AP so far, and the config.
+    """
+    path = run.ckpt_dir / f"model_{iteration:07d}.pt"
+    if run.main:
+        save_checkpoint(path, run.model, run.config, iteration=iteration, optimizer=run.optimizer.state_dict(),
+                        scaler=run.scaler.state_dict() if run.scaler is not None else None, rng=rng_states,
+                        best_segm_ap=run.best_segm_ap, max_iter=run.max_iter, note=run.note or "",
+                        categories=run.categories)
+        _point_last_at(path)
+        _rotate(run.ckpt_dir, run.config.train.keep_last)
+    if sync:
+        barrier()
+    return path
+
+
+def _point_last_at(path: Path) -> None:
+    """Make ``last.pt`` a copy of ``path`` atomically (a hard link when the file system allows)."""
+    tmp = path.with_name(".last.pt.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(path, tmp)
+    except OSError:
+        shutil.copyfile(path, tmp)
+    os.replace(tmp, path.with_name("last.pt"))
+
+
+def _rotate(ckpt_dir: Path, keep_last: int) -> None:
+    """Delete all but the newest ``keep_last`` ``model_*.pt`` (0 keeps all; last/best untouched)."""
+    if keep_last <= 0:
+        return
+    for old in sorted(ckpt_dir.glob("model_*.pt"))[:-keep_last]:
+        old.unlink(missing_ok=True)
+
+
+def _save_after_keyboard_interrupt(run: _Run) -> Path | None:
+    """Save the state of the last iteration boundary, when it is known exactly.
+
+    In the forward/backward ("compute") the weights and optimizer are still those of the boundary;
+    only the RNGs moved, and the snapshot restores them. After the step ("after") the boundary is
+    the current state. Inside the optimizer step the weights may be half updated: nothing is saved.
+    No collective is called: the other ranks may be anywhere.
+    """
+    if run.phase == "compute" and run.rng_snapshot is not None:
+        rng = run.rng_snapshot
+    elif run.phase == "after":
+        rng = capture_rng_state()
+    else:
+        return None
+    return _save(run, run.iteration, [rng], sync=False)

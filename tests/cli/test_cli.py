@@ -1,0 +1,112 @@
+"""The ``instaseg`` command end to end on tiny synthetic data (a few iterations, 64 px images)."""
+
+import json
+
+import numpy as np
+import pytest
+
+from instaseg.cli.main import main
+
+TINY = [
+    "--set", "train.max_iter=4", "--set", "train.ims_per_batch=2", "--set", "train.warmup_iters=2",
+    "--set", "train.checkpoint_period=2", "--set", "train.num_workers=0",
+    "--set", "input.min_size_train=[64]", "--set", "input.min_size_test=64", "--set", "input.max_size_test=64",
+]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synth")
+    assert main(["data", "synth", "--out", str(root), "--images", "10", "--size", "64", "--seed", "1"]) == 0
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(dataset, tmp_path_factory):
+    run = tmp_path_factory.mktemp("run")
+    args = ["train", "--preset", "mask_rcnn_r18_fpn_tiny", "--train-json", str(dataset / "annotations/train.json"),
+            "--train-images", str(dataset / "train"), "--val-json", str(dataset / "annotations/val.json"),
+            "--val-images", str(dataset / "val"), "--out", str(run), "--no-progress", *TINY]
+    assert main(args) == 0
+    return run, args
+
+
+def test_data_stats_and_show(dataset, tmp_path, capsys):
+    assert main(["data", "stats", "--json", str(dataset / "annotations/train.json"), "--images", str(dataset / "train")]) == 0
+    out = capsys.readouterr().out
+    assert "triangle" in out and "images" in out
+    assert main(["data", "show", "--json", str(dataset / "annotations/val.json"), "--images", str(dataset / "val"),
+                 "--out", str(tmp_path / "gt"), "--max-images", "2"]) == 0
+    assert len(list((tmp_path / "gt").glob("*.png"))) == 2
+
+
+def test_train_writes_checkpoints_metrics_and_resumes(trained, capsys):
+    run, args = trained
+    assert (run / "checkpoints" / "last.pt").is_file()
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert set(metrics) >= {"bbox", "segm"} and set(metrics["segm"]) >= {"AP", "AP50", "AP75", "APs", "APm", "APl"}
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert lines and all("iteration" in line for line in lines)
+    # resuming a finished run continues to a longer schedule from where it stopped
+    assert main([a if a != "train.max_iter=4" else "train.max_iter=6" for a in args] + ["--resume"]) == 0
+    assert "iteration 6/6" in capsys.readouterr().out
+
+
+def test_eval_checkpoint_and_results_file(trained, dataset, tmp_path, capsys):
+    run, _ = trained
+    gt = str(dataset / "annotations/val.json")
+    assert main(["eval", "--checkpoint", str(run / "checkpoints/last.pt"), "--json", gt,
+                 "--images", str(dataset / "val"), "--out", str(tmp_path / "ev")]) == 0
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert 0.0 <= metrics["segm"]["AP"] <= 1.0
+    # a results file made by anything: here the ground truth itself, which scores AP 1
+    data = json.loads((dataset / "annotations/val.json").read_text())
+    results = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 1.0}
+               for a in data["annotations"] if not a["iscrowd"]]
+    (tmp_path / "r.json").write_text(json.dumps(results))
+    assert main(["eval", "--results", str(tmp_path / "r.json"), "--json", gt, "--out", str(tmp_path / "ev2")]) == 0
+    scored = json.loads((tmp_path / "ev2" / "metrics.json").read_text())
+    assert scored["bbox"]["AP"] == pytest.approx(1.0)
+
+
+def test_predict_folder_empty_folder_and_video(trained, dataset, tmp_path, capsys):
+    run, _ = trained
+    ckpt = str(run / "checkpoints/last.pt")
+    assert main(["predict", "--checkpoint", ckpt, str(dataset / "val"), "--out", str(tmp_path / "p"),
+                 "--score-threshold", "0.0"]) == 0
+    assert len(list((tmp_path / "p").glob("*.png"))) == len(list((dataset / "val").glob("*.png")))
+    json.loads((tmp_path / "p" / "results.json").read_text())
+    (tmp_path / "empty").mkdir()
+    assert main(["predict", "--checkpoint", ckpt, str(tmp_path / "empty"), "--out", str(tmp_path / "q")]) == 2
+    assert "no images found" in capsys.readouterr().err
+    imageio = pytest.importorskip("imageio.v2")
+    frames = [np.full((64, 64, 3), 40 * k, dtype=np.uint8) for k in range(3)]
+    imageio.mimwrite(tmp_path / "clip.mp4", frames, fps=5, macro_block_size=1)
+    assert main(["predict", "--checkpoint", ckpt, str(tmp_path / "clip.mp4"), "--out", str(tmp_path / "v")]) == 0
+    assert len(imageio.mimread(tmp_path / "v" / "clip_overlay.mp4")) == 3
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--preset", "nope", "--train-json", "x", "--train-images", "y", "--out", "z"], "unknown preset"),
+    (["presets", "--show", "mask_rcnn_r5O_fpn"], "unknown preset"),
+    (["eval", "--results", "missing.json", "--json", "missing.json"], "cannot score"),
+])
+def test_user_errors_are_one_clear_line(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_unknown_set_key_is_refused(dataset, tmp_path, capsys):
+    argv = ["train", "--preset", "mask_rcnn_r18_fpn_tiny", "--train-json", str(dataset / "annotations/train.json"),
+            "--train-images", str(dataset / "train"), "--out", str(tmp_path / "r"), "--set", "model.rpn.nms_tresh=0.5"]
+    assert main(argv) == 2
+    assert "nms_tresh" in capsys.readouterr().err
+    assert main(argv[:-1] + ["model.num_classes=x"]) == 2
+    assert "expected an integer" in capsys.readouterr().err
+
+
+def test_presets_lists_every_preset(capsys):
+    assert main(["presets"]) == 0
+    out = capsys.readouterr().out
+    assert "mask_rcnn_r50_fpn" in out and "ms_rcnn_r50_fpn" in out

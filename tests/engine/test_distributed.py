@@ -1,0 +1,143 @@
+"""Distributed helpers alone, and a real 2-process gloo DDP training run launched with torchrun."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from instaseg.detectors.build import build_from_config
+from instaseg.engine.checkpoint import load_checkpoint
+from instaseg.engine.distributed import (all_gather_objects, any_across_ranks, barrier, broadcast_object, get_rank,
+                                         get_world_size, init_distributed, is_distributed, is_main_process,
+                                         unwrap_model, wrap_model)
+from instaseg.structures.instances import Targets
+
+from tests.engine.test_train import _one_thread, tiny_config  # noqa: F401 (module fixture: one thread)
+
+REPO = Path(__file__).resolve().parents[2]
+TORCHRUN = Path(sys.executable).with_name("torchrun")
+
+
+def test_single_process_helpers_are_no_ops(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert init_distributed() is False  # no torchrun environment: nothing to join
+    assert not is_distributed() and get_rank() == 0 and get_world_size() == 1 and is_main_process()
+    model = torch.nn.Linear(2, 2)
+    assert wrap_model(model, torch.device("cpu")) is model and unwrap_model(model) is model
+    assert all_gather_objects({"a": 1}) == [{"a": 1}] and broadcast_object(3) == 3
+    assert any_across_ranks(True) and not any_across_ranks(False)
+    barrier()
+
+
+def test_every_trainable_parameter_gets_a_gradient_even_without_objects():
+    """Why DDP runs with find_unused_parameters=False: no trainable parameter is ever left without a
+    gradient, not even for an image with no objects (no positive RoI for the mask head)."""
+    model = build_from_config(tiny_config()).train()
+    image = torch.rand(3, 32, 32) * 255
+    empty = Targets(torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64), torch.zeros(0, 32, 32, dtype=torch.bool))
+    total, _ = model.loss(model([image], [empty]), [empty])
+    total.backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert missing == []
+
+
+_SCRIPT = textwrap.dedent("""
+    import json, os, sys, warnings
+    from pathlib import Path
+    import torch
+    torch.set_num_threads(1)
+    import instaseg.engine.train as train_module
+    from instaseg.engine.distributed import destroy_distributed, init_distributed
+    from instaseg.engine.evaluate import evaluate_model
+    from instaseg.structures.instances import Instances, Targets
+    from tests.engine.test_train import ToyDataset, run_training, tiny_config, toy_test_loader
+
+    rank, out = int(os.environ["RANK"]), Path(sys.argv[1])
+    assert init_distributed()  # joined here so that the group outlives train_on_dataset
+    data = ToyDataset(out / f"data{rank}")
+    # sample 3 (read by rank 1 in iteration 1) has no objects at all
+    image = data.samples[3][0]
+    data.samples[3] = (image, Targets(torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64),
+                                      torch.zeros(0, *image.shape[1:], dtype=torch.bool)))
+    built, calls = [], [0]
+    original_build = train_module.build_from_config
+
+    def build(config):
+        model = original_build(config)
+        torch.save(model.state_dict(), out / f"init{rank}.pt")
+        original = model.loss
+
+        def loss(raw, targets):
+            total, losses = original(raw, targets)
+            calls[0] += 1
+            if rank == 1 and calls[0] == 3:  # iteration 2: a non-finite loss on ONE rank only
+                total = total * float("nan")
+            return total, losses
+
+        model.loss = loss
+        built.append(model)
+        return model
+
+    train_module.build_from_config = build
+    warnings.simplefilter("ignore")
+    config = tiny_config("train.max_iter=4", "train.ims_per_batch=2", "train.checkpoint_period=0")
+    summary = run_training(config, out / "run", data)
+    torch.save(built[0].state_dict(), out / f"final{rank}.pt")
+
+    class ShardOracle:  # rank 0 predicts its images' ground truth exactly, rank 1 predicts nothing
+        def __init__(self):
+            self.queue = [data.samples[i][1] for i in range(rank, len(data), 2)]
+
+        def predict(self, images):
+            t = self.queue.pop(0)
+            if rank == 1:
+                return [Instances.empty(tuple(images[0].shape[1:]))]
+            return [Instances(t.boxes, torch.ones(len(t)), t.labels, t.masks)]
+
+    metrics = evaluate_model(ShardOracle(), data, progress=False, distributed=True, loader=toy_test_loader(data))
+    (out / f"summary{rank}.json").write_text(json.dumps({"status": summary["status"],
+                                                         "skipped": summary["skipped_steps"],
+                                                         "oracle_segm_ap50": metrics["segm"]["AP50"]}))
+    destroy_distributed()
+""")
+
+
+def test_two_process_gloo_ddp_keeps_ranks_identical(tmp_path):
+    script = tmp_path / "ddp_train.py"
+    script.write_text(_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    command = [str(TORCHRUN), "--standalone", "--nproc_per_node", "2", str(script), str(tmp_path)]
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    init = [torch.load(tmp_path / f"init{r}.pt", weights_only=True) for r in range(2)]
+    final = [torch.load(tmp_path / f"final{r}.pt", weights_only=True) for r in range(2)]
+    trainable = [k for k in final[0] if "neck" in k or "head" in k or "predictor" in k]
+    # each rank initialised differently (seed + rank); DDP broadcast rank 0's weights, then kept them in sync
+    assert any(not torch.equal(init[0][k], init[1][k]) for k in trainable)
+    for key in final[0]:
+        assert torch.equal(final[0][key], final[1][key]), key
+    assert any(not torch.equal(final[0][k], init[0][k]) for k in trainable)
+    # rank 0 wrote the checkpoint; it holds the synchronised weights and both ranks' RNG states
+    payload = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert payload["iteration"] == 4 and len(payload["rng"]) == 2
+    for key in final[0]:
+        assert torch.equal(payload["model"][key], final[0][key]), key
+    # the non-finite loss seen by rank 1 alone made both ranks skip that step together
+    summaries = [json.loads((tmp_path / f"summary{r}.json").read_text()) for r in range(2)]
+    assert [(s["status"], s["skipped"]) for s in summaries] == [("finished", 1)] * 2
+    # distributed evaluation: rank 1's empty shard was gathered too (rank 0 alone would score 1.0),
+    # and every rank got the same metrics back
+    ap50 = [s["oracle_segm_ap50"] for s in summaries]
+    assert ap50[0] == ap50[1] and 0.2 < ap50[0] < 0.95
+
+
+@pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun not installed next to the interpreter")
+def test_torchrun_is_available():
+    assert TORCHRUN.exists()
