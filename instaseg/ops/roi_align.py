@@ -10,7 +10,9 @@ each weighted by its bilinear weight / number of samples). We build those (pixel
 for all bins with a few vectorised tensor ops, then one ``F.embedding_bag(mode="sum")`` call over
 the channels-last map gathers contiguous C-vectors and sums them: a fused gather + weighted sum
 whose backward is a scatter-add. RoIs are grouped by sampling lattice only when the sampling ratio
-is adaptive. Clamping and zeroing follow torchvision's CPU kernel line by line.
+is adaptive. Clamping and zeroing follow torchvision's CPU kernel line by line. The largest fixed
+cost is making the map channels-last (one copy of it); a map already in ``torch.channels_last``
+memory format skips that copy.
 """
 
 from __future__ import annotations
@@ -32,8 +34,8 @@ from instaseg.ops._utils import (
 
 __all__ = ["roi_align", "RoIAlign"]
 
-# Upper bound on bilinear taps (index + weight pairs) built per embedding_bag call: bounds the
-# index memory (2**22 int64 = 32 MiB) while keeping calls large enough to amortise overhead.
+# Upper bound on bilinear taps (index + weight pairs) built per call: bounds their memory (2**22
+# taps: at most 32 MiB of indices + 16 MiB of weights) while keeping calls large enough.
 _MAX_TAPS = 2**22
 # Below this many gathered values (taps x channels), a plain gather + sum beats embedding_bag.
 _SMALL_PROBLEM = 2**18

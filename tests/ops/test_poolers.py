@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
+import importlib
 import math
 
 import pytest
 import torch
 
-from instaseg.ops import poolers as poolers_module
-from instaseg.ops import roi_align as roi_align_module
-from instaseg.ops import roi_pool as roi_pool_module
 from instaseg.ops.poolers import (
     MultiScaleRoIAlign,
     assign_fpn_levels,
@@ -18,6 +16,11 @@ from instaseg.ops.poolers import (
 )
 from instaseg.ops.roi_align import roi_align
 from instaseg.ops.roi_pool import roi_pool
+
+# The modules themselves (the package re-exports functions under the same names).
+poolers_module = importlib.import_module("instaseg.ops.poolers")
+roi_align_module = importlib.import_module("instaseg.ops.roi_align")
+roi_pool_module = importlib.import_module("instaseg.ops.roi_pool")
 
 SCALES = [1 / 4, 1 / 8, 1 / 16, 1 / 32]  # P2..P5
 

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import importlib
 import math
 
 import pytest
 import torch
 
-from instaseg.ops import _dispatch, roi_align as roi_align_module
+from instaseg.ops import _dispatch
 from instaseg.ops._utils import check_roi_boxes_shape, convert_boxes_to_roi_format
 from instaseg.ops.roi_align import RoIAlign, _roi_align_torch, roi_align
+
+# The module itself (``instaseg.ops.roi_align`` the attribute is the function, re-exported).
+roi_align_module = importlib.import_module("instaseg.ops.roi_align")
 
 
 # --------------------------------------------------------------------------------------------

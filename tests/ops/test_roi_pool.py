@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import importlib
 import math
 
 import pytest
 import torch
 
-from instaseg.ops import _dispatch, roi_pool as roi_pool_module
+from instaseg.ops import _dispatch
 from instaseg.ops._utils import convert_boxes_to_roi_format
 from instaseg.ops.roi_pool import RoIPool, _roi_pool_torch, roi_pool
+
+# The module itself (``instaseg.ops.roi_pool`` the attribute is the function, re-exported).
+roi_pool_module = importlib.import_module("instaseg.ops.roi_pool")
 
 
 # --------------------------------------------------------------------------------------------
@@ -77,12 +81,13 @@ def _no_fast_kernels(monkeypatch):
     "output_size,spatial_scale,map_size",
     [((2, 3), 1.0, (7, 9)), (3, 0.5, (6, 5)), ((4, 2), 0.25, (5, 8)), (1, 1.0, (4, 4))],
 )
-def test_matches_reference_float64(output_size, spatial_scale, map_size):
-    features = torch.randn(2, 3, *map_size, dtype=torch.float64)
+@pytest.mark.parametrize("requires_grad", [False, True])  # plain max vs first-argmax gather
+def test_matches_reference_float64(output_size, spatial_scale, map_size, requires_grad):
+    features = torch.randn(2, 3, *map_size, dtype=torch.float64, requires_grad=requires_grad)
     rois = _mixed_rois(2, map_size[0] / spatial_scale, map_size[1] / spatial_scale)
     got = _roi_pool_torch(features, rois, output_size, spatial_scale)
-    want = ref_roi_pool(features, rois, output_size, spatial_scale)
-    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    want = ref_roi_pool(features.detach(), rois, output_size, spatial_scale)
+    torch.testing.assert_close(got.detach(), want, rtol=0, atol=0)
 
 
 def test_rounds_halves_away_from_zero():
