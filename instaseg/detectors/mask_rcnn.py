@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+from torch.profiler import record_function
 
 from instaseg.config.schema import BoxHeadConfig, InferenceConfig, InputConfig, MaskHeadConfig, RPNConfig
 from instaseg.detectors.rcnn_inference import Detections, detect_boxes, select_proposals
@@ -118,22 +119,26 @@ class MaskRCNN(nn.Module):
 
     def features(self, batch: Tensor) -> dict[str, Tensor]:
         """Backbone (and FPN) feature maps by name."""
-        features = self.backbone(batch)
+        with record_function("instaseg.backbone"):
+            features = self.backbone(batch)
         if self.neck is not None:
-            features = self.neck(list(features.values()))
+            with record_function("instaseg.neck"):
+                features = self.neck(list(features.values()))
         return features
 
     # ------------------------------------------------------------------------------ forward
     def forward(self, images: list[Tensor], targets: list[Targets] | None = None) -> MaskRCNNOutput:
         if self.training and targets is None:
             raise ValueError("training mode needs targets: model(images, targets)")
-        batch = self.preprocess(images)
+        with record_function("instaseg.preprocess"):
+            batch = self.preprocess(images)
         features = self.features(batch.tensor)
         rpn_in = [features[n] for n in self.rpn_features]
-        logits, deltas = self.rpn_head(rpn_in)
-        anchors = self.anchor_generator([tuple(f.shape[-2:]) for f in rpn_in], device=batch.tensor.device)
+        with record_function("instaseg.rpn"):
+            logits, deltas = self.rpn_head(rpn_in)
+            anchors = self.anchor_generator([tuple(f.shape[-2:]) for f in rpn_in], device=batch.tensor.device)
         cfg = self.rpn_config
-        with torch.no_grad():
+        with torch.no_grad(), record_function("instaseg.proposals"):
             proposals = select_proposals(
                 anchors, [l.detach() for l in logits], [d.detach() for d in deltas], batch.image_sizes,
                 self.rpn_coder,
@@ -185,22 +190,27 @@ class MaskRCNN(nn.Module):
 
     def _forward_inference(self, raw: MaskRCNNOutput, maps: list[Tensor]) -> None:
         cfg, inf = self.box_config, self.inference_config
-        box_features = self.box_head(self._pool(maps, raw.proposals, cfg.pooler_resolution))
-        class_logits, box_deltas = self.box_predictor(box_features)
-        raw.detections = detect_boxes(
-            class_logits, box_deltas, raw.proposals, raw.image_sizes, self.box_coder, inf.score_thresh,
-            inf.nms_thresh, inf.detections_per_image, inf.nms, inf.soft_nms_method, inf.soft_nms_sigma,
-            inf.min_box_size,
-        )
+        with record_function("instaseg.box_roi_pool"):
+            pooled = self._pool(maps, raw.proposals, cfg.pooler_resolution)
+        with record_function("instaseg.box_head"):
+            class_logits, box_deltas = self.box_predictor(self.box_head(pooled))
+        with record_function("instaseg.detect"):
+            raw.detections = detect_boxes(
+                class_logits, box_deltas, raw.proposals, raw.image_sizes, self.box_coder, inf.score_thresh,
+                inf.nms_thresh, inf.detections_per_image, inf.nms, inf.soft_nms_method, inf.soft_nms_sigma,
+                inf.min_box_size,
+            )
         boxes = [d.boxes for d in raw.detections]
-        if self.c4:
-            mask_features = self.box_head(self._pool(maps, boxes, cfg.pooler_resolution))
-        else:
-            mask_features = self._pool(maps, boxes, self.mask_config.pooler_resolution)
-        raw.mask_logits = self.mask_head(mask_features)
-        raw.roi_features = mask_features
+        with record_function("instaseg.mask_head"):
+            if self.c4:
+                mask_features = self.box_head(self._pool(maps, boxes, cfg.pooler_resolution))
+            else:
+                mask_features = self._pool(maps, boxes, self.mask_config.pooler_resolution)
+            raw.mask_logits = self.mask_head(mask_features)
+            raw.roi_features = mask_features
         if self.maskiou_head is not None:
-            raw.maskiou = self._predict_maskiou(raw, torch.cat([d.labels for d in raw.detections]))
+            with record_function("instaseg.maskiou_head"):
+                raw.maskiou = self._predict_maskiou(raw, torch.cat([d.labels for d in raw.detections]))
 
     # ------------------------------------------------------------------------------ loss
     def loss(self, raw: MaskRCNNOutput, targets: list[Targets]) -> tuple[Tensor, dict[str, Tensor]]:
@@ -266,10 +276,11 @@ class MaskRCNN(nn.Module):
             scores = torch.cat([d.scores for d in raw.detections])
             predicted_iou = raw.maskiou[torch.arange(labels.numel(), device=labels.device), labels]
             mask_scores = scores * predicted_iou.clamp(0, 1)
-        return paste_detections(
-            raw.detections, probs, mask_scores, raw.image_sizes, image_sizes,
-            self.mask_config.paste, self.inference_config.mask_threshold,
-        )
+        with record_function("instaseg.paste"):
+            return paste_detections(
+                raw.detections, probs, mask_scores, raw.image_sizes, image_sizes,
+                self.mask_config.paste, self.inference_config.mask_threshold,
+            )
 
     @torch.no_grad()
     def predict(self, images: list[Tensor]) -> list[Instances]:

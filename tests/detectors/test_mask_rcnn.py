@@ -86,14 +86,15 @@ def test_inference_returns_original_coordinates_after_resizing():
 @pytest.mark.slow
 def test_tiny_preset_learns_a_few_images():
     torch.manual_seed(0)
-    model = build_model(TINY, num_classes=3, **SMALL_INPUT, model__inference__score_thresh=0.3)
-    images, targets = _batch(4)
+    model = build_model(TINY, num_classes=3, **SMALL_INPUT, model__inference__score_thresh=0.3,
+                        model__box_head__batch_size_per_image=64)
+    images, targets = _batch(3)
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.02,
                                 momentum=0.9, weight_decay=1e-4)
     model.train()
     first_mask_loss = None
-    for step in range(300):
-        lr = 0.02 * min(1.0, (step + 1) / 50)
+    for step in range(200):
+        lr = 0.02 * min(1.0, (step + 1) / 40)
         for group in optimizer.param_groups:
             group["lr"] = lr
         total, losses = model.loss(model(images, targets), targets)
