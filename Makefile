@@ -6,6 +6,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
+TORCHVISION_VERSION ?= 0.28.0
 STAMP := $(VENV)/.installed
 
 .PHONY: demo test bench clean-venv
@@ -15,6 +16,9 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==$(TORCH_VERSION)
 	$(PY) -m pip install -q -e ".[test]"
+	# torchvision's Python code only (its compiled ops need a CUDA build of torch): the parity test
+	# runs torchvision's Mask R-CNN with instaseg's kernels. Kept outside site-packages on purpose.
+	-$(PY) -m pip install -q --no-deps --target $(VENV)/torchvision-site torchvision==$(TORCHVISION_VERSION)
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -1,4 +1,4 @@
-"""``instaseg convert``: peer checkpoints (torchvision, Detectron2) -> instaseg checkpoints."""
+"""``instaseg convert``: peer checkpoints (torchvision, Detectron2, YOLACT) -> instaseg checkpoints."""
 
 from __future__ import annotations
 
@@ -21,8 +21,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.source == "yolact":
-        raise InstasegError("converting YOLACT checkpoints is not supported yet")
     if args.bn_eps is not None and args.source != "torchvision":
         raise InstasegError("--bn-eps applies to --from torchvision only")
     if args.source == "torchvision":
@@ -30,6 +28,10 @@ def run(args: argparse.Namespace) -> int:
 
         eps = TORCHVISION_COCO_BN_EPS if args.bn_eps is None else args.bn_eps
         summary = convert_torchvision_file(args.src, args.dst, source_bn_eps=eps)
+    elif args.source == "yolact":
+        from instaseg.weights.yolact import convert_yolact_file
+
+        summary = convert_yolact_file(args.src, args.dst)
     else:
         from instaseg.weights.detectron2 import convert_detectron2_file
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from instaseg.cli._common import ensure_writable_dir
 from instaseg.errors import InstasegError
 
 
@@ -22,6 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         p = sub.add_parser(name, help=text)
         p.add_argument("--json", required=True, help="COCO instances json")
         p.add_argument("--images", required=True, help="image folder")
+        p.add_argument("--skip-bad", action="store_true",
+                       help="skip bad annotations/images (counted and reported) instead of stopping")
         if name == "show":
             p.add_argument("--out", required=True, help="folder for the PNG overlays")
             p.add_argument("--max-images", type=int, default=16)
@@ -31,6 +34,7 @@ def run(args: argparse.Namespace) -> int:
     if args.data_command == "synth":
         from instaseg.data.synthetic import generate_synthetic_dataset
 
+        ensure_writable_dir(args.out)
         try:
             data = generate_synthetic_dataset(args.out, num_images=args.images, seed=args.seed,
                                               image_size=args.size, val_fraction=args.val_fraction,
@@ -43,10 +47,13 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from instaseg.data.coco import CocoDataset
 
-    dataset = CocoDataset(args.json, args.images)
-    if args.data_command == "stats":
-        return _stats(dataset)
-    return _show(dataset, Path(args.out), args.max_images)
+    if args.data_command == "show":
+        ensure_writable_dir(args.out)
+    dataset = CocoDataset(args.json, args.images, skip_bad=args.skip_bad)
+    code = _stats(dataset) if args.data_command == "stats" else _show(dataset, Path(args.out), args.max_images)
+    if args.skip_bad:
+        print(f"{args.json}: {dataset.skipped_summary}")  # after show, also the images found unreadable
+    return code
 
 
 def _stats(dataset) -> int:

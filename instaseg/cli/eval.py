@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from instaseg.cli._common import ensure_writable_dir
 from instaseg.errors import InstasegError
 
 
@@ -20,13 +21,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="COCO maxDets; dense datasets need e.g. 100 300 1000")
     parser.add_argument("--per-category", action="store_true", help="also print AP per category")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--allow-partial", action="store_true",
+                        help="load only the checkpoint tensors that fit the model (the rest stay untrained)")
+    parser.add_argument("--skip-bad", action="store_true",
+                        help="skip bad annotations/images of --json (counted and reported) instead of stopping")
 
 
 def run(args: argparse.Namespace) -> int:
     from instaseg.engine.evaluate import write_metrics_json
     from instaseg.evaluation import evaluate_coco, format_metrics_table, format_per_category_table
 
-    out = Path(args.out) if args.out else None
+    out = ensure_writable_dir(args.out) if args.out else None
     if args.results:
         try:
             results = json.loads(Path(args.results).read_text())
@@ -45,7 +50,6 @@ def run(args: argparse.Namespace) -> int:
     if args.per_category:
         print(format_per_category_table(metrics))
     if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
         write_metrics_json(metrics, out / "metrics.json")
         print(f"wrote {out / 'metrics.json'}")
     return 0
@@ -56,11 +60,14 @@ def _evaluate_checkpoint(args: argparse.Namespace, out: Path | None) -> dict:
     from instaseg.engine.checkpoint import load_model
     from instaseg.engine.evaluate import evaluate_model
 
-    model, _ = load_model(args.checkpoint)
-    dataset = CocoDataset(args.json, args.images)
+    model, _ = load_model(args.checkpoint, allow_partial=args.allow_partial)
+    dataset = CocoDataset(args.json, args.images, skip_bad=args.skip_bad)
     if dataset.num_classes != model.num_classes:
         raise InstasegError(f"the checkpoint predicts {model.num_classes} classes but {args.json} has "
                             f"{dataset.num_classes}")
     results_path = out / "results.json" if out is not None else None
-    return evaluate_model(model.to(args.device), dataset, max_dets=tuple(args.max_dets),
-                          per_category=args.per_category, results_path=results_path)
+    metrics = evaluate_model(model.to(args.device), dataset, max_dets=tuple(args.max_dets),
+                             per_category=args.per_category, results_path=results_path)
+    if args.skip_bad:
+        print(f"{args.json}: {dataset.skipped_summary}")
+    return metrics

@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from instaseg.cli._common import ensure_writable_dir
 from instaseg.data.image_io import IMAGE_EXTENSIONS
 from instaseg.errors import InstasegError
 
@@ -20,6 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="keep detections scoring at least this (default 0.5)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--no-overlays", action="store_true", help="only write results.json")
+    parser.add_argument("--allow-partial", action="store_true",
+                        help="load only the checkpoint tensors that fit the model (the rest stay untrained)")
 
 
 def collect_inputs(inputs: list[str]) -> tuple[list[Path], list[Path]]:
@@ -48,14 +51,9 @@ def run(args: argparse.Namespace) -> int:
     from instaseg.viz.overlay import draw_instances
 
     images, videos = collect_inputs(args.inputs)
-    out = Path(args.out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / ".write_test").touch()
-        (out / ".write_test").unlink()
-    except OSError as error:
-        raise InstasegError(f"cannot write to output folder {out}: {error.strerror or error}") from None
-    predictor = Predictor.from_checkpoint(args.checkpoint, args.device, args.score_threshold)
+    out = ensure_writable_dir(args.out)
+    predictor = Predictor.from_checkpoint(args.checkpoint, args.device, args.score_threshold,
+                                          allow_partial=args.allow_partial)
     category_ids, names = checkpoint_categories(load_checkpoint(args.checkpoint), predictor.model.num_classes)
     results, files = [], []
     for image_id, path in enumerate(tqdm(images, desc="predict", unit="img", disable=not images), start=1):

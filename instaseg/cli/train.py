@@ -18,9 +18,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true", help="continue from RUN/checkpoints/last.pt exactly")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: the GPU if there is one)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
+    parser.add_argument("--skip-bad", action="store_true",
+                        help="skip bad annotations/images (counted and reported at the end) instead of stopping")
 
 
 def run(args: argparse.Namespace) -> int:
+    from instaseg.cli._common import ensure_writable_dir
     from instaseg.config.io import apply_overrides
     from instaseg.config.presets import get_preset
     from instaseg.data.coco import CocoDataset
@@ -30,17 +33,22 @@ def run(args: argparse.Namespace) -> int:
     if (args.val_json is None) != (args.val_images is None):
         raise ConfigError("give both --val-json and --val-images, or neither")
     config = get_preset(args.preset)
-    train_set = CocoDataset(args.train_json, args.train_images)
+    ensure_writable_dir(args.out, "run folder")
+    train_set = CocoDataset(args.train_json, args.train_images, skip_bad=args.skip_bad)
     # num_classes comes from the data (set here, in one place), before overrides can refine it
     config = replace(config, model=replace(config.model, num_classes=train_set.num_classes))
     config = apply_overrides(config, args.overrides)
     if config.model.num_classes != train_set.num_classes:
         raise ConfigError(f"model.num_classes={config.model.num_classes} but {args.train_json} has "
                           f"{train_set.num_classes} categories")
-    val_set = CocoDataset(args.val_json, args.val_images) if args.val_json else None
+    val_set = CocoDataset(args.val_json, args.val_images, skip_bad=args.skip_bad) if args.val_json else None
     summary = train_on_dataset(config, train_set, args.out, val_dataset=val_set, resume=args.resume,
                                overrides_note=" ".join(args.overrides) or None, progress=not args.no_progress,
                                device=args.device)
+    if args.skip_bad:  # images found bad inside DataLoader workers are counted (and warned) there
+        for name, dataset in (("train", train_set), ("val", val_set)):
+            if dataset is not None:
+                print(f"{name} data {dataset.json_path}: {dataset.skipped_summary}")
     print(f"{summary['status']} at iteration {summary['iteration']}/{summary['max_iter']} "
           f"in {summary['seconds']:.0f} s; last checkpoint {summary['last_checkpoint']}")
     return 0 if summary["status"] == "finished" else 130

@@ -39,6 +39,14 @@ def _union_members(hint: Any) -> tuple[Any, ...] | None:
     return None
 
 
+def _default_arch(cls: type) -> str | None:
+    """The default of a dataclass's ``arch`` field (model configs), else None."""
+    for f in dataclasses.fields(cls):
+        if f.name == "arch":
+            return f.default if isinstance(f.default, str) else None
+    return None
+
+
 def _coerce(value: Any, hint: Any, key: str) -> Any:
     """Check ``value`` against the type ``hint`` and convert lists to tuples / dicts to dataclasses."""
     members = _union_members(hint)
@@ -46,6 +54,11 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         if value is None and type(None) in members:
             return None
         errors = []
+        arch = value.get("arch") if isinstance(value, dict) else None
+        if arch is not None:  # model configs: pick the member by its ``arch`` discriminator
+            chosen = [m for m in members if dataclasses.is_dataclass(m) and _default_arch(m) == arch]
+            if chosen:
+                return _coerce(value, chosen[0], key)
         for member in members:
             if member is type(None):
                 continue

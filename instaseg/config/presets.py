@@ -15,8 +15,13 @@ from instaseg.config.schema import (
     MaskHeadConfig,
     MaskIoUConfig,
     MaskRCNNConfig,
+    MaskRescoringConfig,
     RPNConfig,
     TrainConfig,
+    YOLACT_MEAN_RGB,
+    YOLACT_STD_RGB,
+    YolactConfig,
+    YolactHeadConfig,
 )
 from instaseg.errors import ConfigError
 
@@ -163,6 +168,101 @@ def ms_rcnn_r18_fpn_tiny() -> Config:
     return replace(base, name="ms_rcnn_r18_fpn_tiny", model=replace(base.model, maskiou=small_iou))
 
 
+# --- YOLACT (Bolya et al. 2019) and YOLACT++ (Bolya et al. 2020), dbolya/yolact data/config.py -----
+
+_YOLACT_BASE_SCALES = (24.0, 48.0, 96.0, 192.0, 384.0)
+
+
+def _yolact_scales(size: int, per_octave: int) -> tuple[tuple[float, ...], ...]:
+    # The reference's im400/im700 configs scale the 550 px anchor sizes with the input size.
+    return tuple(
+        tuple(base * size / 550 * 2.0 ** (j / per_octave) for j in range(per_octave)) for base in _YOLACT_BASE_SCALES
+    )
+
+
+def _yolact_input(size: int) -> InputConfig:
+    # YOLACT's FastBaseTransform: (BGR - MEANS) / STD, then reordered to RGB for the ResNet.
+    return InputConfig(min_size_train=(size,), max_size_train=size, min_size_test=size, max_size_test=size,
+                       pixel_mean=YOLACT_MEAN_RGB, pixel_std=YOLACT_STD_RGB, channel_order="RGB",
+                       size_divisibility=1, square=size)
+
+
+def _yolact_train() -> TrainConfig:
+    # yolact_base_config: LR 1e-3 (warmup from 1e-4 over 500 iterations), momentum 0.9, weight decay
+    # 5e-4, batch 8, 800k iterations with LR / 10 at 280k, 600k, 700k, 750k; SSD augmentation.
+    return TrainConfig(lr=1e-3, momentum=0.9, weight_decay=5e-4, max_iter=800000,
+                       steps=(280000, 600000, 700000, 750000), warmup_iters=500, warmup_factor=0.1,
+                       ims_per_batch=8, augmentation="yolact")
+
+
+def yolact_r101_550() -> Config:
+    """YOLACT-550 on ResNet-101 (yolact_base_config): square anchors, one scale per level."""
+    model = YolactConfig(head=YolactHeadConfig(anchor_scales=_yolact_scales(550, 1), square_anchors=True))
+    return Config(name="yolact_r101_550", model=model, input=_yolact_input(550), train=_yolact_train())
+
+
+def yolact_r50_550() -> Config:
+    base = yolact_r101_550()
+    model = replace(base.model, backbone=replace(base.model.backbone, name="resnet50"))
+    return replace(base, name="yolact_r50_550", model=model)
+
+
+def yolact_r101_400() -> Config:
+    base = yolact_r101_550()
+    model = replace(base.model, head=replace(base.model.head, anchor_scales=_yolact_scales(400, 1)))
+    return replace(base, name="yolact_r101_400", model=model, input=_yolact_input(400))
+
+
+def yolact_r101_700() -> Config:
+    base = yolact_r101_550()
+    model = replace(base.model, head=replace(base.model.head, anchor_scales=_yolact_scales(700, 1)))
+    return replace(base, name="yolact_r101_700", model=model, input=_yolact_input(700))
+
+
+def yolact_pp_r101_550() -> Config:
+    """YOLACT++ R-101: DCNv2 in every third block of res3-res5, 3 anchor scales per octave, re-scoring."""
+    base = yolact_r101_550()
+    backbone = replace(base.model.backbone, deform_stages=(False, True, True, True), deform_interval=3)
+    head = replace(base.model.head, anchor_scales=_yolact_scales(550, 3), square_anchors=False)
+    model = replace(base.model, backbone=backbone, head=head, rescoring=MaskRescoringConfig())
+    return replace(base, name="yolact_pp_r101_550", model=model)
+
+
+def yolact_pp_r50_550() -> Config:
+    """YOLACT++ R-50: DCNv2 in every block of res3-res5 (the reference's yolact_plus_resnet50 config)."""
+    base = yolact_pp_r101_550()
+    backbone = replace(base.model.backbone, name="resnet50", deform_interval=1)
+    return replace(base, name="yolact_pp_r50_550", model=replace(base.model, backbone=backbone))
+
+
+def yolact_r18_tiny() -> Config:
+    """A narrow ResNet-18 YOLACT for 128 px images, trained from scratch on a CPU (demo, tests)."""
+    head = YolactHeadConfig(num_prototypes=16, proto_dim=64, head_dim=64,
+                            anchor_scales=((12.0,), (24.0,), (48.0,), (96.0,), (192.0,)))
+    model = YolactConfig(num_classes=5, backbone=BackboneConfig(name="resnet18", norm="BN", freeze_at=0,
+                                                                out_features=("res3", "res4", "res5")),
+                         fpn=FPNConfig(out_channels=64, extra="convs", num_extra=2), head=head,
+                         inference=InferenceConfig(detections_per_image=50))
+    # Initial gradient norms are in the hundreds (OHEM sums over positives): a moderate LR plus clipping.
+    train = TrainConfig(lr=0.005, schedule="cosine", max_iter=3000, steps=(), warmup_iters=200, weight_decay=5e-4,
+                        clip_grad_norm=10.0,
+                        ims_per_batch=8, checkpoint_period=500, num_workers=1, augmentation="yolact")
+    return Config(name="yolact_r18_tiny", model=model, input=_yolact_input(128), train=train)
+
+
+def yolact_pp_r18_tiny() -> Config:
+    """The tiny YOLACT++: re-scoring head, 3 anchor scales per octave, DCNv2 in res5 only (CPU cost)."""
+    base = yolact_r18_tiny()
+    scales = tuple(tuple(s[0] * 2.0 ** (j / 3) for j in range(3)) for s in base.model.head.anchor_scales)
+    model = replace(
+        base.model,
+        backbone=replace(base.model.backbone, deform_stages=(False, False, False, True), deform_interval=1),
+        head=replace(base.model.head, anchor_scales=scales, square_anchors=False),
+        rescoring=MaskRescoringConfig(channels=(8, 16, 32, 64, 64)),
+    )
+    return replace(base, name="yolact_pp_r18_tiny", model=model)
+
+
 PRESETS: dict[str, Callable[[], Config]] = {
     "mask_rcnn_r50_fpn": mask_rcnn_r50_fpn,
     "mask_rcnn_r101_fpn": mask_rcnn_r101_fpn,
@@ -176,6 +276,14 @@ PRESETS: dict[str, Callable[[], Config]] = {
     "ms_rcnn_x101_32x8d_fpn": ms_rcnn_x101_32x8d_fpn,
     "ms_rcnn_r50_fpn_ablation": ms_rcnn_r50_fpn_ablation,
     "ms_rcnn_r18_fpn_tiny": ms_rcnn_r18_fpn_tiny,
+    "yolact_r50_550": yolact_r50_550,
+    "yolact_r101_550": yolact_r101_550,
+    "yolact_r101_400": yolact_r101_400,
+    "yolact_r101_700": yolact_r101_700,
+    "yolact_pp_r50_550": yolact_pp_r50_550,
+    "yolact_pp_r101_550": yolact_pp_r101_550,
+    "yolact_r18_tiny": yolact_r18_tiny,
+    "yolact_pp_r18_tiny": yolact_pp_r18_tiny,
 }
 
 

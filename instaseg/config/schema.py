@@ -19,6 +19,10 @@ __all__ = [
     "MaskIoUConfig",
     "InferenceConfig",
     "MaskRCNNConfig",
+    "YolactHeadConfig",
+    "YolactLossConfig",
+    "MaskRescoringConfig",
+    "YolactConfig",
     "TrainConfig",
     "Config",
 ]
@@ -136,6 +140,7 @@ class InferenceConfig:
 
 @dataclass(frozen=True)
 class MaskRCNNConfig:
+    arch: str = "mask_rcnn"  # discriminates the model configs in YAML / dicts; do not change
     num_classes: int = 80  # foreground classes only: the one place this number is set
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     fpn: FPNConfig | None = field(default_factory=FPNConfig)  # None: C4 model
@@ -144,6 +149,65 @@ class MaskRCNNConfig:
     mask_head: MaskHeadConfig = field(default_factory=MaskHeadConfig)
     maskiou: MaskIoUConfig | None = None  # set: Mask Scoring R-CNN
     inference: InferenceConfig = field(default_factory=InferenceConfig)
+
+
+# --- YOLACT / YOLACT++ (Bolya et al. 2019, 2020); numbers from dbolya/yolact data/config.py ---------
+
+# ImageNet statistics as YOLACT writes them (BGR MEANS/STD in data/config.py), here in RGB order:
+# its FastBaseTransform normalizes the BGR image, then reorders it to RGB for the ResNet backbone.
+YOLACT_MEAN_RGB = (123.68, 116.78, 103.94)
+YOLACT_STD_RGB = (58.40, 57.12, 57.38)
+
+
+@dataclass(frozen=True)
+class YolactHeadConfig:
+    """ProtoNet, the shared prediction head and the anchors (priors) it predicts from."""
+
+    num_prototypes: int = 32  # k in the paper
+    proto_dim: int = 256  # channels of the ProtoNet's hidden convs
+    head_dim: int = 256  # channels of the prediction head's shared "upfeature" conv
+    # Pixel sizes per level P3..P7 (YOLACT: 24..384, one per level; YOLACT++: 3 per octave).
+    anchor_scales: tuple[tuple[float, ...], ...] = ((24.0,), (48.0,), (96.0,), (192.0,), (384.0,))
+    aspect_ratios: tuple[float, ...] = (1.0, 0.5, 2.0)
+    square_anchors: bool = True  # YOLACT v1's 'use_square_anchors' bug, kept for its weights
+    semantic_seg: bool = True  # the auxiliary semantic segmentation conv on P3 (training only)
+
+
+@dataclass(frozen=True)
+class YolactLossConfig:
+    pos_iou: float = 0.5  # positive from IoU 0.5 ('positive_iou_threshold')
+    neg_iou: float = 0.4  # negative below 0.4, ignored in between
+    crowd_iou: float = 0.7  # non-positives covered > 0.7 by a crowd box are ignored
+    neg_pos_ratio: int = 3  # OHEM 3:1
+    masks_to_train: int = 100  # at most this many positives per image in the mask loss
+    conf_weight: float = 1.0  # conf_alpha
+    box_weight: float = 1.5  # bbox_alpha
+    mask_weight: float = 6.125  # mask_alpha = 0.4 / 256 * 140 * 140
+    semantic_weight: float = 1.0  # semantic_segmentation_alpha
+
+
+@dataclass(frozen=True)
+class MaskRescoringConfig:
+    """YOLACT++'s fast mask re-scoring network (FastMaskIoUNet)."""
+
+    channels: tuple[int, ...] = (8, 16, 32, 64, 128)  # 3x3 stride-2 convs, then 1x1 to classes
+    loss_weight: float = 25.0  # maskiou_alpha
+    discard_mask_area: float = 25.0  # skip ground truths under 5x5 prototype pixels ('discard_mask_area')
+
+
+@dataclass(frozen=True)
+class YolactConfig:
+    arch: str = "yolact"  # discriminates the model configs in YAML / dicts; do not change
+    num_classes: int = 80
+    backbone: BackboneConfig = field(
+        default_factory=lambda: BackboneConfig(name="resnet101", freeze_at=0, out_features=("res3", "res4", "res5"))
+    )
+    fpn: FPNConfig = field(default_factory=lambda: FPNConfig(extra="convs", num_extra=2))
+    head: YolactHeadConfig = field(default_factory=YolactHeadConfig)
+    loss: YolactLossConfig = field(default_factory=YolactLossConfig)
+    rescoring: MaskRescoringConfig | None = None  # set: YOLACT++
+    nms_top_k: int = 200  # per class, before Fast NMS
+    inference: InferenceConfig = field(default_factory=InferenceConfig)  # nms / soft_nms fields unused
 
 
 @dataclass(frozen=True)
@@ -179,6 +243,6 @@ class Config:
     """Everything needed to build, train and run one model."""
 
     name: str = "mask_rcnn_r50_fpn"
-    model: MaskRCNNConfig = field(default_factory=MaskRCNNConfig)
+    model: MaskRCNNConfig | YolactConfig = field(default_factory=MaskRCNNConfig)
     input: InputConfig = field(default_factory=InputConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

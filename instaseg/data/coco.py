@@ -40,7 +40,7 @@ __all__ = ["CocoDataset", "Sample", "compressed_rle_runs"]
 # A bbox may overhang the image by this many pixels (float rounding in real COCO files puts some
 # boxes at x + w = W + 0.01); it is clipped to the image. Larger overhangs are errors.
 _BOX_TOLERANCE = 1.0
-_SKIP_HINT = "fix or remove it, or pass skip_bad=True to skip bad entries"
+_SKIP_HINT = "fix or remove it, or skip bad entries (skip_bad=True; --skip-bad on the command line)"
 _COCO_SMALL, _COCO_MEDIUM = 32**2, 96**2  # COCO's small/medium/large area limits (pixels)
 
 
@@ -309,6 +309,11 @@ class CocoDataset:
     @property
     def image_ids(self) -> list[int]:
         return [r.image_id for r in self._records]
+
+    def describe(self, index: int) -> str:
+        """``"image id 7, <image_dir>/x.png"``: how messages name item ``index``."""
+        record = self._records[index]
+        return f"image id {record.image_id}, {self.image_dir / record.file_name}"
 
     @property
     def skipped_summary(self) -> str:

@@ -17,12 +17,18 @@ iteration ``k`` gives exactly the batches ``k, k+1, ...`` of an uninterrupted ru
 3. Workers. ``torch.utils.data.DataLoader`` returns batches in sampler order whatever the number of
    workers; each worker's global RNGs (torch, numpy, random) are also seeded from
    ``(seed, start epoch, rank, worker id)`` for code outside the transforms that uses them.
+
+Failures name the culprit: an error while loading an item becomes a one-line :class:`DatasetError`
+naming the dataset index and image (not PyTorch's worker traceback), and a worker process that dies
+(killed for memory, a crash in native code) raises :class:`DataWorkerError` naming the items the
+workers were loading at the time (each worker records its current index in shared memory).
 """
 
 from __future__ import annotations
 
 import functools
 import math
+import multiprocessing
 import random
 import warnings
 from dataclasses import dataclass
@@ -32,11 +38,11 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
 from instaseg.data.coco import Sample
 from instaseg.data.transforms import Transform
-from instaseg.errors import DatasetError
+from instaseg.errors import DatasetError, InstasegError
 from instaseg.structures.instances import Targets
 
 __all__ = [
@@ -46,7 +52,12 @@ __all__ = [
     "epoch_order",
     "build_train_loader",
     "build_test_loader",
+    "DataWorkerError",
 ]
+
+
+class DataWorkerError(DatasetError, RuntimeError):
+    """A DataLoader worker process died; the message names the items it was loading."""
 
 
 @dataclass
@@ -103,17 +114,47 @@ class _StreamSampler(Sampler):
             epoch, offset = epoch + 1, 0
 
 
-class _Augmented(Dataset):
-    """``dataset[index]`` transformed with a generator seeded by ``(seed, epoch, index)``."""
+def describe_item(dataset: Dataset, index: int) -> str:
+    """``"dataset item 3 (image id 7, img/x.png)"``: what a message should name for ``dataset[index]``."""
+    describe = getattr(dataset, "describe", None)
+    return f"dataset item {index}" + (f" ({describe(index)})" if callable(describe) else "")
 
-    def __init__(self, dataset: Dataset, transforms: Transform, seed: int) -> None:
+
+class _Augmented(Dataset):
+    """``dataset[index]`` transformed with a generator seeded by ``(seed, epoch, index)``.
+
+    ``loading[worker_id]`` (shared memory, when there are workers) holds the index each worker is
+    loading, -1 when idle, so that the main process can name it if the worker dies.
+    """
+
+    def __init__(self, dataset: Dataset, transforms: Transform, seed: int, num_workers: int = 0) -> None:
         self.dataset, self.transforms, self.seed = dataset, transforms, seed
+        self.loading = multiprocessing.RawArray("q", [-1] * num_workers) if num_workers else None
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitem__(self, key: tuple[int, int]) -> Sample:
         epoch, index = key
+        worker = get_worker_info()
+        if self.loading is not None and worker is not None:
+            self.loading[worker.id] = index
+        try:
+            sample = self._load(epoch, index)
+        except InstasegError:
+            raise  # already names the file / image id
+        except Exception as error:  # a custom dataset's or transform's bug: name the item
+            raise DatasetError(f"loading {describe_item(self.dataset, index)} failed: "
+                               f"{type(error).__name__}: {error}") from error
+        if self.loading is not None and worker is not None:
+            self.loading[worker.id] = -1
+        return sample
+
+    def in_progress(self) -> list[int]:
+        """Indices the workers were loading (and had not finished) when last written."""
+        return [i for i in self.loading if i >= 0] if self.loading is not None else []
+
+    def _load(self, epoch: int, index: int) -> Sample:
         sample = self.dataset[index]
         generator = torch.Generator().manual_seed(sample_seed(self.seed, epoch, index))
         image, targets = self.transforms(sample.image.to(torch.float32), sample.targets, generator)
@@ -170,8 +211,46 @@ def build_train_loader(dataset: Dataset, transforms: Transform, batch_size: int,
     sampler = _StreamSampler(len(dataset), seed, rank, world_size, start)
     start_epoch = start // math.ceil(len(dataset) / world_size)
     init = functools.partial(_seed_worker, seed=seed, epoch=start_epoch, rank=rank) if num_workers else None
-    return DataLoader(_Augmented(dataset, transforms, seed), batch_size=batch_size, sampler=sampler,
-                      num_workers=num_workers, collate_fn=collate, worker_init_fn=init)
+    return _NamingDataLoader(_Augmented(dataset, transforms, seed, num_workers), batch_size=batch_size,
+                             sampler=sampler, num_workers=num_workers, collate_fn=collate, worker_init_fn=init)
+
+
+class _NamingDataLoader(DataLoader):
+    """A DataLoader whose failures are one line naming the culprit (see the module docstring)."""
+
+    def __iter__(self) -> Iterator[Batch]:
+        iterator = super().__iter__()
+        while True:
+            try:
+                batch = next(iterator)
+            except StopIteration:
+                return
+            except InstasegError as error:
+                # a worker's error comes back as "Caught X in DataLoader worker ... Original Traceback
+                # ...": keep the original message, which names the file or item
+                raise type(error)(_original_message(error)) from None
+            except RuntimeError as error:
+                if "exited unexpectedly" not in str(error) or isinstance(error, InstasegError):
+                    raise
+                items = [describe_item(self.dataset.dataset, i) for i in self.dataset.in_progress()]
+                raise DataWorkerError(
+                    f"a data loader worker process died ({str(error).splitlines()[0]}) while loading "
+                    f"{', '.join(items) or 'an unknown item'}; check that item (a huge or corrupt image can "
+                    "exhaust memory) or set train.num_workers=0 to see the error in this process") from None
+            yield batch
+
+
+def _original_message(error: BaseException) -> str:
+    """The message of the exception raised in a worker, without PyTorch's traceback wrapper."""
+    text = str(error)
+    if "Original Traceback" not in text:
+        return text
+    last = [line for line in text.strip().splitlines() if line.strip()][-1]
+    name = type(error).__name__
+    for prefix in (f"{type(error).__module__}.{name}: ", f"{name}: "):
+        if last.startswith(prefix):
+            return last[len(prefix):]
+    return last
 
 
 def build_test_loader(dataset: Dataset, num_workers: int, batch_size: int = 1, distributed: bool = False, *,

@@ -10,19 +10,22 @@ from torch import nn
 from instaseg.backbones.resnet import ResNet, build_resnet
 from instaseg.config.io import apply_overrides
 from instaseg.config.presets import get_preset
-from instaseg.config.schema import Config, MaskRCNNConfig
+from instaseg.config.schema import Config, MaskRCNNConfig, YolactConfig
 from instaseg.detectors.mask_rcnn import MaskRCNN
+from instaseg.detectors.yolact import Yolact
 from instaseg.heads.box_head import BoxPredictor, FCBoxHead, Res5Head
 from instaseg.heads.mask_head import MaskFCNHead, MaskMLPHead
 from instaseg.heads.maskiou_head import MaskIoUHead
 from instaseg.heads.rpn import RPNHead
+from instaseg.heads.mask_rescoring import MaskRescoringHead
+from instaseg.heads.yolact_head import ProtoNet, SemanticSegHead, YolactPredictionHead
 from instaseg.necks.fpn import FPN
 from instaseg.targets.anchors import AnchorGenerator
 
 __all__ = ["build_model", "build_from_config", "resolve_config"]
 
 
-def _backbone(model: MaskRCNNConfig, out_features: tuple[str, ...]) -> ResNet:
+def _backbone(model: MaskRCNNConfig | YolactConfig, out_features: tuple[str, ...]) -> ResNet:
     cfg = model.backbone
     backbone = _resnet(model, out_features)
     if cfg.weights:  # ImageNet initialisation (torchvision, MSRA/Caffe2 or Detectron2 layout)
@@ -43,7 +46,7 @@ def _c4_res5(model: MaskRCNNConfig) -> nn.Sequential:
     return res5
 
 
-def _resnet(model: MaskRCNNConfig, out_features: tuple[str, ...]) -> ResNet:
+def _resnet(model: MaskRCNNConfig | YolactConfig, out_features: tuple[str, ...]) -> ResNet:
     cfg = model.backbone
     return build_resnet(
         cfg.name,
@@ -129,10 +132,46 @@ def _mask_rcnn(config: Config) -> MaskRCNN:
     )
 
 
+def _yolact(config: Config) -> Yolact:
+    """YOLACT (YOLACT++ when ``model.rescoring`` is set): ResNet res3-res5, FPN P3-P7, shared head."""
+    model = config.model
+    backbone = _backbone(model, model.backbone.out_features)
+    in_shapes = backbone.output_shape()
+    # The reference FPN: bilinear upsampling, ReLU'd outputs, P6/P7 by stride-2 convs on P5/P6.
+    neck = FPN([s.channels for s in in_shapes.values()], [s.stride for s in in_shapes.values()],
+               model.fpn.out_channels, extra="convs", num_extra=model.fpn.num_extra, extra_from="output",
+               upsample_mode="bilinear", relu_outputs=True)
+    head = model.head
+    num_anchors = {len(scales) * len(head.aspect_ratios) for scales in head.anchor_scales}
+    if len(num_anchors) != 1 or len(head.anchor_scales) != len(neck.output_shape()):
+        raise ValueError("YOLACT needs one tuple of anchor scales per FPN level, all of the same length")
+    channels = model.fpn.out_channels
+    rescoring = model.rescoring
+    return Yolact(
+        backbone=backbone,
+        neck=neck,
+        protonet=ProtoNet(channels, head.proto_dim, head.num_prototypes),
+        prediction_head=YolactPredictionHead(channels, model.num_classes, num_anchors.pop(), head.num_prototypes,
+                                             head.head_dim),
+        num_classes=model.num_classes,
+        input_config=config.input,
+        head_config=head,
+        loss_config=model.loss,
+        inference_config=model.inference,
+        semantic_head=SemanticSegHead(channels, model.num_classes) if head.semantic_seg else None,
+        rescoring_head=MaskRescoringHead(model.num_classes, rescoring.channels) if rescoring else None,
+        rescoring_loss_weight=rescoring.loss_weight if rescoring else 25.0,
+        rescoring_min_area=rescoring.discard_mask_area if rescoring else 25.0,
+        nms_top_k=model.nms_top_k,
+    )
+
+
 def build_from_config(config: Config) -> nn.Module:
     """The model a :class:`Config` describes (weights freshly initialised)."""
     if isinstance(config.model, MaskRCNNConfig):
         return _mask_rcnn(config)
+    if isinstance(config.model, YolactConfig):
+        return _yolact(config)
     raise TypeError(f"no builder for {type(config.model).__name__}")
 
 

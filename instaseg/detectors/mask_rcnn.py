@@ -108,7 +108,7 @@ class MaskRCNN(nn.Module):
         cfg = self.input_config
         prepared = []
         for image in images:
-            image = image.to(self.pixel_mean.device, torch.float32)
+            image = image.to(device=self.pixel_mean.device, dtype=self.pixel_mean.dtype)
             if not self.training:
                 h, w = image.shape[-2:]
                 image = resize_image(image, resized_shape(h, w, cfg.min_size_test, cfg.max_size_test))

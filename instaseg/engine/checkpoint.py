@@ -40,19 +40,42 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
     """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``.
 
     A crash (or a full disk) while writing leaves the previous file intact.
+    An ``OSError`` from a write (``ENOSPC``: disk full) is raised as itself, not as the
+    ``RuntimeError`` that torch's zip writer turns it into, so callers can tell it apart.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    writer = None
     try:
         with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
+            writer = _RecordingWriter(handle)
+            torch.save(obj, writer)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         Path(tmp).unlink(missing_ok=True)
+        if writer is not None and writer.error is not None and writer.error is not error:
+            raise writer.error from error
         raise
+
+
+class _RecordingWriter:
+    """A write-only file wrapper that keeps the first ``OSError`` a write raised."""
+
+    def __init__(self, handle: Any) -> None:
+        self.handle, self.error = handle, None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self.handle.write(data)
+        except OSError as error:
+            self.error = self.error or error
+            raise
+
+    def flush(self) -> None:
+        self.handle.flush()
 
 
 def save_checkpoint(path: str | Path, model: nn.Module, config: Config, **extra: Any) -> None:
@@ -64,7 +87,12 @@ def save_checkpoint(path: str | Path, model: nn.Module, config: Config, **extra:
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint safely; clear errors for missing, truncated, foreign or unsafe files."""
+    """Read a checkpoint safely; clear errors for missing, truncated, foreign or unsafe files.
+
+    Raises:
+        CheckpointError: the file is missing, truncated, not an instaseg checkpoint, or holds
+            Python objects (a pickle that could run code is refused before anything runs).
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")

@@ -71,8 +71,14 @@ def evaluate_model(
         loader = build_test_loader(dataset, num_workers, batch_size=1, distributed=distributed)
     evaluator = COCOEvaluator(dataset.json_path, dataset.category_ids, max_dets=max_dets)
     main = is_main_process()
+    seen: set[int] = set()
     for batch in tqdm(loader, desc="eval", unit="img", leave=False, disable=not (progress and main)):
-        evaluator.process(batch.image_ids, net.predict(batch.images))
+        # a skip_bad dataset replaces an unreadable image by the next good one: score each image once
+        # (the skipped image's ground truth then counts as missed, which is what happened)
+        keep = [i for i, image_id in enumerate(batch.image_ids) if image_id not in seen]
+        seen.update(batch.image_ids)
+        if keep:
+            evaluator.process([batch.image_ids[i] for i in keep], net.predict([batch.images[i] for i in keep]))
     if distributed:
         shards = all_gather_objects((evaluator.results, evaluator.image_ids))
         if main:

@@ -63,8 +63,13 @@ class Predictor:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu",
-                        score_threshold: float = 0.0) -> "Predictor":
-        model, config = load_model(path)
+                        score_threshold: float = 0.0, allow_partial: bool = False) -> "Predictor":
+        """Load ``path`` safely (``weights_only``: a pickle that would run code is refused).
+
+        ``allow_partial`` loads only the tensors that fit the model the checkpoint's config builds
+        (the others keep their initial values); without it a misfit raises ``CheckpointError``.
+        """
+        model, config = load_model(path, allow_partial=allow_partial)
         return cls(model, config, device, score_threshold)
 
     @torch.no_grad()

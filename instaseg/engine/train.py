@@ -26,6 +26,7 @@ each micro-batch holds ``ims_per_batch / (world_size * accumulate)`` images.
 from __future__ import annotations
 
 import contextlib
+import errno
 import math
 import os
 import random
@@ -57,7 +58,7 @@ from instaseg.engine.optim import LRSchedule, build_optimizer, resolve_schedule
 from instaseg.errors import ConfigError, InstasegError
 from instaseg.evaluation.coco_eval import AP_KEYS
 
-__all__ = ["train", "train_on_dataset", "NonFiniteLossError", "TrainLoaderFn", "TestLoaderFn",
+__all__ = ["train", "train_on_dataset", "NonFiniteLossError", "CheckpointWriteError", "TrainLoaderFn", "TestLoaderFn",
            "seed_everything", "capture_rng_state", "restore_rng_state"]
 
 # (dataset, config, micro_batch_size, start_micro_batch, distributed) -> infinite stream of batches
@@ -67,6 +68,11 @@ TestLoaderFn = Callable[[Any], Iterable[Any]]  # dataset -> batches of original 
 
 class NonFiniteLossError(InstasegError, FloatingPointError):
     """Too many non-finite losses in a row; a checkpoint was written before raising."""
+
+
+class CheckpointWriteError(InstasegError, OSError):
+    """A checkpoint could not be written (disk full, no permission): training stops, the previous
+    checkpoints stay intact (saves are atomic) and the message names the last good one."""
 
 
 def seed_everything(seed: int) -> None:
@@ -532,15 +538,30 @@ def _save(run: _Run, iteration: int, rng_states: list[dict[str, Any]], sync: boo
     """
     path = run.ckpt_dir / f"model_{iteration:07d}.pt"
     if run.main:
-        save_checkpoint(path, run.model, run.config, iteration=iteration, optimizer=run.optimizer.state_dict(),
-                        scaler=run.scaler.state_dict() if run.scaler is not None else None, rng=rng_states,
-                        best_segm_ap=run.best_segm_ap, max_iter=run.max_iter, note=run.note or "",
-                        categories=run.categories)
-        _point_last_at(path)
+        try:
+            save_checkpoint(path, run.model, run.config, iteration=iteration, optimizer=run.optimizer.state_dict(),
+                            scaler=run.scaler.state_dict() if run.scaler is not None else None, rng=rng_states,
+                            best_segm_ap=run.best_segm_ap, max_iter=run.max_iter, note=run.note or "",
+                            categories=run.categories)
+            _point_last_at(path)
+        except OSError as error:
+            raise _write_failed(run.ckpt_dir, path, error) from error
         _rotate(run.ckpt_dir, run.config.train.keep_last)
     if sync:
         barrier()
     return path
+
+
+def _write_failed(ckpt_dir: Path, path: Path, error: OSError) -> CheckpointWriteError:
+    """Stop rather than train on without checkpoints: a run that cannot save loses everything on the
+    next crash. Saves are atomic, so the newest ``model_*.pt`` on disk is whole."""
+    reason = error.strerror or str(error) or type(error).__name__
+    if error.errno == errno.ENOSPC:
+        reason += " (disk full: free space on that disk or choose another --out)"
+    good = sorted(p for p in ckpt_dir.glob("model_*.pt") if p != path)
+    last = f"the last good checkpoint is {good[-1]} (intact); resume from it with --resume" if good else \
+        "no earlier checkpoint exists"
+    return CheckpointWriteError(f"cannot write checkpoint {path}: {reason}; training stopped, {last}")
 
 
 def _point_last_at(path: Path) -> None:

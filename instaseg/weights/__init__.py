@@ -1,4 +1,4 @@
-"""Converters from peer checkpoints: torchvision and Detectron2 Mask R-CNN, ImageNet backbones.
+"""Converters from peer checkpoints: torchvision and Detectron2 Mask R-CNN, YOLACT/YOLACT++, ImageNet backbones.
 
 Every file is read without running code from it (``instaseg.weights.safe_pickle``).
 """
@@ -16,6 +16,7 @@ from instaseg.weights.torchvision import (
     convert_torchvision_maskrcnn,
     to_torchvision_maskrcnn,
 )
+from instaseg.weights.yolact import convert_yolact_file, convert_yolact_state_dict, yolact_config_for
 
 __all__ = [
     "ConversionSummary",
@@ -24,10 +25,13 @@ __all__ = [
     "convert_detectron2_maskrcnn",
     "convert_torchvision_file",
     "convert_torchvision_maskrcnn",
+    "convert_yolact_file",
+    "convert_yolact_state_dict",
     "load_backbone_weights",
     "load_weights_file",
     "read_backbone_weights",
     "safe_load_pickle",
     "to_detectron2_maskrcnn",
     "to_torchvision_maskrcnn",
+    "yolact_config_for",
 ]

@@ -1,0 +1,266 @@
+"""YOLACT (Bolya et al. 2019) and YOLACT++ (Bolya et al. 2020) when a re-scoring head is given.
+
+The instaseg model contract (see ``instaseg.detectors.mask_rcnn``):
+
+* ``forward(images, targets=None) -> YolactOutput``: head outputs; in training also the anchor
+  matches and the masks of the sampled positives, in inference also the detections (Fast NMS,
+  masks assembled at prototype resolution and cropped by the predicted boxes).
+* ``loss(raw, targets) -> (total, {name: scalar})``: L = L_cls + 1.5 L_box + 6.125 L_mask +
+  L_semantic (+ 25 L_rescoring for YOLACT++), normalized as in dbolya/yolact ``MultiBoxLoss``.
+* ``postprocess(raw, image_sizes) -> list[Instances]``: masks upsampled to the original image
+  and thresholded at 0.5; boxes scaled to it.
+
+Images enter as RGB ``(3, H, W)`` in [0, 255]; the model resizes them to ``square x square``
+in inference (training images arrive already resized by the data transforms).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from instaseg.config.schema import InferenceConfig, InputConfig, YolactHeadConfig, YolactLossConfig
+from instaseg.losses.yolact import (
+    box_regression_loss,
+    mask_rescoring_loss,
+    ohem_classification_loss,
+    prototype_mask_loss,
+    semantic_seg_loss,
+)
+from instaseg.ops.nms import fast_nms
+from instaseg.structures.boxes import BoxCoder, clip_boxes_to_image
+from instaseg.structures.image_list import batch_images, resize_image
+from instaseg.structures.instances import Instances, Targets
+from instaseg.targets.anchors import yolact_anchors
+from instaseg.targets.matcher import Matcher
+from instaseg.targets.yolact import (
+    AnchorTargets,
+    crop_masks,
+    downsample_masks,
+    mask_iou_targets,
+    match_anchors,
+    sample_mask_positives,
+)
+
+__all__ = ["Yolact", "YolactOutput", "YolactDetections"]
+
+CROP_PADDING = 1.0  # prototype pixels; the reference's ``crop(..., padding=1)``
+
+
+@dataclass
+class YolactDetections:
+    """Detections of one image in the model's input frame (``square x square``)."""
+
+    boxes: Tensor  # (N, 4) xyxy
+    scores: Tensor  # (N,) class score
+    labels: Tensor  # (N,) int64
+    mask_probs: Tensor  # (N, h, w) at prototype resolution, cropped by the box, unthresholded
+    mask_scores: Tensor | None = None  # (N,) YOLACT++: class score x predicted mask IoU
+
+
+@dataclass
+class YolactOutput:
+    image_sizes: list[tuple[int, int]]  # sizes as the model saw them (after resizing)
+    anchors: Tensor  # (A, 4) xyxy in input pixels
+    class_logits: Tensor  # (B, A, C + 1), background last
+    box_deltas: Tensor  # (B, A, 4)
+    mask_coefficients: Tensor  # (B, A, k) in [-1, 1]
+    prototypes: Tensor  # (B, k, h, w)
+    semantic_logits: Tensor | None = None  # (B, C, H3, W3), training only
+    anchor_targets: list[AnchorTargets] | None = None  # training: per image
+    mask_index: list[Tensor] | None = None  # training: anchors whose masks train, per image
+    mask_logits: list[Tensor] | None = None  # training: (P_i, h, w) per image
+    rescoring_iou: list[Tensor] | None = None  # training (YOLACT++): (P_i, C) per image
+    detections: list[YolactDetections] | None = None  # inference
+
+
+class Yolact(nn.Module):
+    """Backbone -> FPN (P3-P7) -> ProtoNet on P3 + shared prediction head (+ re-scoring head)."""
+
+    def __init__(
+        self,
+        *,
+        backbone: nn.Module,
+        neck: nn.Module,
+        protonet: nn.Module,
+        prediction_head: nn.Module,
+        num_classes: int,
+        input_config: InputConfig,
+        head_config: YolactHeadConfig,
+        loss_config: YolactLossConfig,
+        inference_config: InferenceConfig,
+        semantic_head: nn.Module | None = None,
+        rescoring_head: nn.Module | None = None,
+        rescoring_loss_weight: float = 25.0,
+        rescoring_min_area: float = 25.0,
+        nms_top_k: int = 200,
+    ) -> None:
+        super().__init__()
+        if input_config.square <= 0:
+            raise ValueError("YOLACT needs a square input size (input.square > 0)")
+        self.backbone, self.neck, self.protonet = backbone, neck, protonet
+        self.prediction_head, self.semantic_head = prediction_head, semantic_head
+        self.rescoring_head = rescoring_head  # set: YOLACT++
+        self.num_classes = num_classes
+        self.input_config, self.head_config = input_config, head_config
+        self.loss_config, self.inference_config = loss_config, inference_config
+        self.rescoring_loss_weight, self.rescoring_min_area = rescoring_loss_weight, rescoring_min_area
+        self.nms_top_k = nms_top_k
+        self.box_coder = BoxCoder((10.0, 10.0, 5.0, 5.0))  # SSD variances 0.1 / 0.2
+        self.matcher = Matcher([loss_config.neg_iou, loss_config.pos_iou], [0, -1, 1])
+        self.register_buffer("pixel_mean", torch.tensor(input_config.pixel_mean).view(3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(input_config.pixel_std).view(3, 1, 1), persistent=False)
+
+    # ------------------------------------------------------------------------------ input
+    def preprocess(self, images: list[Tensor]) -> Tensor:
+        """RGB ``(3, H, W)`` in [0, 255] -> normalized ``(B, 3, S, S)`` (resized in inference only)."""
+        size = self.input_config.square
+        prepared = []
+        for image in images:
+            image = image.to(self.pixel_mean.device, torch.float32)
+            if not self.training and tuple(image.shape[-2:]) != (size, size):
+                image = resize_image(image, (size, size))
+            if self.input_config.channel_order == "BGR":
+                image = image.flip(0)
+            prepared.append((image - self.pixel_mean) / self.pixel_std)
+        batch = batch_images(prepared, 1).tensor
+        if batch.shape[-1] != batch.shape[-2]:
+            raise ValueError(f"YOLACT expects square inputs, got {tuple(batch.shape[-2:])}")
+        return batch
+
+    def _anchors(self, levels: list[Tensor], image_size: int) -> Tensor:
+        cfg = self.head_config
+        sizes = [tuple(int(s) for s in f.shape[-2:]) for f in levels]
+        return yolact_anchors(sizes, image_size, cfg.anchor_scales, cfg.aspect_ratios, cfg.square_anchors,
+                              device=levels[0].device, dtype=levels[0].dtype)
+
+    # ------------------------------------------------------------------------------ forward
+    def forward(self, images: list[Tensor], targets: list[Targets] | None = None) -> YolactOutput:
+        if self.training and targets is None:
+            raise ValueError("training mode needs targets: model(images, targets)")
+        batch = self.preprocess(images)
+        levels = list(self.neck(list(self.backbone(batch).values())).values())
+        prototypes = self.protonet(levels[0])
+        logits, deltas, coefficients = self.prediction_head(levels)
+        size = int(batch.shape[-1])
+        raw = YolactOutput([(size, size)] * batch.shape[0], self._anchors(levels, size), logits, deltas,
+                           coefficients, prototypes)
+        if self.training:
+            if self.semantic_head is not None:
+                raw.semantic_logits = self.semantic_head(levels[0])
+            self._forward_train(raw, targets)
+        else:
+            raw.detections = [self._detect(raw, i) for i in range(batch.shape[0])]
+        return raw
+
+    def _to_proto_frame(self, boxes: Tensor, raw: YolactOutput) -> Tensor:
+        h, w = raw.prototypes.shape[-2:]
+        size = raw.image_sizes[0][0]
+        return boxes * boxes.new_tensor([w / size, h / size, w / size, h / size])
+
+    def _forward_train(self, raw: YolactOutput, targets: list[Targets]) -> None:
+        cfg = self.loss_config
+        raw.anchor_targets, raw.mask_index, raw.mask_logits, raw.rescoring_iou = [], [], [], []
+        for i, target in enumerate(targets):
+            with torch.no_grad():
+                matched = match_anchors(raw.anchors, target.boxes.to(raw.anchors), target.labels, self.num_classes,
+                                        self.matcher, crowd_iou=cfg.crowd_iou)
+            index = sample_mask_positives(matched.positive, cfg.masks_to_train)
+            mask_logits = torch.einsum("khw,pk->phw", raw.prototypes[i], raw.mask_coefficients[i, index])
+            raw.anchor_targets.append(matched)
+            raw.mask_index.append(index)
+            raw.mask_logits.append(mask_logits)
+            if self.rescoring_head is not None:
+                # The head sees the mask as a fixed input: its loss scores the mask, it does not change it.
+                gt_boxes = self._to_proto_frame(target.boxes.to(mask_logits)[matched.gt_index[index]], raw)
+                probs = crop_masks(mask_logits.detach().sigmoid(), gt_boxes, CROP_PADDING)
+                raw.rescoring_iou.append(self.rescoring_head(probs))
+
+    @torch.no_grad()
+    def _detect(self, raw: YolactOutput, i: int) -> YolactDetections:
+        inf = self.inference_config
+        size = raw.image_sizes[i]
+        probs = raw.class_logits[i].softmax(dim=-1)[:, : self.num_classes]  # drop background (last)
+        boxes = clip_boxes_to_image(self.box_coder.decode(raw.box_deltas[i], raw.anchors), size)
+        keep = (probs.max(dim=1).values > inf.score_thresh).nonzero().squeeze(1)  # reference's prefilter
+        box_index, labels, scores = fast_nms(boxes[keep], probs[keep].T.contiguous(), inf.nms_thresh,
+                                             self.nms_top_k, inf.score_thresh, inf.detections_per_image)
+        chosen = keep[box_index]
+        logits = torch.einsum("khw,nk->nhw", raw.prototypes[i], raw.mask_coefficients[i, chosen])
+        mask_probs = crop_masks(logits.sigmoid(), self._to_proto_frame(boxes[chosen], raw), CROP_PADDING)
+        mask_scores = None
+        if self.rescoring_head is not None:  # S_mask = S_cls x predicted IoU; boxes keep S_cls
+            predicted = self.rescoring_head(mask_probs)[torch.arange(labels.numel(), device=labels.device), labels]
+            mask_scores = scores * predicted.clamp(0, 1)
+        return YolactDetections(boxes[chosen], scores, labels, mask_probs, mask_scores)
+
+    # ------------------------------------------------------------------------------ loss
+    def loss(self, raw: YolactOutput, targets: list[Targets]) -> tuple[Tensor, dict[str, Tensor]]:
+        """Total loss and its terms; B, C, M, I divided by the batch's positives, S by the batch size."""
+        if raw.anchor_targets is None:
+            raise ValueError("loss() needs the outputs of a training-mode forward")
+        cfg = self.loss_config
+        labels = torch.stack([t.labels for t in raw.anchor_targets])
+        num_pos = float(max(1, int((labels >= 0).logical_and(labels < self.num_classes).sum())))
+        terms = {"loss_cls": cfg.conf_weight * ohem_classification_loss(raw.class_logits, labels, cfg.neg_pos_ratio)}
+        box, mask, rescore, semantic = [], [], [], []
+        for i, (matched, target) in enumerate(zip(raw.anchor_targets, targets)):
+            pos = matched.positive.nonzero().squeeze(1)
+            gt_boxes = target.boxes.to(raw.anchors)
+            goal = self.box_coder.encode(raw.anchors[pos], gt_boxes[matched.gt_index[pos]])
+            box.append(box_regression_loss(raw.box_deltas[i, pos], goal))
+            index = raw.mask_index[i]
+            gt_index = matched.gt_index[index]
+            proto_masks = downsample_masks(target.masks, tuple(raw.prototypes.shape[-2:]))[gt_index]
+            proto_boxes = self._to_proto_frame(gt_boxes[gt_index], raw)
+            crop = crop_masks(torch.ones_like(raw.mask_logits[i]), proto_boxes, CROP_PADDING)
+            mask.append(prototype_mask_loss(raw.mask_logits[i], proto_masks, proto_boxes, crop))
+            if self.rescoring_head is not None:
+                probs = crop_masks(raw.mask_logits[i].detach().sigmoid(), proto_boxes, CROP_PADDING)
+                big = proto_masks.flatten(1).sum(1) > self.rescoring_min_area  # 'discard_mask_area'
+                rescore.append(mask_rescoring_loss(raw.rescoring_iou[i][big], target.labels[gt_index][big],
+                                                   mask_iou_targets(probs[big], proto_masks[big])))
+            if raw.semantic_logits is not None:
+                seg = raw.semantic_logits[i]
+                seg_masks = downsample_masks(target.masks, tuple(seg.shape[-2:]))
+                semantic.append(semantic_seg_loss(seg, seg_masks, target.labels))
+        terms["loss_cls"] = terms["loss_cls"] / num_pos
+        terms["loss_box"] = cfg.box_weight * torch.stack(box).sum() / num_pos
+        terms["loss_mask"] = cfg.mask_weight * torch.stack(mask).sum() / num_pos
+        if semantic:
+            terms["loss_semantic"] = cfg.semantic_weight * torch.stack(semantic).sum() / len(targets)
+        if rescore:
+            terms["loss_rescoring"] = self.rescoring_loss_weight * torch.stack(rescore).sum() / num_pos
+        return sum(terms.values()), terms
+
+    # ------------------------------------------------------------------------------ results
+    @torch.no_grad()
+    def postprocess(self, raw: YolactOutput, image_sizes: list[tuple[int, int]]) -> list[Instances]:
+        """Detections in the original images (``image_sizes[i] = (H, W)`` before resizing)."""
+        if raw.detections is None:
+            raise ValueError("postprocess() needs the outputs of an inference-mode forward")
+        results = []
+        for det, (in_h, in_w), (h, w) in zip(raw.detections, raw.image_sizes, image_sizes):
+            if det.boxes.shape[0] == 0:
+                results.append(Instances.empty((h, w), det.boxes.device))
+                continue
+            scale = det.boxes.new_tensor([w / in_w, h / in_h, w / in_w, h / in_h])
+            boxes = clip_boxes_to_image(det.boxes * scale, (h, w))
+            probs = F.interpolate(det.mask_probs[:, None], size=(h, w), mode="bilinear", align_corners=False)[:, 0]
+            masks = probs > self.inference_config.mask_threshold
+            results.append(Instances(boxes, det.scores, det.labels, masks, det.mask_scores))
+        return results
+
+    @torch.no_grad()
+    def predict(self, images: list[Tensor]) -> list[Instances]:
+        """Inference on RGB ``(3, H, W)`` images in [0, 255]: ``postprocess(forward(images))``."""
+        was_training = self.training
+        self.eval()
+        try:
+            raw = self.forward(images)
+            return self.postprocess(raw, [tuple(img.shape[-2:]) for img in images])
+        finally:
+            self.train(was_training)

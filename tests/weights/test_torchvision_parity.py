@@ -1,0 +1,33 @@
+"""torchvision's own Mask R-CNN vs instaseg's converted copy: the same image, the same detections.
+
+torchvision's Python package is installed by the set-up (``make test``) without its dependencies
+into ``.venv/torchvision-site``, outside the environment's site-packages, so instaseg's call-time
+dispatch never sees it. The comparison runs in a subprocess (see ``_torchvision_parity.py``).
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SITE = Path(os.environ.get("INSTASEG_TORCHVISION_SITE", ROOT / ".venv" / "torchvision-site"))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (SITE / "torchvision").is_dir(), reason=f"torchvision's Python package not in {SITE}")
+def test_converted_torchvision_model_gives_the_same_detections():
+    script = Path(__file__).with_name("_torchvision_parity.py")
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    done = subprocess.run([sys.executable, str(script), str(SITE)], capture_output=True, text=True, env=env,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["num_theirs"] > 10 and result["num_ours"] == result["num_theirs"]
+    assert result["labels_equal"]  # torchvision's label k is instaseg's label k - 1
+    assert result["max_box_diff"] <= 0.01
+    assert result["max_score_diff"] <= 1e-4
+    assert result["min_mask_iou"] >= 0.97
