@@ -74,13 +74,14 @@ def sample_rois(
 
 
 def mask_targets(gt_masks: Tensor, sampled: SampledRoIs, size: int) -> Tensor:
-    """``(P, size, size)`` float targets: each positive RoI's ground-truth mask cut by its box.
+    """``(P, size, size)`` binary float targets: each positive RoI's ground-truth mask cut by its box.
 
-    The matched mask is cropped by the *proposal* box and resampled to ``size x size`` with aligned
-    RoIAlign (the paper's "intersection between an RoI and its associated ground-truth mask").
+    The matched mask is cropped by the *proposal* box, resampled to ``size x size`` with aligned
+    RoIAlign and binarized at 0.5 (the paper's "intersection between an RoI and its associated
+    ground-truth mask"; Detectron2 thresholds the same way).
     """
     p = sampled.num_positive
     if p == 0:
         return gt_masks.new_zeros((0, size, size), dtype=torch.float32)
     masks = gt_masks[sampled.gt_index[:p]]
-    return crop_and_resize(masks, sampled.boxes[:p], size)
+    return (crop_and_resize(masks, sampled.boxes[:p], size) >= 0.5).float()

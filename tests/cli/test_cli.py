@@ -110,3 +110,19 @@ def test_presets_lists_every_preset(capsys):
     assert main(["presets"]) == 0
     out = capsys.readouterr().out
     assert "mask_rcnn_r50_fpn" in out and "ms_rcnn_r50_fpn" in out
+
+
+def test_ms_rcnn_trains_evaluates_and_predicts_from_the_cli(dataset, tmp_path):
+    run = tmp_path / "ms"
+    gt, images = str(dataset / "annotations/val.json"), str(dataset / "val")
+    argv = ["train", "--preset", "ms_rcnn_r18_fpn_tiny", "--train-json", str(dataset / "annotations/train.json"),
+            "--train-images", str(dataset / "train"), "--out", str(run), "--no-progress",
+            *[a if a != "train.max_iter=4" else "train.max_iter=2" for a in TINY]]
+    assert main(argv) == 0
+    ckpt = str(run / "checkpoints/last.pt")
+    assert main(["eval", "--checkpoint", ckpt, "--json", gt, "--images", images, "--out", str(tmp_path / "ev")]) == 0
+    assert set(json.loads((tmp_path / "ev" / "metrics.json").read_text())) == {"bbox", "segm"}
+    assert main(["predict", "--checkpoint", ckpt, images, "--out", str(tmp_path / "p"), "--score-threshold", "0",
+                 "--no-overlays"]) == 0
+    results = json.loads((tmp_path / "p" / "results.json").read_text())
+    assert results and all("mask_score" in r for r in results)  # S_mask = S_cls x S_iou
