@@ -242,7 +242,7 @@ def yolact_r18_tiny() -> Config:
     model = YolactConfig(num_classes=5, backbone=BackboneConfig(name="resnet18", norm="BN", freeze_at=0,
                                                                 out_features=("res3", "res4", "res5")),
                          fpn=FPNConfig(out_channels=64, extra="convs", num_extra=2), head=head,
-                         inference=InferenceConfig(detections_per_image=50))
+                         inference=InferenceConfig(nms="fast_nms", detections_per_image=50))
     # Initial gradient norms are in the hundreds (OHEM sums over positives): a moderate LR plus clipping.
     train = TrainConfig(lr=0.005, schedule="cosine", max_iter=3000, steps=(), warmup_iters=200, weight_decay=5e-4,
                         clip_grad_norm=10.0,

@@ -129,7 +129,7 @@ class MaskIoUConfig:
 @dataclass(frozen=True)
 class InferenceConfig:
     score_thresh: float = 0.05
-    nms: str = "nms"  # "nms" or "soft_nms"
+    nms: str = "nms"  # "nms", "soft_nms", or "fast_nms" (YOLACT)
     nms_thresh: float = 0.5
     soft_nms_method: str = "linear"  # "linear" or "gaussian"
     soft_nms_sigma: float = 0.5
@@ -207,7 +207,7 @@ class YolactConfig:
     loss: YolactLossConfig = field(default_factory=YolactLossConfig)
     rescoring: MaskRescoringConfig | None = None  # set: YOLACT++
     nms_top_k: int = 200  # per class, before Fast NMS
-    inference: InferenceConfig = field(default_factory=InferenceConfig)  # nms / soft_nms fields unused
+    inference: InferenceConfig = field(default_factory=lambda: InferenceConfig(nms="fast_nms"))
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from torch.profiler import record_function
 
 from instaseg.config.schema import BoxHeadConfig, InferenceConfig, InputConfig, MaskHeadConfig, RPNConfig
+from instaseg.detectors.base import Detector
 from instaseg.detectors.rcnn_inference import Detections, detect_boxes, select_proposals
 from instaseg.detectors.rcnn_masks import paste_detections
 from instaseg.losses.rcnn import fast_rcnn_losses, mask_loss, maskiou_loss, rpn_losses
@@ -49,7 +50,7 @@ class MaskRCNNOutput:
     roi_features: Tensor | None = None  # (P, C, R, R) mask-branch RoI features (MaskIoU head input)
 
 
-class MaskRCNN(nn.Module):
+class MaskRCNN(Detector):
     """Backbone (+ FPN) -> RPN -> RoI heads (box, mask, optional MaskIoU).
 
     Layers come in built; hyper-parameters come as the frozen config parts they belong to.
@@ -281,14 +282,3 @@ class MaskRCNN(nn.Module):
                 raw.detections, probs, mask_scores, raw.image_sizes, image_sizes,
                 self.mask_config.paste, self.inference_config.mask_threshold,
             )
-
-    @torch.no_grad()
-    def predict(self, images: list[Tensor]) -> list[Instances]:
-        """Inference on RGB ``(3, H, W)`` images in [0, 255]: ``postprocess(forward(images))``."""
-        was_training = self.training
-        self.eval()
-        try:
-            raw = self.forward(images)
-            return self.postprocess(raw, [tuple(img.shape[-2:]) for img in images])
-        finally:
-            self.train(was_training)

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from instaseg.config.schema import InferenceConfig, InputConfig, YolactHeadConfig, YolactLossConfig
+from instaseg.detectors.base import Detector
 from instaseg.losses.yolact import (
     box_regression_loss,
     mask_rescoring_loss,
@@ -30,7 +31,7 @@ from instaseg.losses.yolact import (
     prototype_mask_loss,
     semantic_seg_loss,
 )
-from instaseg.ops.nms import fast_nms
+from instaseg.ops.nms import batched_nms, batched_soft_nms, fast_nms
 from instaseg.structures.boxes import BoxCoder, clip_boxes_to_image
 from instaseg.structures.image_list import batch_images, resize_image
 from instaseg.structures.instances import Instances, Targets
@@ -77,7 +78,7 @@ class YolactOutput:
     detections: list[YolactDetections] | None = None  # inference
 
 
-class Yolact(nn.Module):
+class Yolact(Detector):
     """Backbone -> FPN (P3-P7) -> ProtoNet on P3 + shared prediction head (+ re-scoring head)."""
 
     def __init__(
@@ -186,8 +187,7 @@ class Yolact(nn.Module):
         probs = raw.class_logits[i].softmax(dim=-1)[:, : self.num_classes]  # drop background (last)
         boxes = clip_boxes_to_image(self.box_coder.decode(raw.box_deltas[i], raw.anchors), size)
         keep = (probs.max(dim=1).values > inf.score_thresh).nonzero().squeeze(1)  # reference's prefilter
-        box_index, labels, scores = fast_nms(boxes[keep], probs[keep].T.contiguous(), inf.nms_thresh,
-                                             self.nms_top_k, inf.score_thresh, inf.detections_per_image)
+        box_index, labels, scores = self._suppress(boxes[keep], probs[keep])
         chosen = keep[box_index]
         logits = torch.einsum("khw,nk->nhw", raw.prototypes[i], raw.mask_coefficients[i, chosen])
         mask_probs = crop_masks(logits.sigmoid(), self._to_proto_frame(boxes[chosen], raw), CROP_PADDING)
@@ -196,6 +196,34 @@ class Yolact(nn.Module):
             predicted = self.rescoring_head(mask_probs)[torch.arange(labels.numel(), device=labels.device), labels]
             mask_scores = scores * predicted.clamp(0, 1)
         return YolactDetections(boxes[chosen], scores, labels, mask_probs, mask_scores)
+
+    def _suppress(self, boxes: Tensor, probs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Per-class suppression of ``boxes (N, 4)`` with class ``probs (N, C)``.
+
+        ``inference.nms``: "fast_nms" (YOLACT's, the default), "nms" (standard greedy, for the
+        paper's comparison) or "soft_nms". Returns box indices, labels and scores, best first.
+        """
+        inf = self.inference_config
+        if inf.nms == "fast_nms":
+            return fast_nms(boxes, probs.T.contiguous(), inf.nms_thresh, self.nms_top_k, inf.score_thresh,
+                            inf.detections_per_image)
+        box_index, labels = (probs > inf.score_thresh).nonzero(as_tuple=True)
+        scores = probs[box_index, labels]
+        if inf.nms == "nms":
+            keep = batched_nms(boxes[box_index], scores, labels, inf.nms_thresh)
+        elif inf.nms == "soft_nms":
+            keep, scores_kept = batched_soft_nms(boxes[box_index], scores, labels, iou_threshold=inf.nms_thresh,
+                                                 sigma=inf.soft_nms_sigma, method=inf.soft_nms_method,
+                                                 score_threshold=inf.score_thresh)
+            order = scores_kept.argsort(descending=True)
+            keep, scores = keep[order], scores_kept[order]
+            scores = scores[: inf.detections_per_image]
+            keep = keep[: inf.detections_per_image]
+            return box_index[keep], labels[keep], scores
+        else:
+            raise ValueError(f"unknown nms {inf.nms!r}: use 'fast_nms', 'nms' or 'soft_nms'")
+        keep = keep[: inf.detections_per_image]
+        return box_index[keep], labels[keep], scores[keep]
 
     # ------------------------------------------------------------------------------ loss
     def loss(self, raw: YolactOutput, targets: list[Targets]) -> tuple[Tensor, dict[str, Tensor]]:
@@ -250,17 +278,6 @@ class Yolact(nn.Module):
             scale = det.boxes.new_tensor([w / in_w, h / in_h, w / in_w, h / in_h])
             boxes = clip_boxes_to_image(det.boxes * scale, (h, w))
             probs = F.interpolate(det.mask_probs[:, None], size=(h, w), mode="bilinear", align_corners=False)[:, 0]
-            masks = probs > self.inference_config.mask_threshold
+            masks = probs >= self.inference_config.mask_threshold
             results.append(Instances(boxes, det.scores, det.labels, masks, det.mask_scores))
         return results
-
-    @torch.no_grad()
-    def predict(self, images: list[Tensor]) -> list[Instances]:
-        """Inference on RGB ``(3, H, W)`` images in [0, 255]: ``postprocess(forward(images))``."""
-        was_training = self.training
-        self.eval()
-        try:
-            raw = self.forward(images)
-            return self.postprocess(raw, [tuple(img.shape[-2:]) for img in images])
-        finally:
-            self.train(was_training)

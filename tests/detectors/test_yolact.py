@@ -141,3 +141,13 @@ def test_yolact_pp_dcn_layout() -> None:
                             deform_interval=r50.deform_interval)
     assert _deformable_blocks(backbone) == {"layer1": [], "layer2": [0, 1, 2, 3], "layer3": list(range(6)),
                                             "layer4": [0, 1, 2]}
+
+
+@pytest.mark.parametrize("method", ["fast_nms", "nms", "soft_nms"])
+def test_yolact_suppression_switch(method):
+    model = build_model("yolact_r18_tiny", num_classes=3, model__inference__nms=method,
+                        model__inference__score_thresh=0.0, input__square=64)
+    assert model.inference_config.nms == method
+    result = model.predict([torch.rand(3, 48, 56) * 255])[0]
+    assert result.masks.shape[1:] == (48, 56) and len(result) <= model.inference_config.detections_per_image
+    assert torch.all(result.scores[:-1] >= result.scores[1:])
