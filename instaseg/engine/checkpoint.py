@@ -12,6 +12,7 @@ plain containers, so a malicious file cannot run code.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,8 @@ from instaseg.errors import CheckpointError
 
 __all__ = [
     "atomic_torch_save",
+    "point_last_at",
+    "rotate_checkpoints",
     "checkpoint_categories",
     "load_checkpoint",
     "load_model",
@@ -160,3 +163,22 @@ def checkpoint_categories(payload: dict[str, Any], num_classes: int) -> tuple[li
     if len(ids) != num_classes or len(names) != num_classes:
         raise CheckpointError(f"checkpoint lists {len(ids)} categories but its model has {num_classes} classes")
     return ids, names
+
+
+def point_last_at(path: Path) -> None:
+    """Make ``last.pt`` a copy of ``path`` atomically (a hard link when the file system allows)."""
+    tmp = path.with_name(".last.pt.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(path, tmp)
+    except OSError:
+        shutil.copyfile(path, tmp)
+    os.replace(tmp, path.with_name("last.pt"))
+
+
+def rotate_checkpoints(ckpt_dir: Path, keep_last: int) -> None:
+    """Delete all but the newest ``keep_last`` ``model_*.pt`` (0 keeps all; last/best untouched)."""
+    if keep_last <= 0:
+        return
+    for old in sorted(ckpt_dir.glob("model_*.pt"))[:-keep_last]:
+        old.unlink(missing_ok=True)

@@ -28,9 +28,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import math
-import os
-import random
-import shutil
 import signal
 import threading
 import time
@@ -40,14 +37,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from instaseg.config.io import save_yaml
 from instaseg.config.schema import Config
 from instaseg.detectors.build import build_from_config
-from instaseg.engine.checkpoint import load_checkpoint, load_state_dict_checked, save_checkpoint
+from instaseg.engine.checkpoint import (load_checkpoint, load_state_dict_checked, point_last_at, rotate_checkpoints,
+                                       save_checkpoint)
 from instaseg.engine.distributed import (all_gather_objects, any_across_ranks, barrier, destroy_distributed,
                                          get_local_rank, get_rank, get_world_size, init_distributed,
                                          is_distributed, wrap_model)
@@ -55,11 +52,11 @@ from instaseg.engine.evaluate import evaluate_model, write_metrics_json
 from instaseg.engine.logging import (LossMeter, MetricsWriter, format_losses, get_logger, progress_bar,
                                      setup_logger, teardown_logger)
 from instaseg.engine.optim import LRSchedule, build_optimizer, resolve_schedule
+from instaseg.engine.rng import capture_rng_state, restore_rng_state, seed_everything
 from instaseg.errors import ConfigError, InstasegError
 from instaseg.evaluation.coco_eval import AP_KEYS
 
-__all__ = ["train", "train_on_dataset", "NonFiniteLossError", "CheckpointWriteError", "TrainLoaderFn", "TestLoaderFn",
-           "seed_everything", "capture_rng_state", "restore_rng_state"]
+__all__ = ["train", "train_on_dataset", "NonFiniteLossError", "CheckpointWriteError", "TrainLoaderFn", "TestLoaderFn"]
 
 # (dataset, config, micro_batch_size, start_micro_batch, distributed) -> infinite stream of batches
 TrainLoaderFn = Callable[[Any, Config, int, int, bool], Iterable[Any]]
@@ -73,36 +70,6 @@ class NonFiniteLossError(InstasegError, FloatingPointError):
 class CheckpointWriteError(InstasegError, OSError):
     """A checkpoint could not be written (disk full, no permission): training stops, the previous
     checkpoints stay intact (saves are atomic) and the message names the last good one."""
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python's ``random``, NumPy's global generator and torch (CPU and every CUDA device)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def capture_rng_state(cuda: bool = True) -> dict[str, Any]:
-    """The global RNG states as tensors and plain containers (loadable with ``weights_only=True``)."""
-    kind, key, pos, has_gauss, gauss = np.random.get_state()
-    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
-             "numpy": {"kind": kind, "key": torch.from_numpy(key.astype(np.int64)), "pos": int(pos),
-                       "has_gauss": int(has_gauss), "gauss": float(gauss)}}
-    if cuda and torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def restore_rng_state(state: dict[str, Any]) -> None:
-    """Inverse of :func:`capture_rng_state`."""
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    torch.set_rng_state(state["torch"])
-    np_state = state["numpy"]
-    np.random.set_state((np_state["kind"], np_state["key"].numpy().astype(np.uint32), np_state["pos"],
-                         np_state["has_gauss"], np_state["gauss"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 class _StopSignals:
@@ -543,10 +510,10 @@ def _save(run: _Run, iteration: int, rng_states: list[dict[str, Any]], sync: boo
                             scaler=run.scaler.state_dict() if run.scaler is not None else None, rng=rng_states,
                             best_segm_ap=run.best_segm_ap, max_iter=run.max_iter, note=run.note or "",
                             categories=run.categories)
-            _point_last_at(path)
+            point_last_at(path)
         except OSError as error:
             raise _write_failed(run.ckpt_dir, path, error) from error
-        _rotate(run.ckpt_dir, run.config.train.keep_last)
+        rotate_checkpoints(run.ckpt_dir, run.config.train.keep_last)
     if sync:
         barrier()
     return path
@@ -562,25 +529,6 @@ def _write_failed(ckpt_dir: Path, path: Path, error: OSError) -> CheckpointWrite
     last = f"the last good checkpoint is {good[-1]} (intact); resume from it with --resume" if good else \
         "no earlier checkpoint exists"
     return CheckpointWriteError(f"cannot write checkpoint {path}: {reason}; training stopped, {last}")
-
-
-def _point_last_at(path: Path) -> None:
-    """Make ``last.pt`` a copy of ``path`` atomically (a hard link when the file system allows)."""
-    tmp = path.with_name(".last.pt.tmp")
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(path, tmp)
-    except OSError:
-        shutil.copyfile(path, tmp)
-    os.replace(tmp, path.with_name("last.pt"))
-
-
-def _rotate(ckpt_dir: Path, keep_last: int) -> None:
-    """Delete all but the newest ``keep_last`` ``model_*.pt`` (0 keeps all; last/best untouched)."""
-    if keep_last <= 0:
-        return
-    for old in sorted(ckpt_dir.glob("model_*.pt"))[:-keep_last]:
-        old.unlink(missing_ok=True)
 
 
 def _save_after_keyboard_interrupt(run: _Run) -> Path | None:
