@@ -97,17 +97,15 @@ def detect_boxes(
         boxes = clip_boxes_to_image(boxes, size)
         labels = torch.arange(num_classes, device=scores.device).expand_as(scores)
         boxes, scores, labels = boxes.reshape(-1, 4), scores.reshape(-1), labels.reshape(-1)
-        keep = scores > score_thresh
-        wh = boxes[:, 2:] - boxes[:, :2]
-        keep &= (wh >= min_box_size).all(dim=1) if min_box_size > 0 else torch.ones_like(keep)
+        keep = (scores > score_thresh) & ((boxes[:, 2:] - boxes[:, :2]) >= min_box_size).all(dim=1)
         boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
         if nms == "soft_nms":
             keep, scores_kept = batched_soft_nms(
                 boxes, scores, labels, iou_threshold=nms_thresh, sigma=soft_nms_sigma,
                 method=soft_nms_method, score_threshold=score_thresh,
             )
-            order = scores_kept.argsort(descending=True)[:detections_per_image]
-            keep, scores_out = keep[order], scores_kept[order]
+            # batched_soft_nms already returns the kept boxes by decreasing decayed score
+            keep, scores_out = keep[:detections_per_image], scores_kept[:detections_per_image]
         elif nms == "nms":
             keep = batched_nms(boxes, scores, labels, nms_thresh)[:detections_per_image]
             scores_out = scores[keep]

@@ -211,19 +211,15 @@ class Yolact(Detector):
         scores = probs[box_index, labels]
         if inf.nms == "nms":
             keep = batched_nms(boxes[box_index], scores, labels, inf.nms_thresh)
-        elif inf.nms == "soft_nms":
-            keep, scores_kept = batched_soft_nms(boxes[box_index], scores, labels, iou_threshold=inf.nms_thresh,
+            kept_scores = scores[keep]
+        elif inf.nms == "soft_nms":  # kept in selection order, i.e. by decreasing decayed score
+            keep, kept_scores = batched_soft_nms(boxes[box_index], scores, labels, iou_threshold=inf.nms_thresh,
                                                  sigma=inf.soft_nms_sigma, method=inf.soft_nms_method,
                                                  score_threshold=inf.score_thresh)
-            order = scores_kept.argsort(descending=True)
-            keep, scores = keep[order], scores_kept[order]
-            scores = scores[: inf.detections_per_image]
-            keep = keep[: inf.detections_per_image]
-            return box_index[keep], labels[keep], scores
         else:
             raise ValueError(f"unknown nms {inf.nms!r}: use 'fast_nms', 'nms' or 'soft_nms'")
-        keep = keep[: inf.detections_per_image]
-        return box_index[keep], labels[keep], scores[keep]
+        n = inf.detections_per_image
+        return box_index[keep[:n]], labels[keep[:n]], kept_scores[:n]
 
     # ------------------------------------------------------------------------------ loss
     def loss(self, raw: YolactOutput, targets: list[Targets]) -> tuple[Tensor, dict[str, Tensor]]:

@@ -68,33 +68,40 @@ _PLAIN_RENAMES = (
 
 
 # ------------------------------------------------------------------------------- names, one by one
+# Inside a ResNet block (or the stem): (Detectron2 name, torchvision/instaseg name); {i} is a conv
+# index, {p} a norm parameter. One table serves both directions.
+_BLOCK_NAMES = (
+    ("conv{i}.weight", "conv{i}.weight"),
+    ("conv{i}.norm.{p}", "bn{i}.{p}"),
+    ("shortcut.weight", "downsample.0.weight"),
+    ("shortcut.norm.{p}", "downsample.1.{p}"),
+)
+
+
+def _template_regex(template: str) -> str:
+    escaped = re.escape(template)  # escapes the placeholders' braces too
+    return escaped.replace(r"\{i\}", r"(?P<i>\d)").replace(r"\{p\}", f"(?P<p>{_NORM_PARAM})")
+
+
+def _rename_block(rest: str, to_ours: bool) -> str | None:
+    for d2, ours in _BLOCK_NAMES:
+        source, target = (d2, ours) if to_ours else (ours, d2)
+        if m := re.fullmatch(_template_regex(source), rest):
+            return target.format(**m.groupdict())
+    return None
+
+
 def block_name_to_ours(rest: str) -> str | None:
     """Inside a ResNet block (or the stem): Detectron2 -> torchvision/instaseg naming.
 
     ``conv2.weight`` -> ``conv2.weight``, ``conv2.norm.bias`` -> ``bn2.bias``,
     ``shortcut.weight`` -> ``downsample.0.weight``, ``shortcut.norm.X`` -> ``downsample.1.X``.
     """
-    if m := re.fullmatch(r"conv(\d)\.weight", rest):
-        return f"conv{m[1]}.weight"
-    if m := re.fullmatch(rf"conv(\d)\.norm\.{_NORM_PARAM}", rest):
-        return f"bn{m[1]}.{m[2]}"
-    if rest == "shortcut.weight":
-        return "downsample.0.weight"
-    if m := re.fullmatch(rf"shortcut\.norm\.{_NORM_PARAM}", rest):
-        return f"downsample.1.{m[1]}"
-    return None
+    return _rename_block(rest, to_ours=True)
 
 
 def _block_name_to_d2(rest: str) -> str | None:
-    if m := re.fullmatch(r"conv(\d)\.weight", rest):
-        return f"conv{m[1]}.weight"
-    if m := re.fullmatch(rf"bn(\d)\.{_NORM_PARAM}", rest):
-        return f"conv{m[1]}.norm.{m[2]}"
-    if rest == "downsample.0.weight":
-        return "shortcut.weight"
-    if m := re.fullmatch(rf"downsample\.1\.{_NORM_PARAM}", rest):
-        return f"shortcut.norm.{m[1]}"
-    return None
+    return _rename_block(rest, to_ours=False)
 
 
 def _prefixed(prefix: str, rest: str | None) -> str | None:
