@@ -20,7 +20,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _timing import markdown_table  # noqa: E402
 
-from instaseg.cli.demo import DEMO_SETTINGS  # noqa: E402
 from instaseg.config.io import apply_overrides  # noqa: E402
 from instaseg.config.presets import get_preset  # noqa: E402
 from instaseg.data.coco import CocoDataset  # noqa: E402
@@ -78,7 +77,7 @@ def main() -> None:
                          train=replace(config.train, max_iter=args.iterations, steps=(), seed=args.seed,
                                        warmup_iters=min(200, args.iterations // 5),
                                        checkpoint_period=args.iterations, eval_period=0))
-        config = apply_overrides(config, DEMO_SETTINGS + [f"train.clip_grad_norm={args.clip}"])
+        config = apply_overrides(config, [f"train.clip_grad_norm={args.clip}"])
         summary = train_on_dataset(config, train_set, out / preset, val_dataset=val_set, progress=False)
         metrics = summary["metrics"]
         correlation = float("nan")

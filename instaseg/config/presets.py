@@ -99,11 +99,15 @@ def mask_rcnn_r50_fpn_torchvision() -> Config:
 
 
 def mask_rcnn_r18_fpn_tiny() -> Config:
-    """A narrow ResNet-18 FPN Mask R-CNN for 128 px images, trained from scratch.
+    """A narrow ResNet-18 FPN Mask R-CNN for 128 px images, trained from scratch (the demo's model).
 
-    Sizing from measurements on a 2-core CPU: FPN 64, box head 256, mask head 4 x 64 at 14x14,
-    128 RoIs per image and fewer proposals train at about 12 images/s; trainable BN because there
-    are no pretrained statistics to freeze.
+    Sizing and recipe from measurements on a 2-core CPU (``instaseg demo``, 1400-2000 iterations on
+    the synthetic set): FPN 64, box head 256 with 64 RoIs per image, mask head 4 x 64 at 14x14
+    trained on at most 8 positives per image (they are mostly near-duplicates of a few objects;
+    -15% step time), trainable BN (no pretrained statistics to freeze). AdamW at 1e-3 learned much
+    faster from scratch than SGD (segm AP 0.48 vs 0.33 after 1400 iterations; 2e-3 and weight
+    decay 0.05 were no better). Testing at 144 px (the top of the training scales) gave +2 to +4.5
+    segm AP over 128 px: objects are small and the mask features come from the stride-4 level.
     """
     model = MaskRCNNConfig(
         num_classes=5,
@@ -117,18 +121,21 @@ def mask_rcnn_r18_fpn_tiny() -> Config:
             post_nms_topk_test=150,
             batch_size_per_image=128,
         ),
-        box_head=BoxHeadConfig(fc_dim=256, batch_size_per_image=128),
-        mask_head=MaskHeadConfig(conv_dim=64, pooler_resolution=14),
-        inference=InferenceConfig(detections_per_image=50),
+        box_head=BoxHeadConfig(fc_dim=256, batch_size_per_image=64),
+        mask_head=MaskHeadConfig(conv_dim=64, pooler_resolution=14, max_rois_per_image=8),
+        # Masks trained this briefly are soft at their borders: binarizing at 0.4 instead of 0.5 gave
+        # +1.5 segm AP on each of three checkpoints (0.3 and 0.6 were worse).
+        inference=InferenceConfig(detections_per_image=50, mask_threshold=0.4),
     )
-    inputs = InputConfig(min_size_train=(112, 128, 144), max_size_train=192, min_size_test=128, max_size_test=192)
+    inputs = InputConfig(min_size_train=(112, 128, 144), max_size_train=216, min_size_test=144, max_size_test=216)
     train = TrainConfig(
-        lr=0.04,
+        optimizer="adamw",
+        lr=1e-3,
         schedule="cosine",
         max_iter=3000,
         steps=(),
-        warmup_iters=200,
-        ims_per_batch=8,
+        warmup_iters=100,
+        ims_per_batch=4,
         checkpoint_period=500,
         num_workers=1,
     )

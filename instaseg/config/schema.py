@@ -114,6 +114,7 @@ class MaskHeadConfig:
     loss: str = "sigmoid"  # "sigmoid": per-class BCE (the paper); "softmax": multinomial ablation
     class_agnostic: bool = False
     loss_weight: float = 1.0
+    max_rois_per_image: int = 0  # > 0: train the mask branch on at most this many positives per image
     paste: str = "centres"  # "centres": bilinear at pixel centres; "torchvision": its legacy paste
 
 

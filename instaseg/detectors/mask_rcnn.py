@@ -171,17 +171,17 @@ class MaskRCNN(Detector):
         ]
         box_features = self.box_head(self._pool(maps, [s.boxes for s in raw.sampled], cfg.pooler_resolution))
         raw.class_logits, raw.box_deltas = self.box_predictor(box_features)
-        positives = [s.boxes[: s.num_positive] for s in raw.sampled]
+        positives = [s.boxes[: self._mask_count(s)] for s in raw.sampled]
         if self.c4:  # the C4 mask head reuses the res5 features of the positive RoIs
             starts = torch.tensor([0] + [s.boxes.shape[0] for s in raw.sampled]).cumsum(0)
-            index = torch.cat([torch.arange(s.num_positive) + int(starts[i]) for i, s in enumerate(raw.sampled)])
+            index = torch.cat([torch.arange(self._mask_count(s)) + int(starts[i]) for i, s in enumerate(raw.sampled)])
             mask_features = box_features[index.to(box_features.device)]
         else:
             mask_features = self._pool(maps, positives, self.mask_config.pooler_resolution)
         raw.mask_logits = self.mask_head(mask_features)
         raw.roi_features = mask_features
         if self.maskiou_head is not None:
-            classes = torch.cat([s.labels[: s.num_positive] for s in raw.sampled])
+            classes = torch.cat([s.labels[: self._mask_count(s)] for s in raw.sampled])
             raw.maskiou = self._predict_maskiou(raw, classes)
 
     def _predict_maskiou(self, raw: MaskRCNNOutput, classes: Tensor) -> Tensor:
@@ -236,18 +236,24 @@ class MaskRCNN(Detector):
         losses.update(fast_rcnn_losses(raw.class_logits, raw.box_deltas, torch.cat([s.labels for s in raw.sampled]),
                                        roi_targets, self.box_config.smooth_l1_beta))
         size = raw.mask_logits.shape[-1]
-        gt_masks = torch.cat([mask_targets(t.masks, s, size) for s, t in zip(raw.sampled, targets)])
-        gt_classes = torch.cat([s.labels[: s.num_positive] for s in raw.sampled])
+        gt_masks = torch.cat([mask_targets(t.masks, s, size, self._mask_count(s)) for s, t in zip(raw.sampled, targets)])
+        gt_classes = torch.cat([s.labels[: self._mask_count(s)] for s in raw.sampled])
         losses["loss_mask"] = self.mask_config.loss_weight * mask_loss(
             raw.mask_logits, gt_classes, gt_masks, self._mask_mode()
         )
         if self.maskiou_head is not None:
-            in_box = torch.cat([in_box_fraction(t.masks, s.gt_index[: s.num_positive], s.boxes[: s.num_positive])
+            in_box = torch.cat([in_box_fraction(t.masks, s.gt_index[: self._mask_count(s)], s.boxes[: self._mask_count(s)])
                                 for s, t in zip(raw.sampled, targets)])
             probs = self.class_mask_probabilities(raw.mask_logits, gt_classes).detach()
             iou_targets = maskiou_targets(probs, gt_masks, in_box)
             losses["loss_maskiou"] = self.maskiou_loss_weight * maskiou_loss(raw.maskiou, gt_classes, iou_targets)
         return sum(losses.values()), losses
+
+    def _mask_count(self, sampled: SampledRoIs) -> int:
+        """How many of an image's positive RoIs train the mask branch: all of them (the paper), or
+        the first ``mask_head.max_rois_per_image`` (positives are sampled in random order)."""
+        cap = self.mask_config.max_rois_per_image
+        return min(sampled.num_positive, cap) if cap > 0 else sampled.num_positive
 
     def _mask_mode(self) -> str:
         if self.mask_config.class_agnostic:

@@ -51,6 +51,9 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [g for g in groups if g["params"]]
 
 
+_FUSED_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
 def build_optimizer(model: nn.Module, train_cfg: TrainConfig) -> torch.optim.Optimizer:
     """SGD with momentum (the Mask R-CNN / MS R-CNN papers: momentum 0.9, weight decay 1e-4) or
     AdamW, over the trainable parameters of ``model`` (see :func:`parameter_groups`).
@@ -64,7 +67,11 @@ def build_optimizer(model: nn.Module, train_cfg: TrainConfig) -> torch.optim.Opt
     if train_cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=train_cfg.lr, momentum=train_cfg.momentum)
     if train_cfg.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=train_cfg.lr)
+        # The fused kernel (CPU and CUDA) updates all tensors in one pass: ~3x faster than the
+        # per-tensor loop on a CPU, the same update rule.
+        params = [p for g in groups for p in g["params"]]
+        fused = all(p.device.type in ("cpu", "cuda") and p.dtype in _FUSED_DTYPES for p in params)
+        return torch.optim.AdamW(groups, lr=train_cfg.lr, fused=fused or None)
     raise ConfigError(f"unknown optimizer {train_cfg.optimizer!r}: use 'sgd' or 'adamw'")
 
 

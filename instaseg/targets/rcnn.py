@@ -73,14 +73,15 @@ def sample_rois(
     return SampledRoIs(proposals[index], labels, match.gt_index[index], int(pos.numel()))
 
 
-def mask_targets(gt_masks: Tensor, sampled: SampledRoIs, size: int) -> Tensor:
-    """``(P, size, size)`` binary float targets: each positive RoI's ground-truth mask cut by its box.
+def mask_targets(gt_masks: Tensor, sampled: SampledRoIs, size: int, count: int | None = None) -> Tensor:
+    """``(P, size, size)`` binary float targets: each positive RoI's ground-truth mask cut by its box
+    (the first ``count`` positives when given).
 
     The matched mask is cropped by the *proposal* box, resampled to ``size x size`` with aligned
     RoIAlign and binarized at 0.5 (the paper's "intersection between an RoI and its associated
     ground-truth mask"; Detectron2 thresholds the same way).
     """
-    p = sampled.num_positive
+    p = sampled.num_positive if count is None else min(count, sampled.num_positive)
     if p == 0:
         return gt_masks.new_zeros((0, size, size), dtype=torch.float32)
     masks = gt_masks[sampled.gt_index[:p]]

@@ -133,3 +133,30 @@ def test_sgd_step_applies_decay_and_momentum_as_documented():
     assert isinstance(build_optimizer(net, replace(cfg, optimizer="adamw")), torch.optim.AdamW)
     with pytest.raises(ConfigError, match="optimizer"):
         build_optimizer(net, replace(cfg, optimizer="lamb"))
+
+
+def test_adamw_is_fused_and_matches_a_float64_reference():
+    torch.manual_seed(0)
+    net = _Net()
+    cfg = TrainConfig(optimizer="adamw", lr=0.01, weight_decay=0.1)
+    opt = build_optimizer(net, cfg)
+    assert opt.defaults["fused"]
+    decay = {id(p) for p in opt.param_groups[0]["params"]}
+    params = [p for g in opt.param_groups for p in g["params"]]
+    reference = {id(p): p.detach().double().clone() for p in params}
+    m = {k: torch.zeros_like(v) for k, v in reference.items()}
+    v2 = {k: torch.zeros_like(v) for k, v in reference.items()}
+    for step in range(1, 4):
+        grads = {id(p): torch.randn_like(p) for p in params}
+        for p in params:
+            p.grad = grads[id(p)].clone()
+        opt.step()
+        for p in params:  # Loshchilov & Hutter: decoupled decay, then the Adam update (betas 0.9, 0.999)
+            k, g = id(p), grads[id(p)].double()
+            reference[k] *= 1 - 0.01 * (0.1 if k in decay else 0.0)
+            m[k] = 0.9 * m[k] + 0.1 * g
+            v2[k] = 0.999 * v2[k] + 0.001 * g * g
+            m_hat, v_hat = m[k] / (1 - 0.9**step), v2[k] / (1 - 0.999**step)
+            reference[k] -= 0.01 * m_hat / (v_hat.sqrt() + 1e-8)
+    for p in params:
+        assert torch.allclose(p.detach().double(), reference[id(p)], atol=1e-6)

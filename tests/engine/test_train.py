@@ -294,7 +294,7 @@ def test_clip_grad_norm_bounds_the_update_and_amp_falls_back_on_cpu(toy_data, tm
         return original(raw, targets)
 
     wrap_loss(monkeypatch, loss)
-    config = tiny_config("train.max_iter=1", "train.warmup_iters=0", "train.weight_decay=0.0",
+    config = tiny_config("train.optimizer=sgd", "train.max_iter=1", "train.warmup_iters=0", "train.weight_decay=0.0",
                          "train.clip_grad_norm=0.000001", "train.amp=bf16")
     with pytest.warns(UserWarning, match="needs CUDA"):
         run_training(config, tmp_path, toy_data)
