@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 
 from instaseg.layers.conv import conv1x1, conv3x3
+from instaseg.layers.fusion import conv_norm, to_channels_last
 from instaseg.layers.norm import convert_frozen_batchnorm, get_norm
 from instaseg.layers.shape_spec import ShapeSpec
 
@@ -73,6 +74,14 @@ def _deform_conv3x3(
     )
 
 
+def _shortcut(downsample: nn.Module | None, x: Tensor) -> Tensor:
+    if downsample is None:
+        return x
+    if isinstance(downsample, nn.Sequential) and len(downsample) == 2:  # (conv, norm): foldable
+        return conv_norm(downsample[0], downsample[1], x)
+    return downsample(x)
+
+
 def _make_shortcut(
     in_channels: int, out_channels: int, stride: int, norm: str | None
 ) -> nn.Module | None:
@@ -124,10 +133,11 @@ class BasicBlock(nn.Module):
             _kaiming_init(conv)
 
     def forward(self, x: Tensor) -> Tensor:
-        shortcut = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return self.relu(out + shortcut)
+        shortcut = _shortcut(self.downsample, x)
+        out = self.relu(conv_norm(self.conv1, self.bn1, x))
+        out = conv_norm(self.conv2, self.bn2, out)
+        out += shortcut  # in place: neither the norm's nor the conv's backward needs this output
+        return self.relu(out)
 
 
 class Bottleneck(nn.Module):
@@ -176,11 +186,12 @@ class Bottleneck(nn.Module):
             _kaiming_init(conv)
 
     def forward(self, x: Tensor) -> Tensor:
-        shortcut = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        return self.relu(out + shortcut)
+        shortcut = _shortcut(self.downsample, x)
+        out = self.relu(conv_norm(self.conv1, self.bn1, x))
+        out = self.relu(conv_norm(self.conv2, self.bn2, out))
+        out = conv_norm(self.conv3, self.bn3, out)
+        out += shortcut  # in place: neither the norm's nor the conv's backward needs this output
+        return self.relu(out)
 
 
 # ------------------------------------------------------------------------------------------ stage
@@ -330,7 +341,8 @@ class ResNet(nn.Module):
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         outputs: dict[str, Tensor] = {}
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        # Channels-last from here on (oneDNN's preferred layout); every later map inherits it.
+        x = self.maxpool(self.relu(conv_norm(self.conv1, self.bn1, to_channels_last(x))))
         if "stem" in self.out_features:
             outputs["stem"] = x
         for index in range(self.num_stages):

@@ -22,7 +22,7 @@ import math
 import os
 import warnings
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -49,9 +49,13 @@ class Sample:
     """One image and its ground truth, in the frame of ``image``."""
 
     image: Tensor  # (3, H, W) uint8 RGB as read; float in [0, 255] once transformed
-    targets: Targets  # non-crowd instances: boxes (G, 4) xyxy, labels (G,), masks (G, H, W) bool
+    targets: Targets  # non-crowd instances: boxes (G, 4) xyxy, labels (G,), masks (G, H, W) bool; crowd_boxes
     image_id: int  # the COCO image id
-    crowd_boxes: Tensor  # (Gc, 4) float xyxy of the iscrowd regions (ignored in training)
+    crowd_boxes: Tensor  # (Gc, 4) float xyxy of the iscrowd regions (also in targets.crowd_boxes)
+    # What loading this item skipped (skip_bad: reason -> count). A DataLoader worker's dataset is a
+    # copy whose ``skipped`` counter the main process never sees: this marker travels with the batch
+    # and the loader adds it to the main process's dataset (instaseg.data.loader).
+    skipped: dict[str, int] = field(default_factory=dict)
 
 
 class _Annotation(NamedTuple):
@@ -207,8 +211,10 @@ class CocoDataset:
         category_names: label ``k`` -> name.
         image_ids: COCO image id of each item, in dataset order (json order).
         skipped: reason -> number of entries skipped (``skip_bad=True`` only). Entries found bad
-            while loading items (image files, RLE runs) are counted in the process that loads them
-            (a DataLoader worker's counts stay in that worker; each is also warned about).
+            while loading items (image files, RLE runs) are counted each time they are met, and
+            also reported in the item's ``Sample.skipped``: the loaders of
+            :mod:`instaseg.data.loader` add those of items loaded in worker processes to this
+            counter in the main process, so the count printed at the end is complete.
     """
 
     def __init__(self, json_path: str | Path, image_dir: str | Path, *, keep_negatives: bool = True,
@@ -330,17 +336,24 @@ class CocoDataset:
         if not -len(self) <= index < len(self):
             raise IndexError(f"index {index} out of range for a dataset of {len(self)} images")
         index %= len(self)
-        for attempt in range(len(self)):
-            try:
-                return self._load((index + attempt) % len(self))
-            except DatasetError as error:
-                if not self.skip_bad:
-                    raise
-                self.skipped["bad image file"] += 1
-                warnings.warn(f"skipping: {error}", stacklevel=2)
+        found: Counter[str] = Counter()  # what this call skips: counted here and sent with the sample
+        try:
+            for attempt in range(len(self)):
+                try:
+                    sample = self._load((index + attempt) % len(self), found)
+                except DatasetError as error:
+                    if not self.skip_bad:
+                        raise
+                    found["bad image file"] += 1
+                    warnings.warn(f"skipping: {error}", stacklevel=2)
+                    continue
+                sample.skipped = dict(found)
+                return sample
+        finally:
+            self.skipped.update(found)
         raise DatasetError(f"{self.json_path}: no image of the dataset could be read")
 
-    def _load(self, index: int) -> Sample:
+    def _load(self, index: int, found: Counter[str]) -> Sample:
         record = self._records[index]
         path = self.image_dir / record.file_name
         pixels = read_image(path)
@@ -352,22 +365,24 @@ class CocoDataset:
         image = torch.from_numpy(pixels).permute(2, 0, 1).contiguous()
         instances = [a for a in record.annotations if not a.iscrowd]
         crowds = [a for a in record.annotations if a.iscrowd]
-        decoded = [(ann, self._decode(record, ann)) for ann in instances]
+        decoded = [(ann, self._decode(record, ann, found)) for ann in instances]
         instances = [ann for ann, mask in decoded if mask is not None]
         masks = torch.zeros((len(instances), record.height, record.width), dtype=torch.bool)
         for i, mask in enumerate(mask for _, mask in decoded if mask is not None):
             masks[i] = torch.from_numpy(mask)
+        crowd_boxes = torch.tensor([a.box_xyxy for a in crowds], dtype=torch.float32).reshape(-1, 4)
         targets = Targets(
             boxes=torch.tensor([a.box_xyxy for a in instances], dtype=torch.float32).reshape(-1, 4),
             labels=torch.tensor([a.label for a in instances], dtype=torch.int64),
             masks=masks,
+            crowd_boxes=crowd_boxes,  # YOLACT ignores anchors inside them; Mask R-CNN does not read them
         )
-        crowd_boxes = torch.tensor([a.box_xyxy for a in crowds], dtype=torch.float32).reshape(-1, 4)
         return Sample(image=image, targets=targets, image_id=record.image_id, crowd_boxes=crowd_boxes)
 
-    def _decode(self, record: _ImageRecord, ann: _Annotation) -> np.ndarray | None:
+    def _decode(self, record: _ImageRecord, ann: _Annotation, found: Counter[str]) -> np.ndarray | None:
         """``(H, W)`` bool mask; compressed RLE runs are checked first (see compressed_rle_runs).
-        A malformed one stops, or with ``skip_bad`` is counted and gives None (the instance is dropped)."""
+        A malformed one stops, or with ``skip_bad`` is counted in ``found`` and gives None (the
+        instance is dropped)."""
         segmentation, expected = ann.segmentation, record.height * record.width
         try:
             if isinstance(segmentation, dict) and isinstance(segmentation["counts"], (str, bytes)):
@@ -381,7 +396,7 @@ class CocoDataset:
                        f"malformed segmentation: {error}")
             if not self.skip_bad:
                 raise DatasetError(f"{message}; {_SKIP_HINT}") from None
-            self.skipped["bad segmentation"] += 1
+            found["bad segmentation"] += 1
             warnings.warn(f"skipping: {message}", stacklevel=3)
             return None
 

@@ -22,6 +22,12 @@ Failures name the culprit: an error while loading an item becomes a one-line :cl
 naming the dataset index and image (not PyTorch's worker traceback), and a worker process that dies
 (killed for memory, a crash in native code) raises :class:`DataWorkerError` naming the items the
 workers were loading at the time (each worker records its current index in shared memory).
+
+Skipped entries are counted in the main process: a dataset that skips bad entries (``skip_bad``)
+reports them in ``Sample.skipped``; :func:`collate` sums them into ``Batch.skipped`` and, when the
+items were loaded in worker processes (whose copy of the dataset the main process never sees), the
+loader adds them to the main process's ``dataset.skipped`` as each batch arrives. Only batches
+handed out are counted: those the workers prefetched but nobody read are not.
 """
 
 from __future__ import annotations
@@ -31,7 +37,8 @@ import math
 import multiprocessing
 import random
 import warnings
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
@@ -67,15 +74,22 @@ class Batch:
     images: list[Tensor]  # each (3, H_i, W_i) float32 RGB in [0, 255]
     targets: list[Targets]  # in the frame of images[i]
     image_ids: list[int]  # COCO image ids
+    skipped: dict[str, int] = field(default_factory=dict)  # reason -> entries skipped loading these items
 
     def __len__(self) -> int:
         return len(self.images)
 
 
 def collate(samples: Sequence[Sample]) -> Batch:
-    """Samples -> :class:`Batch` (images converted to float32; no padding: the model pads)."""
+    """Samples -> :class:`Batch` (images converted to float32; no padding: the model pads).
+
+    ``Batch.skipped`` sums the samples' ``skipped`` markers (datasets without them count nothing).
+    """
+    skipped: Counter[str] = Counter()
+    for sample in samples:
+        skipped.update(getattr(sample, "skipped", None) or {})
     return Batch(images=[s.image.to(torch.float32) for s in samples], targets=[s.targets for s in samples],
-                 image_ids=[int(s.image_id) for s in samples])
+                 image_ids=[int(s.image_id) for s in samples], skipped=dict(skipped))
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -158,8 +172,8 @@ class _Augmented(Dataset):
         sample = self.dataset[index]
         generator = torch.Generator().manual_seed(sample_seed(self.seed, epoch, index))
         image, targets = self.transforms(sample.image.to(torch.float32), sample.targets, generator)
-        # Crowd boxes are not carried through the transforms: training ignores them.
-        return Sample(image, targets, sample.image_id, torch.zeros((0, 4)))
+        # Crowd boxes travel in targets.crowd_boxes (moved by the geometric transforms).
+        return Sample(image, targets, sample.image_id, targets.crowd_boxes, dict(getattr(sample, "skipped", {})))
 
 
 def _seed_worker(worker_id: int, seed: int, epoch: int, rank: int) -> None:
@@ -216,7 +230,18 @@ def build_train_loader(dataset: Dataset, transforms: Transform, batch_size: int,
 
 
 class _NamingDataLoader(DataLoader):
-    """A DataLoader whose failures are one line naming the culprit (see the module docstring)."""
+    """A DataLoader whose failures are one line naming the culprit and which counts, in the main
+    process, what worker processes skipped (see the module docstring)."""
+
+    def _source(self) -> Dataset:
+        """The user's dataset (under the augmentation wrapper of the training stream)."""
+        return self.dataset.dataset if isinstance(self.dataset, _Augmented) else self.dataset
+
+    def _count_skipped(self, batch: Batch) -> None:
+        # Without workers the dataset counted in this process already (its own counter).
+        counter = getattr(self._source(), "skipped", None)
+        if self.num_workers > 0 and batch.skipped and isinstance(counter, Counter):
+            counter.update(batch.skipped)
 
     def __iter__(self) -> Iterator[Batch]:
         iterator = super().__iter__()
@@ -232,11 +257,13 @@ class _NamingDataLoader(DataLoader):
             except RuntimeError as error:
                 if "exited unexpectedly" not in str(error) or isinstance(error, InstasegError):
                     raise
-                items = [describe_item(self.dataset.dataset, i) for i in self.dataset.in_progress()]
+                loading = self.dataset.in_progress() if isinstance(self.dataset, _Augmented) else []
+                items = [describe_item(self._source(), i) for i in loading]
                 raise DataWorkerError(
                     f"a data loader worker process died ({str(error).splitlines()[0]}) while loading "
                     f"{', '.join(items) or 'an unknown item'}; check that item (a huge or corrupt image can "
                     "exhaust memory) or set train.num_workers=0 to see the error in this process") from None
+            self._count_skipped(batch)
             yield batch
 
 
@@ -258,9 +285,10 @@ def build_test_loader(dataset: Dataset, num_workers: int, batch_size: int = 1, d
     """Each image once, untransformed (original size), in dataset order.
 
     Distributed: rank ``r`` of ``W`` gets items ``r, r + W, r + 2W, ...`` (no padding, so no image is
-    evaluated twice; gather the ranks' results before scoring).
+    evaluated twice; gather the ranks' results before scoring). Errors name the item, and entries
+    skipped in worker processes are counted in ``dataset.skipped``, as for the training stream.
     """
     rank, world_size = _rank_and_world_size(distributed, rank, world_size)
     indices = list(range(rank, len(dataset), world_size))
-    return DataLoader(dataset, batch_size=batch_size, sampler=indices, num_workers=num_workers,
-                      collate_fn=collate, shuffle=False)
+    return _NamingDataLoader(dataset, batch_size=batch_size, sampler=indices, num_workers=num_workers,
+                             collate_fn=collate, shuffle=False)

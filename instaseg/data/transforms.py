@@ -7,7 +7,7 @@ function of ``(seed, epoch, dataset index)`` whatever worker makes it (see ``loa
 
 Boxes are absolute-pixel ``xyxy`` in continuous coordinates, masks ``(G, H, W)`` bool, both in the
 frame of the image they come with. Geometric transforms drop instances left with an empty box or
-an empty mask.
+an empty mask. ``Targets.crowd_boxes`` (crowd regions, boxes only) move with the image too.
 
 Mask resizing uses nearest neighbour at pixel centres (``nearest-exact``: output pixel ``d`` reads
 input pixel ``floor((d + 0.5) * in / out)``), on the bool masks directly: it keeps masks binary,
@@ -71,7 +71,7 @@ def _select(targets: Targets, keep: Tensor) -> Targets:
     the latter is orders of magnitude slower on small CPU tensors with several threads."""
     index = torch.nonzero(keep).flatten()
     return Targets(targets.boxes.index_select(0, index), targets.labels.index_select(0, index),
-                   targets.masks.index_select(0, index))
+                   targets.masks.index_select(0, index), targets.crowd_boxes)
 
 
 def _keep_nonempty(targets: Targets) -> Targets:
@@ -93,7 +93,8 @@ def _resize(image: Tensor, targets: Targets, size: tuple[int, int]) -> tuple[Ten
     if (height, width) == tuple(size):
         return image, targets
     scale = targets.boxes.new_tensor([size[1] / width, size[0] / height] * 2)
-    resized = Targets(targets.boxes * scale, targets.labels, _resize_masks(targets.masks, size))
+    resized = Targets(targets.boxes * scale, targets.labels, _resize_masks(targets.masks, size),
+                      targets.crowd_boxes * scale)
     return resize_image(image, size), _keep_nonempty(resized)
 
 
@@ -160,9 +161,12 @@ class RandomHorizontalFlip:
         if not _coin(generator, self.p):
             return image, targets
         width = image.shape[-1]
-        boxes = torch.stack([width - targets.boxes[:, 2], targets.boxes[:, 1],
-                             width - targets.boxes[:, 0], targets.boxes[:, 3]], dim=1)
-        return image.flip(-1), Targets(boxes, targets.labels, targets.masks.flip(-1))
+
+        def mirror(boxes: Tensor) -> Tensor:
+            return torch.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], dim=1)
+
+        return image.flip(-1), Targets(mirror(targets.boxes), targets.labels, targets.masks.flip(-1),
+                                       mirror(targets.crowd_boxes))
 
     def __repr__(self) -> str:
         return f"RandomHorizontalFlip({self.p})"
@@ -275,8 +279,8 @@ class Expand:
         canvas[:, top:top + height, left:left + width] = image
         masks = targets.masks.new_zeros((targets.masks.shape[0], new_h, new_w))
         masks[:, top:top + height, left:left + width] = targets.masks
-        boxes = targets.boxes + targets.boxes.new_tensor([left, top, left, top])
-        return canvas, Targets(boxes, targets.labels, masks)
+        shift = targets.boxes.new_tensor([left, top, left, top])
+        return canvas, Targets(targets.boxes + shift, targets.labels, masks, targets.crowd_boxes + shift)
 
     def __repr__(self) -> str:
         return f"Expand({self.max_ratio}, fill={self.fill}, p={self.p})"
@@ -335,10 +339,13 @@ class RandomSampleCrop:
               keep: Tensor) -> tuple[Tensor, Targets]:
         left, top, right, bottom = rect
         kept = _select(targets, keep)
-        boxes = kept.boxes
-        boxes = torch.stack([boxes[:, 0].clamp(left, right) - left, boxes[:, 1].clamp(top, bottom) - top,
-                             boxes[:, 2].clamp(left, right) - left, boxes[:, 3].clamp(top, bottom) - top], dim=1)
-        cropped = Targets(boxes, kept.labels, kept.masks[:, top:bottom, left:right])
+
+        def clip(boxes: Tensor) -> Tensor:
+            return torch.stack([boxes[:, 0].clamp(left, right) - left, boxes[:, 1].clamp(top, bottom) - top,
+                                boxes[:, 2].clamp(left, right) - left, boxes[:, 3].clamp(top, bottom) - top], dim=1)
+
+        crowd = clip(kept.crowd_boxes)  # an ignore region keeps its part inside the crop
+        cropped = Targets(clip(kept.boxes), kept.labels, kept.masks[:, top:bottom, left:right], crowd[nonempty(crowd)])
         return image[:, top:bottom, left:right], _keep_nonempty(cropped)
 
     def __repr__(self) -> str:

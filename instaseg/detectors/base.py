@@ -7,7 +7,15 @@ from torch import Tensor, nn
 
 from instaseg.structures.instances import Instances
 
-__all__ = ["Detector"]
+__all__ = ["Detector", "full_precision"]
+
+
+def full_precision(x: Tensor) -> Tensor:
+    """``x`` in float32 when it is a 16-bit float (a layer's output under autocast), else ``x``.
+
+    Box decoding, scores and mask thresholds stay in full precision in a bfloat16 inference mode.
+    """
+    return x.float() if x.dtype in (torch.bfloat16, torch.float16) else x
 
 
 class Detector(nn.Module):

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from torch.profiler import record_function
 
 from instaseg.config.schema import BoxHeadConfig, InferenceConfig, InputConfig, MaskHeadConfig, RPNConfig
-from instaseg.detectors.base import Detector
+from instaseg.detectors.base import Detector, full_precision
 from instaseg.detectors.rcnn_inference import Detections, detect_boxes, select_proposals
 from instaseg.detectors.rcnn_masks import paste_detections
 from instaseg.losses.rcnn import fast_rcnn_losses, mask_loss, maskiou_loss, rpn_losses
@@ -141,7 +141,8 @@ class MaskRCNN(Detector):
         cfg = self.rpn_config
         with torch.no_grad(), record_function("instaseg.proposals"):
             proposals = select_proposals(
-                anchors, [l.detach() for l in logits], [d.detach() for d in deltas], batch.image_sizes,
+                anchors, [full_precision(l.detach()) for l in logits], [full_precision(d.detach()) for d in deltas],
+                batch.image_sizes,
                 self.rpn_coder,
                 cfg.pre_nms_topk_train if self.training else cfg.pre_nms_topk_test,
                 cfg.post_nms_topk_train if self.training else cfg.post_nms_topk_test,
@@ -197,7 +198,7 @@ class MaskRCNN(Detector):
             class_logits, box_deltas = self.box_predictor(self.box_head(pooled))
         with record_function("instaseg.detect"):
             raw.detections = detect_boxes(
-                class_logits, box_deltas, raw.proposals, raw.image_sizes, self.box_coder, inf.score_thresh,
+                full_precision(class_logits), full_precision(box_deltas), raw.proposals, raw.image_sizes, self.box_coder, inf.score_thresh,
                 inf.nms_thresh, inf.detections_per_image, inf.nms, inf.soft_nms_method, inf.soft_nms_sigma,
                 inf.min_box_size,
             )
@@ -207,11 +208,11 @@ class MaskRCNN(Detector):
                 mask_features = self.box_head(self._pool(maps, boxes, cfg.pooler_resolution))
             else:
                 mask_features = self._pool(maps, boxes, self.mask_config.pooler_resolution)
-            raw.mask_logits = self.mask_head(mask_features)
+            raw.mask_logits = full_precision(self.mask_head(mask_features))
             raw.roi_features = mask_features
         if self.maskiou_head is not None:
             with record_function("instaseg.maskiou_head"):
-                raw.maskiou = self._predict_maskiou(raw, torch.cat([d.labels for d in raw.detections]))
+                raw.maskiou = full_precision(self._predict_maskiou(raw, torch.cat([d.labels for d in raw.detections])))
 
     # ------------------------------------------------------------------------------ loss
     def loss(self, raw: MaskRCNNOutput, targets: list[Targets]) -> tuple[Tensor, dict[str, Tensor]]:

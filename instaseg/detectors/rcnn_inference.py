@@ -10,7 +10,10 @@ from torch import Tensor
 from instaseg.ops.nms import batched_nms, batched_soft_nms
 from instaseg.structures.boxes import BoxCoder, clip_boxes_to_image
 
-__all__ = ["Detections", "select_proposals", "detect_boxes"]
+__all__ = ["Detections", "select_proposals", "detect_boxes", "top_batched_nms"]
+
+# First try of top_batched_nms: NMS over this many candidates per box wanted.
+_PREFIX_FACTOR = 4
 
 
 def select_proposals(
@@ -107,9 +110,36 @@ def detect_boxes(
             # batched_soft_nms already returns the kept boxes by decreasing decayed score
             keep, scores_out = keep[:detections_per_image], scores_kept[:detections_per_image]
         elif nms == "nms":
-            keep = batched_nms(boxes, scores, labels, nms_thresh)[:detections_per_image]
+            keep = top_batched_nms(boxes, scores, labels, nms_thresh, detections_per_image)
             scores_out = scores[keep]
         else:
             raise ValueError(f"unknown nms {nms!r}: use 'nms' or 'soft_nms'")
         results.append(Detections(boxes[keep], scores_out, labels[keep]))
     return results
+
+
+def top_batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float, max_keep: int) -> Tensor:
+    """``batched_nms(boxes, scores, idxs, iou_threshold)[:max_keep]``, without running NMS on all boxes.
+
+    In greedy per-category NMS a box's fate depends only on the boxes of its category ranked above
+    it (higher score; equal scores by lower index). So NMS over the candidates scoring at least
+    some ``s`` (kept in their original order, hence ranked alike) keeps exactly the boxes of the
+    full run that score at least ``s``; once it keeps ``max_keep`` boxes, those are the full run's
+    first ``max_keep``. The candidate set grows 4x until that holds (or it is everything).
+    With ``score_thresh = 0`` Mask R-CNN's 1000 RoIs x 80 classes give 80000 candidates, of which
+    a few hundred decide the 100 detections.
+
+    ``boxes (N, 4)``, ``scores (N,)``, ``idxs (N,)`` -> ``(K,)`` int64 indices, K <= max_keep.
+    """
+    n = scores.numel()
+    prefix = _PREFIX_FACTOR * max(max_keep, 1)
+    while prefix < n:
+        cut = scores.topk(prefix, sorted=False).values.min()
+        chosen = torch.nonzero(scores >= cut).squeeze(1)  # ties at the cut included, order kept
+        if chosen.numel() >= n:
+            break
+        keep = batched_nms(boxes[chosen], scores[chosen], idxs[chosen], iou_threshold)
+        if keep.numel() >= max_keep:
+            return chosen[keep[:max_keep]]
+        prefix *= _PREFIX_FACTOR
+    return batched_nms(boxes, scores, idxs, iou_threshold)[:max_keep]

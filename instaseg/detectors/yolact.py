@@ -21,9 +21,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.profiler import record_function
 
 from instaseg.config.schema import InferenceConfig, InputConfig, YolactHeadConfig, YolactLossConfig
-from instaseg.detectors.base import Detector
+from instaseg.detectors.base import Detector, full_precision
 from instaseg.losses.yolact import (
     box_regression_loss,
     mask_rescoring_loss,
@@ -49,6 +50,20 @@ from instaseg.targets.yolact import (
 __all__ = ["Yolact", "YolactOutput", "YolactDetections"]
 
 CROP_PADDING = 1.0  # prototype pixels; the reference's ``crop(..., padding=1)``
+# Masks upsampled per chunk of this many: all 100 at once would be one large fresh float buffer
+# (121 MB at 550 px), slower to allocate and stream than the interpolation itself.
+_PASTE_CHUNK = 8
+
+
+def _upsample_and_threshold(mask_probs: Tensor, size: tuple[int, int], threshold: float) -> Tensor:
+    """``mask_probs (N, h, w)`` bilinearly resized to ``size = (H, W)``, then ``>= threshold``:
+    ``(N, H, W)`` bool, written chunk by chunk into the result."""
+    masks = torch.empty((mask_probs.shape[0], *size), dtype=torch.bool, device=mask_probs.device)
+    for start in range(0, mask_probs.shape[0], _PASTE_CHUNK):
+        chunk = mask_probs[start : start + _PASTE_CHUNK, None]
+        probs = F.interpolate(chunk, size=size, mode="bilinear", align_corners=False)[:, 0]
+        torch.ge(probs, threshold, out=masks[start : start + _PASTE_CHUNK])
+    return masks
 
 
 @dataclass
@@ -135,17 +150,24 @@ class Yolact(Detector):
     def _anchors(self, levels: list[Tensor], image_size: int) -> Tensor:
         cfg = self.head_config
         sizes = [tuple(int(s) for s in f.shape[-2:]) for f in levels]
+        dtype = torch.promote_types(levels[0].dtype, torch.float32)  # float32 under bfloat16 autocast
         return yolact_anchors(sizes, image_size, cfg.anchor_scales, cfg.aspect_ratios, cfg.square_anchors,
-                              device=levels[0].device, dtype=levels[0].dtype)
+                              device=levels[0].device, dtype=dtype)
 
     # ------------------------------------------------------------------------------ forward
     def forward(self, images: list[Tensor], targets: list[Targets] | None = None) -> YolactOutput:
         if self.training and targets is None:
             raise ValueError("training mode needs targets: model(images, targets)")
-        batch = self.preprocess(images)
-        levels = list(self.neck(list(self.backbone(batch).values())).values())
-        prototypes = self.protonet(levels[0])
-        logits, deltas, coefficients = self.prediction_head(levels)
+        with record_function("instaseg.preprocess"):
+            batch = self.preprocess(images)
+        with record_function("instaseg.backbone"):
+            features = self.backbone(batch)
+        with record_function("instaseg.neck"):
+            levels = list(self.neck(list(features.values())).values())
+        with record_function("instaseg.protonet"):
+            prototypes = self.protonet(levels[0])
+        with record_function("instaseg.prediction_head"):
+            logits, deltas, coefficients = self.prediction_head(levels)
         size = int(batch.shape[-1])
         raw = YolactOutput([(size, size)] * batch.shape[0], self._anchors(levels, size), logits, deltas,
                            coefficients, prototypes)
@@ -168,7 +190,7 @@ class Yolact(Detector):
         for i, target in enumerate(targets):
             with torch.no_grad():
                 matched = match_anchors(raw.anchors, target.boxes.to(raw.anchors), target.labels, self.num_classes,
-                                        self.matcher, crowd_iou=cfg.crowd_iou)
+                                        self.matcher, target.crowd_boxes.to(raw.anchors), cfg.crowd_iou)
             index = sample_mask_positives(matched.positive, cfg.masks_to_train)
             mask_logits = torch.einsum("khw,pk->phw", raw.prototypes[i], raw.mask_coefficients[i, index])
             raw.anchor_targets.append(matched)
@@ -184,17 +206,22 @@ class Yolact(Detector):
     def _detect(self, raw: YolactOutput, i: int) -> YolactDetections:
         inf = self.inference_config
         size = raw.image_sizes[i]
-        probs = raw.class_logits[i].softmax(dim=-1)[:, : self.num_classes]  # drop background (last)
-        boxes = clip_boxes_to_image(self.box_coder.decode(raw.box_deltas[i], raw.anchors), size)
-        keep = (probs.max(dim=1).values > inf.score_thresh).nonzero().squeeze(1)  # reference's prefilter
-        box_index, labels, scores = self._suppress(boxes[keep], probs[keep])
-        chosen = keep[box_index]
-        logits = torch.einsum("khw,nk->nhw", raw.prototypes[i], raw.mask_coefficients[i, chosen])
-        mask_probs = crop_masks(logits.sigmoid(), self._to_proto_frame(boxes[chosen], raw), CROP_PADDING)
+        with record_function("instaseg.suppress"):
+            # Under bfloat16 autocast the head's outputs are bfloat16: too coarse for boxes and scores.
+            probs = full_precision(raw.class_logits[i]).softmax(dim=-1)[:, : self.num_classes]  # background last
+            deltas = full_precision(raw.box_deltas[i])
+            boxes = clip_boxes_to_image(self.box_coder.decode(deltas, raw.anchors), size)
+            keep = (probs.max(dim=1).values > inf.score_thresh).nonzero().squeeze(1)  # reference's prefilter
+            box_index, labels, scores = self._suppress(boxes[keep], probs[keep])
+            chosen = keep[box_index]
+        with record_function("instaseg.masks"):
+            logits = full_precision(torch.einsum("khw,nk->nhw", raw.prototypes[i], raw.mask_coefficients[i, chosen]))
+            mask_probs = crop_masks(logits.sigmoid(), self._to_proto_frame(boxes[chosen], raw), CROP_PADDING)
         mask_scores = None
         if self.rescoring_head is not None:  # S_mask = S_cls x predicted IoU; boxes keep S_cls
-            predicted = self.rescoring_head(mask_probs)[torch.arange(labels.numel(), device=labels.device), labels]
-            mask_scores = scores * predicted.clamp(0, 1)
+            with record_function("instaseg.rescoring"):
+                predicted = self.rescoring_head(mask_probs)[torch.arange(labels.numel(), device=labels.device), labels]
+                mask_scores = scores * full_precision(predicted).clamp(0, 1)
         return YolactDetections(boxes[chosen], scores, labels, mask_probs, mask_scores)
 
     def _suppress(self, boxes: Tensor, probs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -241,7 +268,9 @@ class Yolact(Detector):
             proto_masks = downsample_masks(target.masks, tuple(raw.prototypes.shape[-2:]))[gt_index]
             proto_boxes = self._to_proto_frame(gt_boxes[gt_index], raw)
             crop = crop_masks(torch.ones_like(raw.mask_logits[i]), proto_boxes, CROP_PADDING)
-            mask.append(prototype_mask_loss(raw.mask_logits[i], proto_masks, proto_boxes, crop))
+            # Fewer masks than positives (masks_to_train): scale the sum up, as the reference does.
+            subsampled = pos.numel() / max(1, index.numel())
+            mask.append(prototype_mask_loss(raw.mask_logits[i], proto_masks, proto_boxes, crop) * subsampled)
             if self.rescoring_head is not None:
                 probs = crop_masks(raw.mask_logits[i].detach().sigmoid(), proto_boxes, CROP_PADDING)
                 big = proto_masks.flatten(1).sum(1) > self.rescoring_min_area  # 'discard_mask_area'
@@ -273,7 +302,7 @@ class Yolact(Detector):
                 continue
             scale = det.boxes.new_tensor([w / in_w, h / in_h, w / in_w, h / in_h])
             boxes = clip_boxes_to_image(det.boxes * scale, (h, w))
-            probs = F.interpolate(det.mask_probs[:, None], size=(h, w), mode="bilinear", align_corners=False)[:, 0]
-            masks = probs >= self.inference_config.mask_threshold
+            with record_function("instaseg.paste"):
+                masks = _upsample_and_threshold(det.mask_probs, (h, w), self.inference_config.mask_threshold)
             results.append(Instances(boxes, det.scores, det.labels, masks, det.mask_scores))
         return results

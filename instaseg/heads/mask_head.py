@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from instaseg.layers.fusion import to_channels_last
+
 __all__ = ["MaskFCNHead", "MaskMLPHead"]
 
 
@@ -38,9 +40,10 @@ class MaskFCNHead(nn.Module):
         nn.init.zeros_(self.predictor.bias)
 
     def forward(self, x: Tensor) -> Tensor:
+        x = to_channels_last(x)  # pooled RoI features arrive NCHW; oneDNN prefers channels-last
         for conv in self.convs:
-            x = torch.relu(conv(x))
-        return self.predictor(torch.relu(self.deconv(x)))
+            x = conv(x).relu_()  # in place: a conv's backward does not need its output
+        return self.predictor(self.deconv(x).relu_())
 
 
 class MaskMLPHead(nn.Module):

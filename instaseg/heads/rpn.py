@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 __all__ = ["RPNHead"]
@@ -28,7 +27,7 @@ class RPNHead(nn.Module):
     def forward(self, features: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
         logits, deltas = [], []
         for x in features:
-            t = torch.relu(self.conv(x))
+            t = self.conv(x).relu_()  # in place: the conv's backward does not need its output
             b, _, h, w = t.shape
             logits.append(self.objectness_logits(t).permute(0, 2, 3, 1).reshape(b, -1))
             d = self.anchor_deltas(t).view(b, -1, 4, h, w).permute(0, 3, 4, 1, 2)

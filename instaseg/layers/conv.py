@@ -6,6 +6,7 @@ from typing import Callable
 
 from torch import Tensor, nn
 
+from instaseg.layers.fusion import folded_conv_weights
 from instaseg.layers.norm import get_norm
 
 __all__ = ["conv3x3", "conv1x1", "ConvNormAct", "c2_msra_fill", "c2_xavier_fill"]
@@ -92,9 +93,14 @@ class ConvNormAct(nn.Conv2d):
             self.activation = activation()
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self._conv_forward(x, self.weight, self.bias)
-        if self.norm is not None:
-            x = self.norm(x)
+        # At inference a FrozenBatchNorm2d is folded into the weights (see layers/fusion.py).
+        folded = None if self.norm is None else folded_conv_weights(self, self.norm, x)
+        if folded is not None:
+            x = self._conv_forward(x, *folded)
+        else:
+            x = self._conv_forward(x, self.weight, self.bias)
+            if self.norm is not None:
+                x = self.norm(x)
         if self.activation is not None:
             x = self.activation(x)
         return x

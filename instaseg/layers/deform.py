@@ -105,13 +105,19 @@ class ModulatedDeformConv2d(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """``x (B, in_channels, H, W) -> (B, out_channels, out_h, out_w)``."""
+        return self.forward_with_weights(x, self.weight, self.bias)
+
+    def forward_with_weights(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        """The layer with ``weight``/``bias`` in place of its own (offsets still from ``conv_offset``).
+
+        Lets a following frozen norm be folded into the deformable convolution at inference
+        (``instaseg.layers.fusion.conv_norm``).
+        """
         out = self.conv_offset(x)
         num_offsets = 2 * self.deform_groups * self.kernel_size[0] * self.kernel_size[1]
         offset = out[:, :num_offsets]
         mask = out[:, num_offsets:].sigmoid() if self.modulated else None
-        return deform_conv2d(
-            x, offset, self.weight, self.bias, self.stride, self.padding, self.dilation, mask
-        )
+        return deform_conv2d(x, offset, weight, bias, self.stride, self.padding, self.dilation, mask)
 
     def extra_repr(self) -> str:
         return (

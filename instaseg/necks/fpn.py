@@ -107,13 +107,26 @@ class FPN(nn.Module):
         merged = self.lateral_convs[-1](features[-1])
         outputs = [self.output_convs[-1](merged)]
         for index in range(len(features) - 2, -1, -1):
-            lateral = self.lateral_convs[index](features[index])
-            merged = lateral + self._upsample(merged, lateral)
+            merged = self._add_upsampled(self.lateral_convs[index](features[index]), merged)
             outputs.insert(0, self.output_convs[index](merged))
         if self.relu_outputs:
-            outputs = [F.relu(out) for out in outputs]
+            outputs = [F.relu(out, inplace=True) for out in outputs]
         outputs.extend(self._extra_levels(outputs[-1], features[-1]))
         return dict(zip(self._shapes, outputs))
+
+    def _add_upsampled(self, lateral: Tensor, coarse: Tensor) -> Tensor:
+        """``lateral + upsample(coarse)`` to the lateral's size, written into ``lateral``.
+
+        In place: the lateral conv's backward does not need its output. Nearest 2x upsampling
+        repeats each coarse pixel over a 2x2 block, so it is added through a broadcast view of
+        the lateral's blocks instead of materialising the upsampled map (one pass less over P2).
+        """
+        (h, w), (coarse_h, coarse_w) = lateral.shape[-2:], coarse.shape[-2:]
+        if self.upsample_mode == "nearest" and (h, w) == (2 * coarse_h, 2 * coarse_w):
+            blocks = lateral.unflatten(3, (coarse_w, 2)).unflatten(2, (coarse_h, 2))  # (N, C, h/2, 2, w/2, 2)
+            blocks.add_(coarse[:, :, :, None, :, None])
+            return lateral
+        return lateral.add_(self._upsample(coarse, lateral))
 
     def _upsample(self, coarse: Tensor, lateral: Tensor) -> Tensor:
         size = lateral.shape[-2:]

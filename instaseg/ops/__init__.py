@@ -7,11 +7,13 @@ Where a working compiled torchvision is present, the ops hand their work to it a
 """
 
 from instaseg.ops.deform_conv import DeformConv2d, deform_conv2d
-from instaseg.ops.nms import batched_nms, batched_soft_nms, fast_nms, nms, soft_nms
+from instaseg.ops.fast_nms import fast_nms
+from instaseg.ops.nms import batched_nms, nms
 from instaseg.ops.paste_masks import paste_masks_in_image, paste_masks_torchvision_style
 from instaseg.ops.poolers import MultiScaleRoIAlign, assign_fpn_levels, multiscale_roi_align
 from instaseg.ops.roi_align import RoIAlign, roi_align
 from instaseg.ops.roi_pool import RoIPool, roi_pool
+from instaseg.ops.soft_nms import batched_soft_nms, soft_nms
 from instaseg.structures.boxes import box_area, box_iou, clip_boxes_to_image, remove_small_boxes
 
 __all__ = [

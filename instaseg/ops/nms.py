@@ -1,4 +1,7 @@
-"""Non-maximum suppression: greedy ``nms`` / ``batched_nms``, ``soft_nms``, YOLACT's ``fast_nms``.
+"""Greedy non-maximum suppression: ``nms`` and ``batched_nms``.
+
+Soft-NMS (``soft_nms.py``) and YOLACT's Fast NMS (``fast_nms.py``) reuse the helpers here: the
+threshold rounding (``_floor_to_dtype``), the suppression-pair sweep and the chunk sizes.
 
 All boxes are ``(N, 4)`` absolute-pixel ``xyxy`` in continuous coordinates (width ``x2 - x1``, no
 "+1"), with IoU as in :func:`instaseg.structures.boxes.box_iou`: empty or inverted boxes have
@@ -32,15 +35,13 @@ from torch import Tensor
 from instaseg.ops._dispatch import torchvision_ops
 from instaseg.structures.boxes import box_iou
 
-__all__ = ["nms", "batched_nms", "soft_nms", "batched_soft_nms", "fast_nms"]
+__all__ = ["nms", "batched_nms"]
 
 # Windows are tested in cells of this many columns: a cell's max IoU screens it before the
 # (slow) exact comparison and nonzero run on the few cells that can hold a pair.
 _CELL = 32
 # Jacobi steps before switching to the exact one-pass resolution over the edge list.
 _MAX_JACOBI_STEPS = 24
-# Soft-NMS looks at this many of the best remaining boxes per round (see _soft_nms_torch).
-_SOFT_NMS_ROUND = 64
 
 
 def _chunk_elements(device: torch.device) -> int:
@@ -376,232 +377,16 @@ def _greedy_dense_block(upper: Tensor) -> Tensor:
     return keep
 
 
-def soft_nms(
-    boxes: Tensor,
-    scores: Tensor,
-    iou_threshold: float = 0.3,
-    sigma: float = 0.5,
-    method: str = "linear",
-    score_threshold: float = 0.001,
-) -> tuple[Tensor, Tensor]:
-    """Soft-NMS (Bodla et al. 2017, "Improving Object Detection With One Line of Code").
-
-    Repeatedly selects the box with the highest remaining (decayed) score, then decays the
-    others by their IoU with it: ``linear``: ``s *= 1 - iou`` if ``iou > iou_threshold`` (the
-    paper's N_t), else unchanged; ``gaussian``: ``s *= exp(-iou**2 / sigma)`` for all boxes.
-    A box whose (decayed) score is below ``score_threshold`` is dropped and never selected.
-
-    Args:
-        boxes: ``(N, 4)`` float xyxy, absolute pixels.
-        scores: ``(N,)`` non-negative scores (e.g. probabilities).
-
-    Returns:
-        ``keep (K,)`` int64 indices in selection order (decreasing decayed score; equal scores
-        by index) and ``scores (K,)``, their decayed scores at selection.
-    """
-    return _soft_nms_torch(boxes, scores, None, iou_threshold, sigma, method, score_threshold)
+# Soft-NMS and Fast NMS moved to their own modules; ``from instaseg.ops.nms import fast_nms`` (and
+# soft_nms, batched_soft_nms) still works through this lazy lookup (PEP 562), which avoids a
+# circular import: those modules import the helpers above. New code imports from instaseg.ops.
+_MOVED = {"soft_nms": "instaseg.ops.soft_nms", "batched_soft_nms": "instaseg.ops.soft_nms",
+          "fast_nms": "instaseg.ops.fast_nms"}
 
 
-def batched_soft_nms(
-    boxes: Tensor,
-    scores: Tensor,
-    idxs: Tensor,
-    iou_threshold: float = 0.3,
-    sigma: float = 0.5,
-    method: str = "linear",
-    score_threshold: float = 0.001,
-) -> tuple[Tensor, Tensor]:
-    """Soft-NMS per category: a box only decays boxes with the same ``idxs (N,)``.
+def __getattr__(name: str) -> object:
+    if name in _MOVED:
+        import importlib
 
-    Same arguments and returns as :func:`soft_nms`; the kept boxes of all categories come
-    together by decreasing decayed score.
-    """
-    return _soft_nms_torch(boxes, scores, idxs, iou_threshold, sigma, method, score_threshold)
-
-
-def _soft_nms_torch(
-    boxes: Tensor,
-    scores: Tensor,
-    idxs: Tensor | None,
-    iou_threshold: float,
-    sigma: float,
-    method: str,
-    score_threshold: float,
-) -> tuple[Tensor, Tensor]:
-    """Soft-NMS selecting several boxes per round.
-
-    The next box is the best remaining one. When the best remaining boxes (sorted by score,
-    ties by index) leave each other's scores exactly unchanged, selecting one after another
-    cannot reorder them, so a whole prefix of them is selected at once and their decays applied
-    together. Rounds cost a few vector ops, and there are far fewer rounds than boxes.
-    """
-    boxes, scores = boxes.detach(), scores.detach()  # selection only: no gradient through Soft-NMS
-    if method not in ("linear", "gaussian"):
-        raise ValueError(f"method must be 'linear' or 'gaussian', got {method!r}")
-    if method == "gaussian" and not sigma > 0:
-        raise ValueError(f"sigma must be positive, got {sigma}")
-    if boxes.dim() != 2 or boxes.shape[1] != 4 or scores.shape != boxes.shape[:1]:
-        raise ValueError(f"expected boxes (N, 4) and scores (N,), got {tuple(boxes.shape)}, "
-                         f"{tuple(scores.shape)}")
-    threshold = _floor_to_dtype(float(iou_threshold), boxes.dtype)
-    score_ceil = -_floor_to_dtype(-float(score_threshold), scores.dtype)  # x >= it <=> x >= thr
-
-    def factors(rows: Tensor, cols: Tensor) -> Tensor:
-        return _decay_factors(boxes, idxs, rows, cols, method, threshold, sigma).to(scores.dtype)
-
-    remaining = torch.arange(boxes.shape[0], device=boxes.device)  # ascending: ties by index
-    upper = remaining[:_SOFT_NMS_ROUND, None] < remaining[None, :_SOFT_NMS_ROUND]
-    current = scores.clone()
-    picks, values = [remaining[:0]], [current[:0]]
-    while remaining.numel() > 0:
-        sorted_scores, order = current.sort(descending=True, stable=True)
-        head = order[:_SOFT_NMS_ROUND]
-        head_boxes = remaining.index_select(0, head)
-        # A head box may join the round if no earlier head box changes its score.
-        changed = factors(head_boxes, head_boxes) != 1
-        touched = (changed & upper[: head.numel(), : head.numel()]).any(dim=0)
-        touched |= sorted_scores[: head.numel()] < score_ceil  # below the threshold: stop there
-        count = int(torch.cat((touched, touched.new_ones(1))).int().argmax())
-        if count == 0:
-            break
-        chosen = head[:count]
-        picks.append(remaining.index_select(0, chosen))
-        values.append(current.index_select(0, chosen))
-        rest = torch.ones_like(remaining, dtype=torch.bool).index_fill_(0, chosen, False)
-        rest = torch.nonzero(rest).flatten()  # keeps `remaining` ascending
-        remaining, current = remaining.index_select(0, rest), current.index_select(0, rest)
-        # Column chunks keep each (count, M) decay block small (see _chunk_elements).
-        step = max(1, _chunk_elements(boxes.device) // (2 * count))
-        decay = [factors(picks[-1], part).prod(dim=0) for part in remaining.split(step)]
-        current = current * torch.cat(decay) if decay else current
-    return torch.cat(picks), torch.cat(values)
-
-
-def _decay_factors(
-    boxes: Tensor,
-    idxs: Tensor | None,
-    rows: Tensor,
-    cols: Tensor,
-    method: str,
-    threshold: float,
-    sigma: float,
-) -> Tensor:
-    """Soft-NMS factors ``(R, M)`` by which selected boxes ``rows`` decay the scores of ``cols``."""
-    iou = box_iou(boxes.index_select(0, rows), boxes.index_select(0, cols))
-    if method == "linear":
-        factor = torch.where(iou > threshold, 1.0 - iou, 1.0)
-    else:
-        # exp(-iou^2 / sigma) written with exp2: the same values (to rounding), and exp2 stays
-        # on one thread for small inputs, where exp splits even a few values across threads.
-        factor = torch.exp2(iou * iou * (-1.0 / (sigma * math.log(2.0))))
-    if idxs is not None:
-        same = idxs.index_select(0, rows)[:, None] == idxs.index_select(0, cols)[None, :]
-        factor = torch.where(same, factor, 1.0)
-    return factor
-
-
-def fast_nms(
-    boxes: Tensor,
-    scores: Tensor,
-    iou_threshold: float = 0.5,
-    top_k: int = 200,
-    score_threshold: float = 0.05,
-    max_detections: int = 100,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Fast NMS of YOLACT (Bolya et al. 2019, Sec. 3.3), batched over classes.
-
-    Per class, the ``top_k`` scores above ``score_threshold`` (ties by box index) are sorted
-    descending; a detection is dropped if any higher-scored detection *of the same class*
-    overlaps it with IoU ``> iou_threshold``, whether or not that one was itself dropped (the
-    upper triangle of the IoU matrix, column max; that is what makes it faster than greedy
-    NMS, which it approximates). The ``max_detections`` best survivors over all classes remain.
-    The best entry of a class is always kept (even for a negative threshold).
-
-    Args:
-        boxes: ``(N, 4)`` xyxy shared by all classes, or ``(C, N, 4)`` class-specific.
-        scores: ``(C, N)`` per-class scores.
-
-    Returns:
-        ``box_index (K,)`` int64 into the N boxes, ``labels (K,)`` int64 in ``0..C-1`` and
-        ``scores (K,)``, by decreasing score (ties by class, then by rank within the class).
-    """
-    if scores.dim() != 2 or boxes.shape[-1] != 4 or boxes.shape[-2] != scores.shape[1]:
-        raise ValueError(f"expected scores (C, N) and boxes (N, 4) or (C, N, 4), got "
-                         f"{tuple(scores.shape)} and {tuple(boxes.shape)}")
-    score_floor = _floor_to_dtype(float(score_threshold), scores.dtype)
-    box_index, labels, entry_scores = _ranked_entries(scores, top_k, score_floor)
-    if boxes.dim() == 2:
-        entry_boxes = boxes.index_select(0, box_index)
-    else:
-        entry_boxes = boxes[labels, box_index]
-    keep = ~_fast_suppressed(entry_boxes, labels, float(iou_threshold))
-    kept_scores, order = _select(entry_scores, keep).sort(descending=True, stable=True)
-    order = order[:max_detections]
-    return (_select(box_index, keep).index_select(0, order),
-            _select(labels, keep).index_select(0, order), kept_scores[:max_detections])
-
-
-def _ranked_entries(
-    scores: Tensor, top_k: int, score_floor: float
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Per class of ``scores (C, N)``, its ``top_k`` scores ``> score_floor``, best first.
-
-    Returns ``(E,)`` box indices, labels and scores, class-major (ties by box index).
-    """
-    # Boxes whose best class score is below the threshold can never be kept (as YOLACT does).
-    candidates = torch.nonzero((scores > score_floor).any(dim=0)).flatten()
-    k = min(top_k, candidates.numel())
-    if scores.shape[0] == 0 or k == 0:
-        empty = torch.zeros(0, dtype=torch.long, device=scores.device)
-        return empty, empty.clone(), scores.new_zeros(0)
-    if candidates.numel() < scores.shape[1]:
-        scores = scores.index_select(1, candidates)
-    top_scores, top = _top_k_stable(scores, k)
-    # The valid entries of each class are a prefix of its ranking.
-    entry = torch.nonzero((top_scores > score_floor).flatten()).flatten()
-    box_index = candidates[top].flatten().index_select(0, entry)
-    labels = torch.div(entry, k, rounding_mode="floor")
-    return box_index, labels, top_scores.flatten().index_select(0, entry)
-
-
-def _fast_suppressed(boxes: Tensor, labels: Tensor, iou_threshold: float) -> Tensor:
-    """Fast NMS rule on ``boxes (M, 4)`` ranked within each of ``labels (M,)`` (class-major).
-
-    Entry ``j`` is suppressed if an earlier entry of its class has IoU > threshold with it: the
-    edges of the greedy NMS graph, without resolving them. Returns ``(M,)`` bool.
-    """
-    m, device = boxes.shape[0], boxes.device
-    suppressed = torch.zeros(m, dtype=torch.uint8, device=device)
-    threshold = _floor_to_dtype(iou_threshold, boxes.dtype)
-    if m <= 1 or not threshold < 1.0:
-        return suppressed.bool()
-    edges = _suppression_edges(boxes, labels, threshold) if threshold >= 0.0 else None
-    if edges is not None:
-        return suppressed.index_fill_(0, edges[1], 1).bool()
-    # Too many pairs to list (or a negative threshold): dense, in chunks of columns.
-    positions = torch.arange(m, device=device)
-    for part in positions.split(max(1, _chunk_elements(device) // (2 * m))):
-        hit = _suppression_matrix(boxes, boxes.index_select(0, part), labels,
-                                  labels.index_select(0, part), threshold)
-        hit &= positions[:, None] < part[None, :]
-        suppressed.index_copy_(0, part, hit.any(dim=0).to(torch.uint8))
-    return suppressed.bool()
-
-
-def _top_k_stable(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """The ``k`` largest of each row of ``scores (C, M)``, descending, ties by lower column.
-
-    Returns values and column indices ``(C, k)``. ``topk`` alone leaves tie order and, at the
-    k-th value, tie membership unspecified; a full stable sort is exact but slow for large M.
-    """
-    if 4 * k >= scores.shape[1]:
-        values, index = scores.sort(dim=1, descending=True, stable=True)
-        return values[:, :k], index[:, :k]
-    kth = scores.topk(k, dim=1).values[:, -1:]
-    above, tied = scores > kth, scores == kth
-    # Strictly larger entries all belong; the first tied columns fill the remaining places.
-    room = k - above.sum(dim=1, keepdim=True)
-    chosen = above | (tied & (tied.cumsum(dim=1) <= room))
-    index = chosen.nonzero()[:, 1].view(-1, k)  # ascending column index within each row
-    values, order = scores.gather(1, index).sort(dim=1, descending=True, stable=True)
-    return values, index.gather(1, order)
+        return getattr(importlib.import_module(_MOVED[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

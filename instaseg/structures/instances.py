@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 
 import torch
 from torch import Tensor
@@ -90,12 +90,15 @@ class Instances:
 class Targets:
     """Ground truth of one image, in the frame of the image the model receives.
 
-    Crowd regions are not here: they are dropped from training targets (kept for evaluation).
+    ``boxes``/``labels``/``masks`` are the non-crowd instances. Crowd (``iscrowd=1``) regions are
+    not instances: only their boxes come along, in ``crowd_boxes`` (empty by default). Mask R-CNN
+    ignores them; YOLACT uses them to leave anchors mostly inside a crowd region out of the loss.
     """
 
     boxes: Tensor  # (G, 4) float xyxy, absolute pixels
     labels: Tensor  # (G,) int64 in [0, num_classes)
     masks: Tensor  # (G, H, W) bool
+    crowd_boxes: Tensor = field(default_factory=lambda: torch.zeros(0, 4))  # (Gc, 4) float xyxy
 
     def __post_init__(self) -> None:
         g = self.boxes.shape[0]
@@ -103,9 +106,14 @@ class Targets:
             raise ValueError(
                 f"Targets need equal lengths, got boxes {g}, labels {self.labels.shape[0]}, masks {self.masks.shape[0]}"
             )
+        if self.crowd_boxes.dim() != 2 or self.crowd_boxes.shape[1] != 4:
+            raise ValueError(f"crowd_boxes must be (Gc, 4), got {tuple(self.crowd_boxes.shape)}")
+        if self.crowd_boxes.numel() == 0:  # the default: on the boxes' device, in their dtype
+            self.crowd_boxes = self.crowd_boxes.to(self.boxes)
 
     def __len__(self) -> int:
         return self.boxes.shape[0]
 
     def to(self, device: torch.device | str) -> "Targets":
-        return Targets(self.boxes.to(device), self.labels.to(device), self.masks.to(device))
+        return Targets(self.boxes.to(device), self.labels.to(device), self.masks.to(device),
+                       self.crowd_boxes.to(device))

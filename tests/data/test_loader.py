@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import itertools
+import json
+from collections import Counter
 from pathlib import Path
+
+import numpy as np
+import pycocotools.mask as mask_util
 
 import pytest
 import torch
+from PIL import Image
 from torch.utils.data import Subset
 
 from instaseg.config.schema import Config, InputConfig, TrainConfig
@@ -129,3 +135,71 @@ def test_empty_dataset_is_refused(dataset: CocoDataset) -> None:
         build_train_loader(Subset(dataset, []), Compose([]), 2, 0, seed=0)
     with pytest.raises(ValueError, match="rank"):
         build_train_loader(dataset, Compose([]), 2, 0, seed=0, rank=2, world_size=2)
+
+
+# --- skip counts from worker processes ------------------------------------------------------------
+
+
+def _skip_dataset(root: Path) -> CocoDataset:
+    """Six 12x12 images: files 1 and 2 (adjacent) are not images, image 4 has one RLE whose runs do
+    not add up to 144 (dropped with skip_bad) next to a good polygon."""
+    (root / "img").mkdir(parents=True)
+    images, annotations = [], []
+    for k in range(6):
+        name = f"{k}.png"
+        if k in (1, 2):
+            (root / "img" / name).write_text("not an image")
+        else:
+            Image.fromarray(np.full((12, 12, 3), 20 * k, np.uint8)).save(root / "img" / name)
+        images.append({"id": 10 + k, "file_name": name, "height": 12, "width": 12})
+        annotations.append({"id": 100 + k, "image_id": 10 + k, "category_id": 1, "bbox": [2, 2, 6, 6], "iscrowd": 0,
+                            "segmentation": [[2, 2, 8, 2, 8, 8, 2, 8]]})
+    runs_of_400 = mask_util.encode(np.ones((20, 20), np.uint8, order="F"))["counts"].decode("ascii")
+    annotations.append({"id": 200, "image_id": 14, "category_id": 1, "bbox": [2, 2, 6, 6], "iscrowd": 0,
+                        "segmentation": {"size": [12, 12], "counts": runs_of_400}})
+    (root / "gt.json").write_text(json.dumps({"images": images, "annotations": annotations,
+                                              "categories": [{"id": 1, "name": "thing"}]}))
+    return CocoDataset(root / "gt.json", root / "img", skip_bad=True)
+
+
+def _expected_skips(num_batches: int, batch_size: int, seed: int) -> dict[str, int]:
+    """What reading the first ``num_batches`` batches skips, by the stream's definition (module
+    docstring of instaseg.data.loader) and the replacement rule: a bad file is replaced by the
+    next index, each bad file on the way counted once; image 4's bad RLE once per visit."""
+    bad_files, bad_rle = {1, 2}, {4}
+    counts = {"bad image file": 0, "bad segmentation": 0}
+    for position in range(num_batches * batch_size):
+        index = epoch_order(6, seed, position // 6)[position % 6]
+        while index in bad_files:
+            counts["bad image file"] += 1
+            index = (index + 1) % 6
+        counts["bad segmentation"] += index in bad_rle
+    return counts
+
+
+def _identity(image, targets, generator):
+    return image, targets
+
+
+@pytest.mark.filterwarnings("ignore:skipping:UserWarning")
+@pytest.mark.parametrize("num_workers", [0, 1, 2])
+def test_skips_in_worker_processes_are_counted_in_the_main_process(tmp_path: Path, num_workers: int) -> None:
+    dataset = _skip_dataset(tmp_path)
+    assert not dataset.skipped  # nothing is bad in the json itself
+    expected = _expected_skips(num_batches=5, batch_size=2, seed=4)
+    assert expected["bad image file"] > 0 and expected["bad segmentation"] > 0  # the seed meets both
+    batches = _take(build_train_loader(dataset, _identity, 2, num_workers, seed=4), 5)
+    assert sum((Counter(batch.skipped) for batch in batches), Counter()) == expected
+    assert dict(dataset.skipped) == expected  # prefetched but unread batches are not counted
+    total = sum(expected.values())
+    assert dataset.skipped_summary == (f"skipped {total} entries: {expected['bad image file']} bad image file, "
+                                       f"{expected['bad segmentation']} bad segmentation")
+
+
+@pytest.mark.filterwarnings("ignore:skipping:UserWarning")
+def test_test_loader_counts_worker_skips_too(tmp_path: Path) -> None:
+    dataset = _skip_dataset(tmp_path)
+    batches = list(build_test_loader(dataset, num_workers=2, batch_size=2))
+    # items 1 and 2 read as 3 (two and one bad files met), item 4 drops its bad RLE
+    assert [i for b in batches for i in b.image_ids] == [10, 13, 13, 13, 14, 15]
+    assert dict(dataset.skipped) == {"bad image file": 3, "bad segmentation": 1}

@@ -151,3 +151,20 @@ def test_yolact_suppression_switch(method):
     result = model.predict([torch.rand(3, 48, 56) * 255])[0]
     assert result.masks.shape[1:] == (48, 56) and len(result) <= model.inference_config.detections_per_image
     assert torch.all(result.scores[:-1] >= result.scores[1:])
+
+
+def test_mask_loss_of_a_subsample_estimates_the_full_sum() -> None:
+    """With ``masks_to_train`` < positives the reference scales the sampled sum by P / sampled:
+    the mean over single-mask samples of that estimate is the loss over all P masks."""
+    model = _small("yolact_r18_tiny").train()
+    targets = [_targets()]
+    with torch.no_grad():
+        raw = model([torch.rand(3, 64, 64) * 255], targets)
+        full = model.loss(raw, targets)[1]["loss_mask"]
+        index, logits = raw.mask_index[0], raw.mask_logits[0]
+        assert index.numel() == int(raw.anchor_targets[0].positive.sum()) > 1
+        singles = []
+        for j in range(index.numel()):
+            raw.mask_index, raw.mask_logits = [index[j:j + 1]], [logits[j:j + 1]]
+            singles.append(model.loss(raw, targets)[1]["loss_mask"])
+    torch.testing.assert_close(torch.stack(singles).mean(), full)

@@ -223,6 +223,72 @@ def test_keyboard_interrupt_mid_iteration_leaves_an_exact_checkpoint(reference, 
     assert_same_state(load_checkpoint(tmp_path / "checkpoints" / "last.pt")["model"], reference.weights)
 
 
+def signals_inside_the_step(monkeypatch, at_step: int, signals: list[int]) -> list[dict]:
+    """Every optimizer the trainer builds steps in two halves (the parameters are independent under
+    SGD, so this equals one step) and, on call ``at_step`` (0-based: iteration ``at_step``), sends
+    ``signals`` to this process between the halves: they arrive with half of the weights updated.
+    Returns a list that receives the weights right after each step completes."""
+    after_steps, original = [], train_module.build_optimizer
+
+    def build(model, cfg):
+        optimizer = original(model, cfg)
+        real_step, calls = optimizer.step, itertools.count()
+
+        def step_with_only(params):
+            chosen = {id(p) for p in params}
+            others = [p for g in optimizer.param_groups for p in g["params"] if id(p) not in chosen]
+            grads = [p.grad for p in others]
+            for p in others:
+                p.grad = None  # SGD leaves parameters without a gradient (and their momentum) alone
+            real_step()
+            for p, grad in zip(others, grads):
+                p.grad = grad
+
+        def split_step():
+            params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+            step_with_only(params[: len(params) // 2])
+            if next(calls) == at_step:
+                for signum in signals:
+                    os.kill(os.getpid(), signum)  # a handler that raised here would leave a half step
+            step_with_only(params[len(params) // 2:])
+            after_steps.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+
+        optimizer.step = split_step
+        return optimizer
+
+    monkeypatch.setattr(train_module, "build_optimizer", build)
+    return after_steps
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_inside_the_optimizer_step_checkpoints_at_the_next_boundary(reference, toy_data, tmp_path,
+                                                                              monkeypatch, signum):
+    after_steps = signals_inside_the_step(monkeypatch, at_step=6, signals=[signum])
+    summary = run_training(reference.config, tmp_path, toy_data)
+    assert summary["status"] == "interrupted" and summary["iteration"] == 7  # the step was finished
+    payload = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
+    assert payload["iteration"] == 7 and len(after_steps) == 7
+    assert_same_state(payload["model"], after_steps[6], atol=0)  # the whole step, not half of it
+    monkeypatch.undo()
+    resumed = run_training(reference.config, tmp_path, toy_data, resume=True)
+    assert resumed["iteration"] == 20
+    assert_same_state(load_checkpoint(tmp_path / "checkpoints" / "last.pt")["model"], reference.weights)
+
+
+def test_a_second_ctrl_c_inside_the_optimizer_step_saves_nothing_half_updated(reference, toy_data, tmp_path,
+                                                                             monkeypatch):
+    signals_inside_the_step(monkeypatch, at_step=6, signals=[signal.SIGINT, signal.SIGINT])  # stop now
+    summary = run_training(reference.config, tmp_path, toy_data)
+    assert summary["status"] == "interrupted" and summary["iteration"] == 6
+    # no checkpoint of the half-updated weights: the last one is the periodic one of iteration 5
+    ckpts = tmp_path / "checkpoints"
+    assert sorted(p.name for p in ckpts.iterdir()) == ["last.pt", "model_0000005.pt"]
+    assert load_checkpoint(ckpts / "last.pt")["iteration"] == 5
+    monkeypatch.undo()
+    run_training(reference.config, tmp_path, toy_data, resume=True)
+    assert_same_state(load_checkpoint(ckpts / "last.pt")["model"], reference.weights)
+
+
 def test_non_finite_losses_are_skipped_then_stop_with_a_checkpoint(toy_data, tmp_path, monkeypatch):
     snapshots = []
     bad = {2: float("inf"), 4: float("nan"), 5: float("nan"), 6: float("nan")}

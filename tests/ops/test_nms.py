@@ -1,21 +1,14 @@
-"""NMS variants checked against slow, explicit float64 references written here."""
+"""Greedy NMS (``nms``, ``batched_nms``) checked against slow, explicit float64 references written here.
+
+The references and input makers here are shared with test_soft_nms.py and test_fast_nms.py.
+"""
 
 import importlib
-import math
 
 import pytest
 import torch
 
-from instaseg.ops.nms import (
-    _dense_greedy,
-    _nms_torch,
-    _top_k_stable,
-    batched_nms,
-    batched_soft_nms,
-    fast_nms,
-    nms,
-    soft_nms,
-)
+from instaseg.ops.nms import _dense_greedy, _nms_torch, batched_nms, nms
 
 nms_module = importlib.import_module("instaseg.ops.nms")  # the module; instaseg.ops.nms is the function
 
@@ -45,47 +38,6 @@ def _nms_reference(boxes, scores, threshold, idxs=None):
                for j in kept):
             kept.append(i)
     return kept
-
-
-def _soft_nms_reference(boxes, scores, threshold, sigma, method, score_threshold, idxs=None):
-    box_list = boxes.double().tolist()
-    current = dict(enumerate(scores.double().tolist()))
-    cats = [0] * len(box_list) if idxs is None else idxs.tolist()
-    picks, values = [], []
-    while current:
-        best = max(current, key=lambda i: (current[i], -i))  # highest score, then lowest index
-        if current[best] < score_threshold:
-            break
-        picks.append(best)
-        values.append(current.pop(best))
-        for j in current:
-            if cats[j] != cats[best]:
-                continue
-            iou = _iou_reference(box_list[best], box_list[j])
-            if method == "linear":
-                current[j] *= (1.0 - iou) if iou > threshold else 1.0
-            else:
-                current[j] *= math.exp(-iou * iou / sigma)
-    return picks, values
-
-
-def _fast_nms_reference(boxes, scores, threshold, top_k, score_threshold, max_detections):
-    """Per class: top_k above the score threshold; drop j if any higher i has IoU > threshold."""
-    found = []
-    for c in range(scores.shape[0]):
-        class_boxes = (boxes if boxes.dim() == 2 else boxes[c]).double().tolist()
-        row = scores[c].double().tolist()
-        ranked = sorted((i for i in range(len(row)) if row[i] > score_threshold),
-                        key=lambda i: (-row[i], i))[:top_k]
-        for rank, j in enumerate(ranked):
-            worst = max((_iou_reference(class_boxes[i], class_boxes[j]) for i in ranked[:rank]),
-                        default=-math.inf)  # nothing above it: kept
-            if worst <= threshold:
-                found.append((-row[j], c, rank, j))
-    found.sort()
-    found = found[:max_detections]
-    return [f[3] for f in found], [f[1] for f in found], [-f[0] for f in found]
-
 
 # --------------------------------------------------------------------------- inputs
 
@@ -331,152 +283,3 @@ def test_nms_rejects_integer_boxes():
 def test_batched_nms_empty():
     keep = batched_nms(torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, dtype=torch.long), 0.5)
     assert keep.shape == (0,) and keep.dtype == torch.int64
-
-
-# --------------------------------------------------------------------------- soft_nms
-
-
-@pytest.mark.parametrize("method", ["linear", "gaussian"])
-@pytest.mark.parametrize("n", [0, 1, 40, 250])
-def test_soft_nms_matches_reference(method, n):
-    boxes = _random_boxes(n, torch.float64, extent=80.0)
-    scores = torch.rand(n, dtype=torch.float64)
-    keep, kept_scores = soft_nms(boxes, scores, iou_threshold=0.3, sigma=0.5, method=method,
-                                 score_threshold=0.05)
-    picks, values = _soft_nms_reference(boxes, scores, 0.3, 0.5, method, 0.05)
-    assert keep.dtype == torch.int64
-    assert keep.tolist() == picks
-    torch.testing.assert_close(kept_scores, torch.tensor(values, dtype=torch.float64))
-
-
-def test_soft_nms_float32_and_identical_boxes():
-    # Identical boxes: linear decay by (1 - 1) = 0 drops the copies entirely.
-    boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0]] * 3 + [[1.0, 0.0, 11.0, 10.0]])
-    scores = torch.tensor([0.9, 0.8, 0.7, 0.6])
-    for method in ("linear", "gaussian"):
-        keep, kept_scores = soft_nms(boxes, scores, 0.3, 0.5, method, 0.001)
-        picks, values = _soft_nms_reference(boxes, scores, 0.3, 0.5, method, 0.001)
-        assert keep.tolist() == picks
-        torch.testing.assert_close(kept_scores, torch.tensor(values, dtype=torch.float32))
-
-
-def test_soft_nms_rounds_match_one_box_per_round(monkeypatch):
-    # Clustered boxes: rounds of several boxes and rounds cut short by overlaps both occur.
-    boxes = _random_boxes(8, torch.float64, extent=60.0).repeat(10, 1)
-    boxes += torch.rand(80, 4, dtype=torch.float64) * 6
-    scores = torch.rand(80, dtype=torch.float64)
-    for method in ("linear", "gaussian"):
-        expected = soft_nms(boxes, scores, 0.3, 0.5, method, 0.01)
-        with monkeypatch.context() as patch:
-            patch.setattr(nms_module, "_SOFT_NMS_ROUND", 1)
-            single = soft_nms(boxes, scores, 0.3, 0.5, method, 0.01)
-        assert torch.equal(single[0], expected[0])
-        torch.testing.assert_close(single[1], expected[1])
-        picks, values = _soft_nms_reference(boxes, scores, 0.3, 0.5, method, 0.01)
-        assert expected[0].tolist() == picks
-
-
-@pytest.mark.parametrize("method", ["linear", "gaussian"])
-def test_batched_soft_nms_matches_reference(method):
-    boxes = _random_boxes(150, torch.float64, extent=50.0)
-    scores = torch.rand(150, dtype=torch.float64)
-    idxs = torch.randint(0, 4, (150,))
-    keep, kept_scores = batched_soft_nms(boxes, scores, idxs, 0.4, 0.5, method, 0.01)
-    picks, values = _soft_nms_reference(boxes, scores, 0.4, 0.5, method, 0.01, idxs)
-    assert keep.tolist() == picks
-    torch.testing.assert_close(kept_scores, torch.tensor(values, dtype=torch.float64))
-
-
-def test_soft_nms_score_threshold_is_inclusive():
-    boxes = torch.tensor([[0.0, 0.0, 1.0, 1.0], [5.0, 5.0, 6.0, 6.0], [9.0, 9.0, 10.0, 10.0]])
-    scores = torch.tensor([0.5, 0.25, 0.125])  # exact in float32
-    keep, kept_scores = soft_nms(boxes, scores, score_threshold=0.25)
-    assert keep.tolist() == [0, 1] and kept_scores.tolist() == [0.5, 0.25]
-    # 0.3 is not a float32 number: fl32(0.3) > 0.3 passes, the next float below does not.
-    below = torch.nextafter(torch.tensor(0.3), torch.tensor(0.0))
-    scores = torch.stack((torch.tensor(0.3), below, torch.tensor(0.9)))
-    assert soft_nms(boxes, scores, score_threshold=0.3)[0].tolist() == [2, 0]
-
-
-def test_soft_nms_rejects_bad_arguments():
-    with pytest.raises(ValueError):
-        soft_nms(torch.zeros(1, 4), torch.ones(1), method="hard")
-    with pytest.raises(ValueError):
-        soft_nms(torch.zeros(1, 4), torch.ones(1), method="gaussian", sigma=0.0)
-
-
-# --------------------------------------------------------------------------- fast_nms
-
-
-@pytest.mark.parametrize("class_specific", [False, True])
-@pytest.mark.parametrize("top_k,max_detections", [(200, 100), (7, 10), (50, 5)])
-def test_fast_nms_matches_reference(class_specific, top_k, max_detections):
-    num_classes, n = 4, 60
-    boxes = _random_boxes(n, torch.float64, extent=60.0)
-    if class_specific:
-        boxes = boxes + torch.randn(num_classes, n, 4, dtype=torch.float64)
-    scores = torch.rand(num_classes, n, dtype=torch.float64) ** 2
-    got = fast_nms(boxes, scores, 0.5, top_k, 0.05, max_detections)
-    expected = _fast_nms_reference(boxes, scores, 0.5, top_k, 0.05, max_detections)
-    assert got[0].tolist() == expected[0]
-    assert got[1].tolist() == expected[1]
-    assert got[2].tolist() == expected[2]
-
-
-def test_fast_nms_ties_and_integer_boxes():
-    boxes = _integer_boxes(40)
-    scores = torch.randint(0, 5, (3, 40)).float() / 4
-    got = fast_nms(boxes, scores, 0.5, 20, 0.3, 30)
-    expected = _fast_nms_reference(boxes, scores, 0.5, 20, 0.3, 30)
-    assert [t.tolist() for t in got] == [expected[0], expected[1], expected[2]]
-
-
-def test_fast_nms_differs_from_greedy_on_a_chain():
-    # A suppresses B, B would suppress C, A does not touch C: greedy keeps C, Fast NMS drops it.
-    boxes = _chain(3)
-    scores = torch.tensor([[0.9, 0.8, 0.7]])
-    assert _nms_torch(boxes, scores[0], 0.3).tolist() == [0, 2]
-    index, labels, kept = fast_nms(boxes, scores, iou_threshold=0.3)
-    assert index.tolist() == [0] and labels.tolist() == [0]
-    torch.testing.assert_close(kept, torch.tensor([0.9]))
-
-
-def test_fast_nms_empty_inputs():
-    for boxes, scores in ((torch.zeros(0, 4), torch.zeros(3, 0)),
-                          (torch.zeros(5, 4), torch.zeros(0, 5)),
-                          (torch.zeros(5, 4), torch.full((2, 5), 0.01))):
-        index, labels, kept = fast_nms(boxes, scores)
-        assert index.shape == labels.shape == kept.shape == (0,)
-        assert index.dtype == labels.dtype == torch.int64
-
-
-def test_fast_nms_dense_fallback_matches_reference(monkeypatch):
-    boxes = _random_boxes(50, torch.float64, extent=40.0)
-    scores = torch.rand(3, 50, dtype=torch.float64)
-    for threshold in (-0.5, 0.0, 0.5):
-        expected = _fast_nms_reference(boxes, scores, threshold, 30, 0.05, 60)
-        with monkeypatch.context() as patch:
-            patch.setattr(nms_module, "_suppression_edges", lambda *args: None)
-            dense = fast_nms(boxes, scores, threshold, 30, 0.05, 60)
-        sparse = fast_nms(boxes, scores, threshold, 30, 0.05, 60)
-        for got in (dense, sparse):
-            assert [t.tolist() for t in got] == [expected[0], expected[1], expected[2]]
-
-
-def test_fast_nms_small_top_k_with_ties():
-    boxes = _integer_boxes(60, extent=12)
-    scores = torch.randint(1, 5, (5, 60)).float() / 4
-    for top_k in (1, 3, 10):
-        got = fast_nms(boxes, scores, 0.25, top_k, 0.2, 100)
-        expected = _fast_nms_reference(boxes, scores, 0.25, top_k, 0.2, 100)
-        assert [t.tolist() for t in got] == [expected[0], expected[1], expected[2]]
-
-
-@pytest.mark.parametrize("k", [1, 4, 9, 40])
-def test_top_k_stable_matches_sorted_reference(k):
-    scores = torch.randint(0, 6, (7, 40)).float()
-    values, index = _top_k_stable(scores, k)
-    for row in range(7):
-        ranked = sorted(range(40), key=lambda i: (-float(scores[row, i]), i))[:k]
-        assert index[row].tolist() == ranked
-        assert values[row].tolist() == [float(scores[row, i]) for i in ranked]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageFile
 
 from instaseg.data.image_io import MAX_IMAGE_PIXELS, read_image
 from instaseg.errors import DatasetError
@@ -61,14 +61,24 @@ def _with_declared_size(png: bytes, width: int, height: int) -> bytes:
     return png[:start] + ihdr + crc + png[start + 17:]
 
 
-def test_decompression_bomb_is_refused_before_decoding(tmp_path: Path) -> None:
-    side = 60000  # 3.6e9 pixels declared in a file of a few hundred bytes
-    assert side * side > MAX_IMAGE_PIXELS
-    path = tmp_path / "bomb.png"
+@pytest.mark.parametrize("side, pil_guard", [
+    (10000, True),  # 1e8 pixels: past PIL's warning limit (89e6), which read_image makes an error
+    (60000, False),  # 3.6e9 pixels with PIL's own guard switched off (Image.MAX_IMAGE_PIXELS = None,
+                     # as some programs do to open huge scans): read_image's limit still refuses it
+], ids=["pil_warning_limit", "pil_guard_off"])
+def test_decompression_bomb_is_refused_before_decoding(tmp_path: Path, monkeypatch, side: int,
+                                                       pil_guard: bool) -> None:
+    path = tmp_path / "bomb.png"  # a few hundred bytes declaring side x side pixels
     path.write_bytes(_with_declared_size(_png_bytes(np.zeros((4, 4, 3), np.uint8)), side, side))
     assert path.stat().st_size < 1000
-    with pytest.raises(DatasetError, match=r"bomb\.png: .*(decompression bomb)"):
+    if not pil_guard:
+        monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)
+        assert side * side > MAX_IMAGE_PIXELS
+    decoded = []
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: decoded.append(self.size))  # never decode
+    with pytest.raises(DatasetError, match=r"bomb\.png: .*decompression bomb"):
         read_image(path)
+    assert decoded == []  # refused from the header, before any pixel memory was allocated
 
 
 def test_palette_image_becomes_its_colours(tmp_path: Path) -> None:

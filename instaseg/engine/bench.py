@@ -1,0 +1,377 @@
+"""Speed, memory and FLOPs of a model preset: what ``instaseg bench`` measures and prints.
+
+Inference: ``model.predict`` on one image of the requested size, given at the model's input size so
+that no resizing happens. Random weights score every class alike, so without a checkpoint the score
+threshold is 0 and the model returns its full ``detections_per_image`` (100), as a trained model
+does on a busy image. Training (``train=True``): one iteration, forward + loss + backward + SGD
+step, on a batch of synthetic images with a few random boxes and masks each.
+
+Stage times come from the ``torch.profiler.record_function("instaseg.<stage>")`` labels the
+detectors carry, in separate profiled runs (the profiler's overhead stays out of the timings).
+GFLOPs are counted by ``torch.utils.flop_counter.FlopCounterMode``: convolutions (transposed
+too), linear layers and matrix products, i.e. nearly all of a detector's arithmetic; it does not
+count element-wise work, RoIAlign's gathers, ``grid_sample`` (the deformable convolution's
+sampling; its matrix product is counted) or NMS.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import resource
+import statistics
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from instaseg.config.schema import InputConfig
+from instaseg.structures.instances import Targets
+
+__all__ = ["BenchResult", "STAGE_GROUPS", "bench_image_size", "build_bench_model", "synthetic_targets",
+           "time_iterations", "stage_times", "count_gflops", "peak_memory", "run_benchmark", "format_result"]
+
+# Detector stage labels -> the groups the summary reports (Mask R-CNN and YOLACT labels alike).
+STAGE_GROUPS: dict[str, str] = {
+    "preprocess": "preprocess",
+    "backbone": "backbone",
+    "neck": "neck",
+    "rpn": "proposals",
+    "proposals": "proposals",
+    "prediction_head": "proposals",
+    "box_roi_pool": "roi_heads",
+    "box_head": "roi_heads",
+    "detect": "roi_heads",
+    "mask_head": "masks",
+    "maskiou_head": "masks",
+    "protonet": "masks",
+    "masks": "masks",
+    "rescoring": "masks",
+    "suppress": "postprocess",
+    "paste": "postprocess",
+    "loss": "loss",
+    "backward": "backward",
+    "optimizer": "optimizer",
+}
+
+# Width / height of the benchmark image for R-CNN presets: COCO's typical 4:3 to 3:2 aspect,
+# 800 x 1216 at the default 800 px (the size torchvision's and Detectron2's speed figures use).
+_ASPECT = 1.52
+
+
+@dataclass
+class BenchResult:
+    """Timings (ms) are per iteration of ``batch_size`` images; the properties give per image."""
+
+    preset: str
+    mode: str  # "inference" or "train"
+    device: str
+    image_size: tuple[int, int]  # (H, W) the model sees
+    batch_size: int
+    threads: int
+    precision: str  # "float32", or "bfloat16" (autocast)
+    compiled: bool
+    times_ms: list[float]
+    peak_memory_mb: float
+    memory_kind: str  # what peak_memory_mb measures
+    stages_ms: dict[str, float] = field(default_factory=dict)  # per label, per iteration
+    gflops: float | None = None  # per image
+    num_detections: int | None = None  # inference: detections in the first image
+
+    @property
+    def median_ms(self) -> float:
+        return statistics.median(self.times_ms) / self.batch_size
+
+    @property
+    def min_ms(self) -> float:
+        return min(self.times_ms) / self.batch_size
+
+    @property
+    def max_ms(self) -> float:
+        return max(self.times_ms) / self.batch_size
+
+    @property
+    def images_per_s(self) -> float:
+        return 1000.0 / self.median_ms
+
+    def stage_groups(self) -> dict[str, float]:
+        """Stage times summed by :data:`STAGE_GROUPS` (ms per image), in pipeline order."""
+        groups: dict[str, float] = defaultdict(float)
+        for name, ms in self.stages_ms.items():
+            groups[STAGE_GROUPS.get(name, "other")] += ms / self.batch_size
+        order = list(dict.fromkeys(STAGE_GROUPS.values())) + ["other"]
+        return {name: groups[name] for name in order if name in groups}
+
+
+def bench_image_size(input_config: InputConfig, size: int) -> tuple[int, int]:
+    """(H, W) of the benchmark image: ``size x size`` for YOLACT (square input), else ``size`` by
+    ``1.52 size`` rounded to the model's size divisibility (800 -> 800 x 1216)."""
+    if input_config.square > 0:
+        return size, size
+    divisor = max(1, input_config.size_divisibility)
+    return size, int(round(size * _ASPECT / divisor)) * divisor
+
+
+def build_bench_model(preset: str, checkpoint: str | None = None, size: int = 800,
+                      score_thresh: float | None = None) -> tuple[nn.Module, tuple[int, int], str]:
+    """The model to measure, the image size ``(H, W)`` it sees (no resizing inside it), its name.
+
+    Without ``checkpoint``: the preset with random weights and, unless given, score threshold 0.
+    With one: its config and weights (then ``preset`` is ignored) and its own threshold.
+    """
+    from instaseg.config.io import apply_overrides, config_from_dict
+    from instaseg.detectors.build import build_from_config, resolve_config
+    from instaseg.engine.checkpoint import load_checkpoint, load_state_dict_checked
+
+    payload = load_checkpoint(checkpoint) if checkpoint else None
+    config = config_from_dict(payload["config"]) if payload else resolve_config(preset)
+    height, width = bench_image_size(config.input, size)
+    overrides = []
+    if config.input.square > 0:
+        overrides.append(f"input.square={size}")
+    else:
+        overrides += [f"input.min_size_test={min(height, width)}", f"input.max_size_test={max(height, width)}"]
+    if score_thresh is None and payload is None:
+        score_thresh = 0.0
+    if score_thresh is not None:
+        overrides.append(f"model.inference.score_thresh={score_thresh}")
+    model = build_from_config(apply_overrides(config, overrides))
+    if payload is not None:
+        load_state_dict_checked(model, payload["model"], False, source=str(checkpoint))
+    return model, (height, width), config.name
+
+
+def synthetic_targets(image_size: tuple[int, int], num_classes: int, num_objects: int = 4,
+                      generator: torch.Generator | None = None) -> Targets:
+    """Random rectangles (boxes, labels, filled masks) in an image of ``image_size = (H, W)``."""
+    h, w = image_size
+    corners = torch.rand(num_objects, 2, generator=generator) * torch.tensor([w * 0.7, h * 0.7])
+    sizes = (0.1 + 0.2 * torch.rand(num_objects, 2, generator=generator)) * torch.tensor([w, h])
+    boxes = torch.cat([corners, corners + sizes], dim=1).floor()
+    masks = torch.zeros(num_objects, h, w, dtype=torch.bool)
+    for k, (x1, y1, x2, y2) in enumerate(boxes.long().tolist()):
+        masks[k, y1:y2, x1:x2] = True
+    labels = torch.randint(num_classes, (num_objects,), generator=generator)
+    return Targets(boxes, labels, masks)
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_iterations(fn: Callable[[], object], iters: int, warmup: int = 1,
+                    device: torch.device | str = "cpu") -> list[float]:
+    """Wall-clock milliseconds of each of ``iters`` calls of ``fn`` after ``warmup`` calls."""
+    device = torch.device(device)
+    for _ in range(warmup):
+        fn()
+    _synchronize(device)
+    times = []
+    for _ in range(iters):
+        start = time.perf_counter()
+        fn()
+        _synchronize(device)
+        times.append((time.perf_counter() - start) * 1000.0)
+    return times
+
+
+def stage_times(fn: Callable[[], object], runs: int = 1) -> dict[str, float]:
+    """Mean milliseconds per call of each ``instaseg.<stage>`` label seen while running ``fn``.
+
+    Host-side times: on CUDA a stage's asynchronous kernels may finish in a later stage.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(runs):
+            fn()
+    totals: dict[str, float] = defaultdict(float)
+    for event in prof.key_averages():
+        if event.key.startswith("instaseg."):
+            totals[event.key[len("instaseg."):]] += event.cpu_time_total / 1000.0 / runs
+    return dict(totals)
+
+
+def count_gflops(fn: Callable[[], object]) -> float:
+    """Floating-point operations (GFLOP, a multiply-add counts 2) of one call of ``fn``."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        fn()
+    return counter.get_total_flops() / 1e9
+
+
+def _read_status_kb(key: str) -> int | None:
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+@contextlib.contextmanager
+def peak_memory(device: torch.device | str) -> Iterator[dict[str, float | str]]:
+    """Peak memory while the block runs, in ``result["mb"]`` (filled on exit), and its meaning.
+
+    CUDA: ``torch.cuda.max_memory_allocated`` (tensors only). CPU: the process's resident set
+    high-water mark (Linux ``VmHWM``, reset first through ``/proc/self/clear_refs``); where that
+    cannot be reset, the lifetime peak (``ru_maxrss``), which includes model building.
+    """
+    device = torch.device(device)
+    result: dict[str, float | str] = {}
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        yield result
+        result["mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+        result["kind"] = "torch.cuda.max_memory_allocated"
+        return
+    reset = False
+    with contextlib.suppress(OSError):
+        with open("/proc/self/clear_refs", "w") as refs:
+            refs.write("5")  # resets VmHWM to the current RSS
+        reset = True
+    yield result
+    hwm = _read_status_kb("VmHWM")
+    if reset and hwm is not None:
+        result["mb"], result["kind"] = hwm / 1024, "peak RSS"
+    else:
+        result["mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        result["kind"] = "peak RSS (process lifetime)"
+
+
+def _precision_context(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    if precision == "float32":
+        return contextlib.nullcontext()
+    if precision == "bfloat16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    raise ValueError(f"unknown precision {precision!r}: use 'float32' or 'bfloat16'")
+
+
+def _compile_layers(model: nn.Module, freeze: bool) -> None:
+    """``torch.compile`` the dense layers in place (state-dict keys unchanged); the data-dependent
+    parts (proposal selection, NMS, RoIAlign, paste) stay eager.
+
+    ``freeze`` (inference): inductor's freezing treats the weights as constants, which folds the
+    frozen norms, pre-packs the oneDNN convolution weights and fuses ReLU / residual adds into
+    them. The compiled model then ignores later weight changes: fine for a benchmark, which is
+    why this is an option and not the default inference path.
+    """
+    import torch._inductor.config as inductor_config
+
+    inductor_config.freezing = freeze
+    for name in ("backbone", "neck", "rpn_head", "box_head", "mask_head", "protonet", "prediction_head"):
+        module = getattr(model, name, None)
+        if isinstance(module, nn.Module):
+            module.compile(dynamic=False)
+
+
+def _predict_step(model: nn.Module, images: list[Tensor], precision: str,
+                  device: torch.device) -> Callable[[], object]:
+    model.eval()
+
+    def step() -> object:
+        with _precision_context(precision, device):
+            return model.predict(images)
+
+    return step
+
+
+def _train_step(model: nn.Module, images: list[Tensor], targets: list[Targets], precision: str,
+                device: torch.device) -> Callable[[], object]:
+    from torch.profiler import record_function
+
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    # A tiny learning rate: the weights barely move, so every timed iteration does the same work.
+    optimizer = torch.optim.SGD(params, lr=1e-6, momentum=0.9)
+
+    def step() -> object:
+        optimizer.zero_grad(set_to_none=True)
+        with _precision_context(precision, device):
+            raw = model(images, targets)
+            with record_function("instaseg.loss"):
+                total, _ = model.loss(raw, targets)
+        with record_function("instaseg.backward"):
+            total.backward()
+        with record_function("instaseg.optimizer"):
+            optimizer.step()
+        return total
+
+    return step
+
+
+def run_benchmark(preset: str, *, checkpoint: str | None = None, size: int = 800, device: str = "cpu",
+                  threads: int | None = None, iters: int = 5, warmup: int = 1, train: bool = False,
+                  batch_size: int | None = None, precision: str = "float32", compile: bool = False,
+                  score_thresh: float | None = None, stages: bool = True, flops: bool = True) -> BenchResult:
+    """Build ``preset`` (or load ``checkpoint``) and measure it; see the module docstring.
+
+    ``batch_size`` defaults to 1 image for inference and 2 for training; ``size`` is the shorter
+    image side (YOLACT: the square side). ``threads`` sets ``torch.set_num_threads`` when given.
+    """
+    if threads:
+        torch.set_num_threads(threads)
+    torch_device = torch.device(device)
+    torch.manual_seed(0)
+    model, (height, width), name = build_bench_model(preset, checkpoint, size, score_thresh)
+    model.to(torch_device)
+    if compile:
+        _compile_layers(model, freeze=not train)
+    batch = batch_size or (2 if train else 1)
+    generator = torch.Generator().manual_seed(0)
+    images = [(torch.rand(3, height, width, generator=generator) * 255).to(torch_device) for _ in range(batch)]
+    if train:
+        targets = [synthetic_targets((height, width), model.num_classes, generator=generator).to(torch_device)
+                   for _ in range(batch)]
+        step = _train_step(model, images, targets, precision, torch_device)
+    else:
+        step = _predict_step(model, images, precision, torch_device)
+    first = step()  # warm-up, and the detections to report
+    with peak_memory(torch_device) as memory:
+        times = time_iterations(step, iters, warmup=max(0, warmup - 1), device=torch_device)
+    result = BenchResult(
+        preset=name, mode="train" if train else "inference",
+        device=str(torch_device), image_size=(height, width), batch_size=batch, threads=torch.get_num_threads(),
+        precision=precision, compiled=compile, times_ms=times, peak_memory_mb=float(memory["mb"]),
+        memory_kind=str(memory["kind"]),
+        num_detections=None if train else len(first[0]),
+    )
+    if stages:
+        result.stages_ms = stage_times(step)
+    if flops and not compile:
+        result.gflops = count_gflops(step) / batch
+    return result
+
+
+def format_result(result: BenchResult) -> str:
+    """A few lines and a markdown table of stages, for the terminal."""
+    h, w = result.image_size
+    lines = [
+        f"{result.preset}: {result.mode}, {result.device}, {result.threads} threads, {result.precision}"
+        f"{' (bf16 autocast: outputs differ slightly from float32)' if result.precision != 'float32' else ''}"
+        f"{', torch.compile' if result.compiled else ''}, {h}x{w}, batch {result.batch_size}, torch {torch.__version__}",
+        f"per image: median {result.median_ms:.1f} ms (min {result.min_ms:.1f}, max {result.max_ms:.1f}) over "
+        f"{len(result.times_ms)} iterations; {result.images_per_s:.2f} images/s",
+        f"peak memory: {result.peak_memory_mb:.0f} MiB ({result.memory_kind})",
+    ]
+    if result.gflops is not None:
+        lines.append(f"GFLOPs per image: {result.gflops:.1f} (convolutions, linear layers, matrix products)")
+    if result.num_detections is not None:
+        lines.append(f"detections: {result.num_detections}")
+    if result.stages_ms:
+        total = sum(result.stages_ms.values()) / result.batch_size
+        lines += ["", "| stage | group | ms per image |", "|---|---|---|"]
+        for name, ms in result.stages_ms.items():
+            lines.append(f"| {name} | {STAGE_GROUPS.get(name, 'other')} | {ms / result.batch_size:.1f} |")
+        lines.append(f"| (all stages) | | {total:.1f} |")
+        lines += ["", "| group | ms per image |", "|---|---|"]
+        lines += [f"| {name} | {ms:.1f} |" for name, ms in result.stage_groups().items()]
+    return "\n".join(lines)

@@ -1,0 +1,233 @@
+"""Write a detector as ONNX or as a ``torch.export`` program, and run the files back.
+
+Both formats hold the same graph: :func:`export_wrapper` turns a built detector into a module
+``image (3, H, W) float RGB in [0, 255] -> (boxes, scores, labels, masks, mask_scores)`` (see
+:data:`OUTPUT_NAMES`), traced once by ``torch.export`` with the image height and width symbolic
+(``dynamic=True``) or fixed to the example's size.
+
+* ONNX (``torch.onnx.export(..., dynamo=True)``, opset 18): NMS and RoIAlign become the standard
+  ``NonMaxSuppression`` and ``RoiAlign`` operators, so ONNX Runtime (or any runtime with those
+  operators) runs the file without instaseg. The older TorchScript-based ONNX exporter
+  (``dynamo=False``) is deprecated and is not used.
+* ``torch_export``: the :class:`torch.export.ExportedProgram` saved with ``torch.export.save``
+  (``.pt2``). It calls instaseg's custom ops, so loading it needs ``import instaseg.export``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from instaseg.detectors.mask_rcnn import MaskRCNN
+from instaseg.detectors.yolact import Yolact
+from instaseg.errors import InstasegError
+from instaseg.export.ops import ONNX_TRANSLATIONS
+from instaseg.export.rcnn import MaskRCNNExport
+from instaseg.export.yolact import YolactExport
+from instaseg.structures.instances import Instances
+
+__all__ = [
+    "OUTPUT_NAMES",
+    "ONNX_OPSET",
+    "export_wrapper",
+    "export_program",
+    "export_onnx",
+    "program_to_onnx",
+    "save_program",
+    "load_program",
+    "OnnxPredictor",
+    "outputs_to_instances",
+]
+
+OUTPUT_NAMES = ("boxes", "scores", "labels", "masks", "mask_scores")
+INPUT_NAME = "image"
+# Opset 18: RoiAlign with coordinate_transformation_mode (16+), GridSample for DCN (16+), and the
+# opset onnxscript's torch library is written against.
+ONNX_OPSET = 18
+# Symbolic image sides: at least 32 px (every FPN level is then at least 1 x 1).
+_MIN_SIDE, _MAX_SIDE = 32, 8192
+
+
+def export_wrapper(model: nn.Module) -> nn.Module:
+    """The traceable single-image module of a built detector (its layers shared), in eval mode.
+
+    Raises:
+        InstasegError: not an instaseg detector, or settings the graph does not reproduce
+            (Soft-NMS, torchvision-style paste, RoIPool).
+    """
+    if isinstance(model, MaskRCNN):
+        wrapper: nn.Module = MaskRCNNExport(model)
+    elif isinstance(model, Yolact):
+        wrapper = YolactExport(model)
+    else:
+        raise InstasegError(f"no exporter for {type(model).__name__}: expected a MaskRCNN or Yolact model")
+    return wrapper.eval()
+
+
+@contextlib.contextmanager
+def _pure_pytorch_ops() -> Iterator[None]:
+    """Trace instaseg's pure-PyTorch paths even where torchvision kernels would be picked."""
+    previous = os.environ.get("INSTASEG_FAST_KERNELS")
+    os.environ["INSTASEG_FAST_KERNELS"] = "0"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("INSTASEG_FAST_KERNELS", None)
+        else:
+            os.environ["INSTASEG_FAST_KERNELS"] = previous
+
+
+def _example_image(example: Tensor | tuple[int, int]) -> Tensor:
+    if isinstance(example, Tensor):
+        if example.dim() != 3 or example.shape[0] != 3:
+            raise InstasegError(f"the example image must be (3, H, W), got {tuple(example.shape)}")
+        return example.float()
+    height, width = example
+    if min(height, width) < _MIN_SIDE:
+        raise InstasegError(f"example images need sides of at least {_MIN_SIDE} px, got {height}x{width}")
+    # Any content traces the same graph; a seeded pattern keeps exports reproducible.
+    generator = torch.Generator().manual_seed(0)
+    return torch.rand((3, height, width), generator=generator) * 255
+
+
+def export_program(
+    model: nn.Module, example: Tensor | tuple[int, int] = (480, 640), dynamic: bool = True
+) -> torch.export.ExportedProgram:
+    """``torch.export`` of :func:`export_wrapper(model) <export_wrapper>` on one example image.
+
+    ``example``: an image ``(3, H, W)`` or its ``(H, W)``. With ``dynamic`` the program accepts
+    any height and width from 32 to 8192 px; otherwise only the example's size.
+    """
+    wrapper = export_wrapper(model)
+    image = _example_image(example)
+    shapes = None
+    if dynamic:
+        side = {1: torch.export.Dim("height", min=_MIN_SIDE, max=_MAX_SIDE),
+                2: torch.export.Dim("width", min=_MIN_SIDE, max=_MAX_SIDE)}
+        shapes = (side,)
+    with _pure_pytorch_ops(), torch.no_grad(), _quiet():
+        return torch.export.export(wrapper, (image,), dynamic_shapes=shapes, strict=False)
+
+
+def save_program(program: torch.export.ExportedProgram, path: str | Path) -> Path:
+    """Save a program from :func:`export_program` as a ``.pt2`` file."""
+    path = Path(path)
+    torch.export.save(program, path)
+    return path
+
+
+def load_program(path: str | Path) -> torch.export.ExportedProgram:
+    """Load a ``.pt2`` written by :func:`save_program` (instaseg's custom ops are registered here)."""
+    return torch.export.load(Path(path))
+
+
+def export_onnx(
+    model: nn.Module,
+    path: str | Path,
+    example: Tensor | tuple[int, int] = (480, 640),
+    dynamic: bool = True,
+    optimize: bool = True,
+    metadata: dict[str, str] | None = None,
+) -> Path:
+    """Write ``model`` as an ONNX file at ``path`` (input ``image``, outputs :data:`OUTPUT_NAMES`).
+
+    ``example`` and ``dynamic`` as in :func:`export_program`; ``optimize`` and ``metadata`` as in
+    :func:`program_to_onnx`.
+    """
+    _require_onnxscript()
+    return program_to_onnx(export_program(model, example, dynamic), path, optimize, metadata)
+
+
+def program_to_onnx(
+    program: torch.export.ExportedProgram,
+    path: str | Path,
+    optimize: bool = True,
+    metadata: dict[str, str] | None = None,
+) -> Path:
+    """Translate a program from :func:`export_program` to ONNX (opset :data:`ONNX_OPSET`) at ``path``.
+
+    ``optimize`` runs onnxscript's graph optimizer (constant folding, dead code removal);
+    ``metadata`` goes into the file's ``metadata_props`` (e.g. category names).
+    """
+    _require_onnxscript()
+    path = Path(path)
+    with _quiet():
+        onnx_program = torch.onnx.export(
+            program, dynamo=True, opset_version=ONNX_OPSET, custom_translation_table=ONNX_TRANSLATIONS,
+            input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES), optimize=optimize, verbose=False,
+        )
+    names = [value.name for value in onnx_program.model.graph.outputs]
+    if names != list(OUTPUT_NAMES):  # a renamed or merged output would silently break every caller
+        raise InstasegError(f"the ONNX graph's outputs are {names}, expected {list(OUTPUT_NAMES)}")
+    onnx_program.model.metadata_props.update(metadata or {})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx_program.save(str(path), external_data=False)
+    return path
+
+
+def _require_onnxscript() -> None:
+    try:
+        import onnxscript  # noqa: F401  (the dynamo exporter writes its graphs with it)
+    except ImportError:
+        raise InstasegError("ONNX export needs onnx and onnxscript: pip install 'instaseg[export]'") from None
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence the exporter's progress lines and its warnings about torchvision and deprecations."""
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "torch.fx.experimental.symbolic_shapes")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(open(os.devnull, "w")) as sink:
+            warnings.simplefilter("ignore")
+            try:
+                yield
+            finally:
+                sink.close()
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
+def outputs_to_instances(outputs: list | tuple, image_size: tuple[int, int], has_mask_scores: bool = True) -> Instances:
+    """The five graph outputs (numpy arrays or tensors) -> :class:`Instances` on ``image_size``."""
+    boxes, scores, labels, masks, mask_scores = (torch.as_tensor(o) for o in outputs)
+    return Instances(
+        boxes=boxes.float(),
+        scores=scores.float(),
+        labels=labels.long(),
+        masks=masks.bool().reshape(-1, *image_size),
+        mask_scores=mask_scores.float() if has_mask_scores else None,
+    )
+
+
+class OnnxPredictor:
+    """Run an exported ONNX file with ONNX Runtime (CPU): ``predictor(image (3, H, W)) -> Instances``."""
+
+    def __init__(self, path: str | Path, num_threads: int | None = None) -> None:
+        try:
+            import onnxruntime
+        except ImportError:
+            raise InstasegError("running ONNX files needs onnxruntime: pip install 'instaseg[export]'") from None
+        options = onnxruntime.SessionOptions()
+        if num_threads:
+            options.intra_op_num_threads = num_threads
+        self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def run(self, image: Tensor) -> list:
+        """Raw outputs (numpy arrays, in :data:`OUTPUT_NAMES` order) for ``image (3, H, W)``."""
+        array = image.detach().to("cpu", torch.float32).contiguous().numpy()
+        return self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: array})
+
+    def __call__(self, image: Tensor) -> Instances:
+        return outputs_to_instances(self.run(image), tuple(image.shape[-2:]))

@@ -1,0 +1,169 @@
+"""Inference fast paths: FrozenBatchNorm2d folded into its convolution, and channels-last maps.
+
+A frozen batch norm is the per-channel affine map ``y = x * scale + shift``, so after a convolution
+``norm(conv(x)) = conv'(x)`` with ``W' = W * scale`` (per output channel) and
+``b' = b * scale + shift``: one pass over the output instead of two, and one buffer less.
+
+The folded tensors are a cache, never parameters: ``state_dict()``, ``load_state_dict()``,
+training and gradients see the original convolution and norm. The cache is used only when
+nothing could need the unfolded graph (module in eval mode, autograd off, not tracing or
+compiling) and is rebuilt whenever one of its source tensors changed (a ``load_state_dict``, an
+optimizer step, ``.to(dtype)`` or ``.to(device)``): each source tensor's storage and version
+counter are part of the cache key.
+
+Channels-last (``torch.channels_last``) memory format lets oneDNN run convolutions without
+reordering their inputs and outputs; ResNet switches its input to it, and every later layer
+keeps that layout.
+
+Both switches are on by default; :func:`fast_paths` turns them off for a block of code (to measure
+their effect, or to compare outputs).
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from instaseg.layers.norm import FrozenBatchNorm2d
+
+__all__ = [
+    "FastPaths",
+    "fast_paths",
+    "fast_path_settings",
+    "fold_frozen_batchnorm",
+    "conv_norm",
+    "folded_conv_weights",
+    "to_channels_last",
+]
+
+
+@dataclass(frozen=True)
+class FastPaths:
+    """Which speed switches are on (process-wide)."""
+
+    fold_batchnorm: bool = True  # FrozenBatchNorm2d folded into the conv before it, at inference
+    channels_last: bool = True  # backbone input (and so every feature map) in channels-last layout
+
+
+_settings = FastPaths()
+
+
+def fast_path_settings() -> FastPaths:
+    """The switches in force now."""
+    return _settings
+
+
+@contextmanager
+def fast_paths(fold_batchnorm: bool | None = None, channels_last: bool | None = None) -> Iterator[FastPaths]:
+    """Set the speed switches for a ``with`` block (None leaves a switch as it is); restores them after.
+
+    ``with fast_paths(fold_batchnorm=False, channels_last=False): model.predict(images)`` runs the
+    plain path, which gives the same results up to float rounding.
+    """
+    global _settings
+    previous = _settings
+    changes = {k: v for k, v in (("fold_batchnorm", fold_batchnorm), ("channels_last", channels_last)) if v is not None}
+    _settings = replace(previous, **changes)
+    try:
+        yield _settings
+    finally:
+        _settings = previous
+
+
+def to_channels_last(x: Tensor) -> Tensor:
+    """``x (N, C, H, W)`` in channels-last memory format when that switch is on, else ``x``."""
+    if _settings.channels_last and x.dim() == 4:
+        return x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+def fold_frozen_batchnorm(weight: Tensor, bias: Tensor | None, norm: FrozenBatchNorm2d) -> tuple[Tensor, Tensor]:
+    """Weight ``(C_out, ...)`` and bias ``(C_out,)`` of ``norm(conv(x))`` as one convolution.
+
+    Computed in float64 and rounded once to ``weight``'s dtype, so the folded layer is as close to
+    the two-step one as the dtype allows.
+    """
+    scale = norm.weight.double() * torch.rsqrt(norm.running_var.double() + norm.eps)
+    shift = norm.bias.double() - norm.running_mean.double() * scale
+    folded_weight = weight.double() * scale.view(-1, *([1] * (weight.dim() - 1)))
+    folded_bias = shift if bias is None else bias.double() * scale + shift
+    return folded_weight.to(weight.dtype), folded_bias.to(weight.dtype)
+
+
+# conv module -> (source tensors, their versions, channels_last flag, eps, folded weight, folded bias).
+# eps is a plain attribute (no version counter), so it is compared by value.
+# A weak dictionary: the cache dies with the module and never enters its state dict or pickles.
+_FOLDED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _sources(conv: nn.Module, norm: FrozenBatchNorm2d) -> list[Tensor]:
+    tensors = [conv.weight, norm.weight, norm.bias, norm.running_mean, norm.running_var]
+    return tensors if conv.bias is None else tensors + [conv.bias]
+
+
+def _tracing() -> bool:
+    return torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling()
+
+
+def _can_fold(conv: nn.Module, norm: nn.Module) -> bool:
+    if not (_settings.fold_batchnorm and isinstance(norm, FrozenBatchNorm2d)):
+        return False
+    if conv.training or torch.is_grad_enabled() or _tracing():
+        return False
+    return not any(t.is_inference() or t.is_meta for t in _sources(conv, norm))
+
+
+def _folded(conv: nn.Module, norm: FrozenBatchNorm2d, channels_last: bool) -> tuple[Tensor, Tensor]:
+    sources = _sources(conv, norm)
+    versions = tuple(t._version for t in sources)
+    cached = _FOLDED.get(conv)
+    if cached is not None:
+        kept, kept_versions, kept_layout, kept_eps, weight, bias = cached
+        same = len(kept) == len(sources) and all(
+            a.data_ptr() == b.data_ptr() and a.dtype == b.dtype and a.device == b.device
+            for a, b in zip(kept, sources)
+        )
+        if same and (kept_versions, kept_layout, kept_eps) == (versions, channels_last, norm.eps):
+            return weight, bias
+    weight, bias = fold_frozen_batchnorm(conv.weight, conv.bias, norm)
+    if channels_last and weight.dim() == 4:
+        weight = weight.contiguous(memory_format=torch.channels_last)
+    # Detached aliases keep the source storages alive, so a new tensor cannot reuse their address.
+    _FOLDED[conv] = ([t.detach() for t in sources], versions, channels_last, norm.eps, weight, bias)
+    return weight, bias
+
+
+def folded_conv_weights(conv: nn.Module, norm: nn.Module, x: Tensor) -> tuple[Tensor, Tensor] | None:
+    """Folded ``(weight, bias)`` of ``norm(conv(.))`` for input ``x``, or None where folding is off.
+
+    None unless ``norm`` is a FrozenBatchNorm2d, folding is switched on, ``conv`` is in eval mode,
+    autograd is off and nothing is being traced or compiled. The weight comes channels-last when
+    ``x`` is (what oneDNN wants then), for ``conv.weight`` of a plain 2-D convolution.
+    """
+    if not _can_fold(conv, norm):
+        return None
+    plain_conv = isinstance(conv, nn.Conv2d) and conv.weight.dim() == 4
+    return _folded(conv, norm, plain_conv and x.is_contiguous(memory_format=torch.channels_last))
+
+
+def conv_norm(conv: nn.Module, norm: nn.Module, x: Tensor) -> Tensor:
+    """``norm(conv(x))``; at inference with a FrozenBatchNorm2d, one convolution with folded weights.
+
+    ``conv`` is an ``nn.Conv2d`` or an :class:`~instaseg.layers.ModulatedDeformConv2d` (any other
+    module is simply called); ``norm`` any module (``nn.Identity`` too). Shapes are the conv's.
+    """
+    if type(conv) is nn.Conv2d and conv.padding_mode == "zeros":
+        folded = folded_conv_weights(conv, norm, x)
+        if folded is not None:
+            return F.conv2d(x, folded[0], folded[1], conv.stride, conv.padding, conv.dilation, conv.groups)
+    elif hasattr(conv, "forward_with_weights"):  # deformable conv: its offset branch stays as it is
+        folded = folded_conv_weights(conv, norm, x)
+        if folded is not None:
+            return conv.forward_with_weights(x, folded[0], folded[1])
+    return norm(conv(x))

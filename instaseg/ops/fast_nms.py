@@ -1,0 +1,123 @@
+"""Fast NMS of YOLACT (Bolya et al. 2019, Sec. 3.3), batched over classes, in pure PyTorch.
+
+Boxes are ``(N, 4)`` absolute-pixel ``xyxy`` in continuous coordinates with IoU as in
+:func:`instaseg.structures.boxes.box_iou`. The suppression pairs are listed by the sweep of
+:mod:`instaseg.ops.nms` (no dense IoU matrix unless the pairs are too many to list).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from instaseg.ops.nms import (_chunk_elements, _floor_to_dtype, _select, _suppression_edges,
+                              _suppression_matrix)
+
+__all__ = ["fast_nms"]
+
+
+def fast_nms(
+    boxes: Tensor,
+    scores: Tensor,
+    iou_threshold: float = 0.5,
+    top_k: int = 200,
+    score_threshold: float = 0.05,
+    max_detections: int = 100,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Fast NMS of YOLACT (Bolya et al. 2019, Sec. 3.3), batched over classes.
+
+    Per class, the ``top_k`` scores above ``score_threshold`` (ties by box index) are sorted
+    descending; a detection is dropped if any higher-scored detection *of the same class*
+    overlaps it with IoU ``> iou_threshold``, whether or not that one was itself dropped (the
+    upper triangle of the IoU matrix, column max; that is what makes it faster than greedy
+    NMS, which it approximates). The ``max_detections`` best survivors over all classes remain.
+    The best entry of a class is always kept (even for a negative threshold).
+
+    Args:
+        boxes: ``(N, 4)`` xyxy shared by all classes, or ``(C, N, 4)`` class-specific.
+        scores: ``(C, N)`` per-class scores.
+
+    Returns:
+        ``box_index (K,)`` int64 into the N boxes, ``labels (K,)`` int64 in ``0..C-1`` and
+        ``scores (K,)``, by decreasing score (ties by class, then by rank within the class).
+    """
+    if scores.dim() != 2 or boxes.shape[-1] != 4 or boxes.shape[-2] != scores.shape[1]:
+        raise ValueError(f"expected scores (C, N) and boxes (N, 4) or (C, N, 4), got "
+                         f"{tuple(scores.shape)} and {tuple(boxes.shape)}")
+    score_floor = _floor_to_dtype(float(score_threshold), scores.dtype)
+    box_index, labels, entry_scores = _ranked_entries(scores, top_k, score_floor)
+    if boxes.dim() == 2:
+        entry_boxes = boxes.index_select(0, box_index)
+    else:
+        entry_boxes = boxes[labels, box_index]
+    keep = ~_fast_suppressed(entry_boxes, labels, float(iou_threshold))
+    kept_scores, order = _select(entry_scores, keep).sort(descending=True, stable=True)
+    order = order[:max_detections]
+    return (_select(box_index, keep).index_select(0, order),
+            _select(labels, keep).index_select(0, order), kept_scores[:max_detections])
+
+
+def _ranked_entries(
+    scores: Tensor, top_k: int, score_floor: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Per class of ``scores (C, N)``, its ``top_k`` scores ``> score_floor``, best first.
+
+    Returns ``(E,)`` box indices, labels and scores, class-major (ties by box index).
+    """
+    # Boxes whose best class score is below the threshold can never be kept (as YOLACT does).
+    candidates = torch.nonzero((scores > score_floor).any(dim=0)).flatten()
+    k = min(top_k, candidates.numel())
+    if scores.shape[0] == 0 or k == 0:
+        empty = torch.zeros(0, dtype=torch.long, device=scores.device)
+        return empty, empty.clone(), scores.new_zeros(0)
+    if candidates.numel() < scores.shape[1]:
+        scores = scores.index_select(1, candidates)
+    top_scores, top = _top_k_stable(scores, k)
+    # The valid entries of each class are a prefix of its ranking.
+    entry = torch.nonzero((top_scores > score_floor).flatten()).flatten()
+    box_index = candidates[top].flatten().index_select(0, entry)
+    labels = torch.div(entry, k, rounding_mode="floor")
+    return box_index, labels, top_scores.flatten().index_select(0, entry)
+
+
+def _fast_suppressed(boxes: Tensor, labels: Tensor, iou_threshold: float) -> Tensor:
+    """Fast NMS rule on ``boxes (M, 4)`` ranked within each of ``labels (M,)`` (class-major).
+
+    Entry ``j`` is suppressed if an earlier entry of its class has IoU > threshold with it: the
+    edges of the greedy NMS graph, without resolving them. Returns ``(M,)`` bool.
+    """
+    m, device = boxes.shape[0], boxes.device
+    suppressed = torch.zeros(m, dtype=torch.uint8, device=device)
+    threshold = _floor_to_dtype(iou_threshold, boxes.dtype)
+    if m <= 1 or not threshold < 1.0:
+        return suppressed.bool()
+    edges = _suppression_edges(boxes, labels, threshold) if threshold >= 0.0 else None
+    if edges is not None:
+        return suppressed.index_fill_(0, edges[1], 1).bool()
+    # Too many pairs to list (or a negative threshold): dense, in chunks of columns.
+    positions = torch.arange(m, device=device)
+    for part in positions.split(max(1, _chunk_elements(device) // (2 * m))):
+        hit = _suppression_matrix(boxes, boxes.index_select(0, part), labels,
+                                  labels.index_select(0, part), threshold)
+        hit &= positions[:, None] < part[None, :]
+        suppressed.index_copy_(0, part, hit.any(dim=0).to(torch.uint8))
+    return suppressed.bool()
+
+
+def _top_k_stable(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """The ``k`` largest of each row of ``scores (C, M)``, descending, ties by lower column.
+
+    Returns values and column indices ``(C, k)``. ``topk`` alone leaves tie order and, at the
+    k-th value, tie membership unspecified; a full stable sort is exact but slow for large M.
+    """
+    if 4 * k >= scores.shape[1]:
+        values, index = scores.sort(dim=1, descending=True, stable=True)
+        return values[:, :k], index[:, :k]
+    kth = scores.topk(k, dim=1).values[:, -1:]
+    above, tied = scores > kth, scores == kth
+    # Strictly larger entries all belong; the first tied columns fill the remaining places.
+    room = k - above.sum(dim=1, keepdim=True)
+    chosen = above | (tied & (tied.cumsum(dim=1) <= room))
+    index = chosen.nonzero()[:, 1].view(-1, k)  # ascending column index within each row
+    values, order = scores.gather(1, index).sort(dim=1, descending=True, stable=True)
+    return values, index.gather(1, order)

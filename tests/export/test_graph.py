@@ -1,0 +1,149 @@
+"""The traceable building blocks of the export wrappers, against the eager instaseg functions they
+replay and against slow references written here."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from instaseg.export.graph import (
+    clip_boxes,
+    crop_masks,
+    dense_fast_nms,
+    floor_to_float32,
+    grid_anchors,
+    multiscale_roi_align,
+    pad_to_multiple,
+    paste_mask_probs,
+    paste_masks,
+    resize_shortest_side,
+    sort_by_score,
+)
+from instaseg.ops import fast_nms, multiscale_roi_align as eager_multiscale_roi_align, paste_masks_in_image
+from instaseg.structures.boxes import clip_boxes_to_image
+from instaseg.structures.image_list import batch_images, resize_image, resized_shape
+from instaseg.targets.anchors import AnchorGenerator
+from instaseg.targets.yolact import crop_masks as eager_crop_masks
+
+
+def _random_boxes(n: int, scale: float = 40.0) -> torch.Tensor:
+    xy = torch.rand(n, 2) * scale
+    wh = torch.rand(n, 2) * scale * 0.6 + 0.5
+    return torch.cat((xy, xy + wh), dim=1)
+
+
+@pytest.mark.parametrize("height,width", [(96, 128), (128, 112), (300, 200), (200, 300), (33, 1000), (799, 800)])
+def test_resize_shortest_side_picks_the_eager_size_and_pixels(height, width):
+    image = torch.rand(3, height, width) * 255
+    resized, size = resize_shortest_side(image, 128, 192)
+    expected_size = resized_shape(height, width, 128, 192)  # float32 scale, as torchvision
+    assert tuple(int(v) for v in size) == expected_size
+    assert torch.equal(resized, resize_image(image, expected_size))
+
+
+def test_pad_to_multiple_matches_batch_images():
+    image = torch.rand(3, 37, 70)
+    assert torch.equal(pad_to_multiple(image[None], 32), batch_images([image], 32).tensor)
+    assert pad_to_multiple(image[None], 1).shape == (1, 3, 37, 70)
+
+
+def test_clip_boxes_matches_clip_boxes_to_image():
+    boxes = _random_boxes(20, scale=80.0) - 20.0
+    size = torch.tensor([37.0, 51.0], dtype=torch.float64)
+    assert torch.equal(clip_boxes(boxes, size), clip_boxes_to_image(boxes, (37, 51)))
+
+
+@pytest.mark.parametrize("convention", ["detectron2", "torchvision"])
+def test_grid_anchors_match_the_anchor_generator(convention):
+    generator = AnchorGenerator(((32.0, 45.0), (64.0, 90.0)), ((0.5, 1.0, 2.0),) * 2, (8, 16), offset=0.5,
+                                convention=convention)
+    sizes = [(5, 7), (3, 4)]
+    expected = generator(sizes)
+    for level, (h, w) in enumerate(sizes):
+        got = grid_anchors(generator.cell_anchors[level], torch.zeros(1, 1, h, w), generator.strides[level],
+                           generator.offset)
+        assert torch.equal(got, expected[level])
+
+
+def test_multiscale_roi_align_matches_the_eager_pooler():
+    features = [torch.randn(1, 3, 32 // 2**i, 40 // 2**i) for i in range(4)]
+    scales = [1 / 4, 1 / 8, 1 / 16, 1 / 32]
+    boxes = torch.cat((_random_boxes(10, scale=30.0), _random_boxes(6, scale=120.0) * 2))
+    rois = torch.cat((torch.zeros(16, 1), boxes), dim=1)
+    expected = eager_multiscale_roi_align(features, rois, scales, 7, 0, True)
+    assert torch.equal(multiscale_roi_align(features, boxes, scales, 7, 0, True), expected)
+    assert multiscale_roi_align(features, boxes[:0], scales, 7, 0, True).shape == (0, 3, 7, 7)
+
+
+def reference_paste(mask: torch.Tensor, box: list[float], height: int, width: int) -> torch.Tensor:
+    """Bilinear sampling of ``mask (M, M)`` at every pixel centre, zeros outside: explicit loops, float64."""
+    cells_y, cells_x = mask.shape
+    x1, y1, x2, y2 = box
+    out = torch.zeros(height, width, dtype=torch.float64)
+    if not (x2 > x1 and y2 > y1):
+        return out
+
+    def cell(i: int, j: int) -> float:
+        return float(mask[i, j]) if 0 <= i < cells_y and 0 <= j < cells_x else 0.0
+
+    for r in range(height):
+        v = (r + 0.5 - y1) / (y2 - y1) * cells_y - 0.5
+        for c in range(width):
+            u = (c + 0.5 - x1) / (x2 - x1) * cells_x - 0.5
+            i0, j0 = math.floor(v), math.floor(u)
+            fy, fx = v - i0, u - j0
+            out[r, c] = ((1 - fy) * (1 - fx) * cell(i0, j0) + (1 - fy) * fx * cell(i0, j0 + 1)
+                         + fy * (1 - fx) * cell(i0 + 1, j0) + fy * fx * cell(i0 + 1, j0 + 1))
+    return out
+
+
+def test_paste_mask_probs_matches_a_pixel_loop():
+    masks = torch.rand(4, 5, 5)
+    boxes = torch.tensor([[2.3, 1.5, 9.8, 7.1], [-3.0, 4.0, 6.0, 15.0], [5.0, 5.0, 5.0, 8.0], [0.0, 0.0, 14.0, 12.0]])
+    got = paste_mask_probs(masks, boxes, 12, 14)
+    for n in range(4):
+        expected = reference_paste(masks[n].double(), boxes[n].tolist(), 12, 14)
+        torch.testing.assert_close(got[n].double(), expected, atol=1e-5, rtol=0)
+
+
+def test_paste_masks_matches_paste_masks_in_image():
+    masks = torch.rand(12, 14, 14)
+    boxes = torch.cat((_random_boxes(10, scale=50.0) - 5.0, torch.tensor([[3.0, 3.0, 3.0, 9.0], [0, 0, 60, 45]])))
+    got = paste_masks(masks, boxes, 45, 60, 0.5)
+    expected = paste_masks_in_image(masks, boxes, (45, 60), threshold=0.5)
+    # Same formula; only the summation order of the matmuls may differ (a pixel at 0.5 +- 1e-7).
+    assert (got != expected).float().mean() < 1e-4
+
+
+def test_crop_masks_matches_the_eager_crop():
+    masks, boxes = torch.rand(5, 20, 24), _random_boxes(5, scale=20.0) - 2.0
+    assert torch.equal(crop_masks(masks, boxes, 1.0), eager_crop_masks(masks, boxes, 1.0))
+
+
+def test_sort_by_score_breaks_ties_by_key():
+    scores = torch.tensor([0.5, 0.9, 0.5, 0.1, 0.9, 0.5])
+    keys = torch.tensor([7, 3, 2, 0, 1, 5])
+    expected = sorted(range(6), key=lambda i: (-float(scores[i]), int(keys[i])))[:4]
+    assert sort_by_score(scores, keys, 4).tolist() == expected
+
+
+def test_floor_to_float32():
+    for value in (0.3, 0.5, 0.7, 0.05, 1.0 / 3.0):
+        low = floor_to_float32(value)
+        assert low <= value
+        assert torch.nextafter(torch.tensor(low, dtype=torch.float32), torch.tensor(math.inf)).item() > value
+
+
+@pytest.mark.parametrize("top_k,max_detections", [(200, 100), (6, 10), (40, 5)])
+def test_dense_fast_nms_matches_fast_nms(top_k, max_detections):
+    boxes = _random_boxes(60, scale=30.0)
+    scores = torch.rand(4, 60) ** 2
+    scores[1, 10] = scores[1, 11]  # a tie inside a class
+    got = dense_fast_nms(boxes, scores, 0.5, top_k, 0.05, max_detections)
+    expected = fast_nms(boxes, scores, 0.5, top_k, 0.05, max_detections)
+    for a, b in zip(got, expected):
+        assert torch.equal(a, b)
+    none = dense_fast_nms(boxes, scores, 0.5, top_k, 1.0, max_detections)
+    assert all(t.numel() == 0 for t in none)

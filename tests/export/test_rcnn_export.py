@@ -1,0 +1,47 @@
+"""Mask R-CNN and MS R-CNN exported with their post-processing: ONNX Runtime (CPU) and the
+``torch.export`` program against ``model.predict`` on images of two sizes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("onnx")
+pytest.importorskip("onnxscript")
+pytest.importorskip("onnxruntime")
+
+from instaseg.export.exporters import OnnxPredictor, export_program, program_to_onnx
+from tests.export.parity import build_test_model, compare
+
+SIZES = [(96, 128), (128, 112)]  # landscape and portrait: different resized and padded shapes
+
+
+@pytest.fixture(scope="module", params=["mask_rcnn_r18_fpn_tiny", "ms_rcnn_r18_fpn_tiny"])
+def exported(request, tmp_path_factory):
+    torch.manual_seed(0)
+    # Random weights: a low threshold leaves detections of every kind of score.
+    model = build_test_model(request.param, score_thresh=0.2)
+    program = export_program(model, SIZES[0], dynamic=True)
+    path = program_to_onnx(program, tmp_path_factory.mktemp("onnx") / "model.onnx", optimize=False)
+    return model, program, path
+
+
+@pytest.mark.slow
+def test_onnx_runtime_matches_pytorch(exported):
+    model, _, path = exported
+    predictor = OnnxPredictor(path, num_threads=2)
+    for height, width in SIZES:
+        image = torch.rand(3, height, width) * 255
+        figures = compare(predictor.run(image), model.predict([image])[0])
+        assert figures["count"] > 0  # the comparison saw detections
+
+
+@pytest.mark.slow
+def test_torch_export_program_matches_pytorch(exported):
+    model, program, _ = exported
+    module = program.module()  # saving and loading it: tests/cli/test_export.py
+    for height, width in SIZES:
+        image = torch.rand(3, height, width) * 255
+        with torch.no_grad():
+            figures = compare(module(image), model.predict([image])[0])
+        assert figures["count"] > 0 and figures["max_box_diff"] == 0.0  # the same kernels: exact

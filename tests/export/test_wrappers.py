@@ -1,0 +1,58 @@
+"""The export wrappers replay ``model.predict`` exactly in eager mode (every preset family and
+suppression kind), and refuse settings their graph does not reproduce."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from instaseg.errors import InstasegError
+from instaseg.export.exporters import export_wrapper, outputs_to_instances
+from tests.export.parity import build_test_model
+
+CASES = [
+    ("mask_rcnn_r18_fpn_tiny", {}),
+    ("ms_rcnn_r18_fpn_tiny", {}),
+    # The C4 layout (RPN and RoIs on res4, res5 as the head) on a ResNet-18.
+    ("mask_rcnn_r50_c4", {"model__backbone__name": "resnet18", "model__backbone__norm": "BN",
+                          "input__min_size_test": 96, "input__max_size_test": 128,
+                          "model__rpn__pre_nms_topk_test": 200, "model__rpn__post_nms_topk_test": 50}),
+    ("yolact_r18_tiny", {}),
+    ("yolact_r18_tiny", {"model__inference__nms": "nms"}),
+    ("yolact_pp_r18_tiny", {}),
+]
+
+
+@pytest.mark.parametrize("preset,overrides", CASES)
+@pytest.mark.parametrize("score_thresh", [0.2, 1.0])
+def test_wrapper_replays_predict_exactly(preset, overrides, score_thresh):
+    model = build_test_model(preset, score_thresh, **overrides)
+    wrapper = export_wrapper(model)
+    for height, width in [(96, 128), (70, 50)]:
+        image = torch.rand(3, height, width) * 255
+        with torch.no_grad():
+            got = outputs_to_instances(wrapper(image), (height, width))
+        expected = model.predict([image])[0]
+        if score_thresh == 1.0:
+            assert len(expected) == 0
+        assert len(got) == len(expected)
+        for name in ("boxes", "scores", "labels", "masks"):
+            assert torch.equal(getattr(got, name), getattr(expected, name)), name
+        mask_scores = expected.mask_scores if expected.mask_scores is not None else expected.scores
+        assert torch.equal(got.mask_scores, mask_scores)
+
+
+@pytest.mark.parametrize("preset,overrides", [
+    ("mask_rcnn_r18_fpn_tiny", {"model__inference__nms": "soft_nms"}),
+    ("mask_rcnn_r18_fpn_tiny", {"model__mask_head__paste": "torchvision"}),
+    ("mask_rcnn_r18_fpn_tiny", {"model__box_head__pooler_type": "pool"}),
+    ("yolact_r18_tiny", {"model__inference__nms": "soft_nms"}),
+])
+def test_unsupported_settings_are_refused(preset, overrides):
+    with pytest.raises(InstasegError, match="cannot export"):
+        export_wrapper(build_test_model(preset, 0.2, **overrides))
+
+
+def test_other_modules_are_refused():
+    with pytest.raises(InstasegError, match="no exporter"):
+        export_wrapper(torch.nn.Linear(2, 2))
