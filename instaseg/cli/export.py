@@ -49,8 +49,7 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     if args.format == "onnx":
         metadata = {"instaseg.preset": config.name, "instaseg.num_classes": str(model.num_classes),
-                    "instaseg.category_ids": json.dumps(ids), "instaseg.category_names": json.dumps(names),
-                    "instaseg.rescored_masks": str(_has_mask_scores(model)).lower()}
+                    "instaseg.category_ids": json.dumps(ids), "instaseg.category_names": json.dumps(names)}
         export_onnx(model, out, (height, width), dynamic=args.dynamic, metadata=metadata)
     else:
         save_program(export_program(model, (height, width), dynamic=args.dynamic), out)
@@ -60,10 +59,6 @@ def run(args: argparse.Namespace) -> int:
         generator = torch.Generator().manual_seed(0)
         _verify(model, out, args.format, torch.rand((3, height, width), generator=generator) * 255)
     return 0
-
-
-def _has_mask_scores(model) -> bool:
-    return getattr(model, "maskiou_head", None) is not None or getattr(model, "rescoring_head", None) is not None
 
 
 def _verify(model, path: Path, fmt: str, image) -> None:

@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("instaseg.cli.data", "synthetic dataset, dataset statistics and ground-truth overlays"),
     "presets": ("instaseg.cli.presets", "list the model presets"),
     "convert": ("instaseg.cli.convert", "torchvision / Detectron2 weights -> instaseg checkpoint"),
+    "export": ("instaseg.cli.export", "a checkpoint as ONNX (or a torch.export program), post-processing included"),
     "bench": ("instaseg.cli.bench", "inference or training-step speed, peak memory, stage times and GFLOPs"),
 }
 

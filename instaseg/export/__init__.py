@@ -1,1 +1,34 @@
-"""instaseg.export."""
+"""Deployment formats: ONNX (ONNX Runtime) and ``torch.export`` programs, post-processing included.
+
+``export_onnx(model, "model.onnx")`` writes a graph ``image (3, H, W) float RGB in [0, 255] ->
+boxes, scores, labels, masks, mask_scores`` for Mask R-CNN, MS R-CNN, YOLACT and YOLACT++.
+Importing this package registers instaseg's export ops (``torch.ops.instaseg.*``), which a saved
+``torch.export`` program needs before ``torch.export.load``.
+"""
+
+from instaseg.export import ops  # noqa: F401  (registers torch.ops.instaseg.*)
+from instaseg.export.exporters import (
+    ONNX_OPSET,
+    OUTPUT_NAMES,
+    OnnxPredictor,
+    export_onnx,
+    export_program,
+    export_wrapper,
+    load_program,
+    outputs_to_instances,
+    program_to_onnx,
+    save_program,
+)
+
+__all__ = [
+    "ONNX_OPSET",
+    "OUTPUT_NAMES",
+    "OnnxPredictor",
+    "export_onnx",
+    "export_program",
+    "export_wrapper",
+    "load_program",
+    "outputs_to_instances",
+    "program_to_onnx",
+    "save_program",
+]

@@ -38,6 +38,7 @@ __all__ = [
     "ONNX_OPSET",
     "export_wrapper",
     "export_program",
+    "has_rescored_masks",
     "export_onnx",
     "program_to_onnx",
     "save_program",
@@ -143,7 +144,14 @@ def export_onnx(
     :func:`program_to_onnx`.
     """
     _require_onnxscript()
+    metadata = {"instaseg.rescored_masks": str(has_rescored_masks(model)).lower(), **(metadata or {})}
     return program_to_onnx(export_program(model, example, dynamic), path, optimize, metadata)
+
+
+def has_rescored_masks(model: nn.Module) -> bool:
+    """Whether ``model`` scores masks apart from boxes (MS R-CNN, YOLACT++): its ``mask_scores``
+    output is then its own; otherwise the graph repeats the class score there."""
+    return getattr(model, "maskiou_head", None) is not None or getattr(model, "rescoring_head", None) is not None
 
 
 def program_to_onnx(
@@ -183,7 +191,8 @@ def _require_onnxscript() -> None:
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
     """Silence the exporter's progress lines and its warnings about torchvision and deprecations."""
-    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "torch.fx.experimental.symbolic_shapes")]
+    names = ("torch.onnx", "torch.export", "torch.fx.experimental.symbolic_shapes")
+    loggers = [logging.getLogger(name) for name in names]
     levels = [logger.level for logger in loggers]
     for logger in loggers:
         logger.setLevel(logging.ERROR)
@@ -212,7 +221,11 @@ def outputs_to_instances(outputs: list | tuple, image_size: tuple[int, int], has
 
 
 class OnnxPredictor:
-    """Run an exported ONNX file with ONNX Runtime (CPU): ``predictor(image (3, H, W)) -> Instances``."""
+    """Run an exported ONNX file with ONNX Runtime (CPU): ``predictor(image (3, H, W)) -> Instances``.
+
+    ``metadata`` holds the file's ``metadata_props`` (``instaseg export`` writes the preset,
+    category ids and names there).
+    """
 
     def __init__(self, path: str | Path, num_threads: int | None = None) -> None:
         try:
@@ -223,6 +236,7 @@ class OnnxPredictor:
         if num_threads:
             options.intra_op_num_threads = num_threads
         self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.metadata: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
 
     def run(self, image: Tensor) -> list:
         """Raw outputs (numpy arrays, in :data:`OUTPUT_NAMES` order) for ``image (3, H, W)``."""
@@ -230,4 +244,6 @@ class OnnxPredictor:
         return self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: array})
 
     def __call__(self, image: Tensor) -> Instances:
-        return outputs_to_instances(self.run(image), tuple(image.shape[-2:]))
+        # Plain Mask R-CNN / YOLACT files repeat the class score as mask score; Instances says None.
+        rescored = self.metadata.get("instaseg.rescored_masks", "true") != "false"
+        return outputs_to_instances(self.run(image), tuple(image.shape[-2:]), has_mask_scores=rescored)

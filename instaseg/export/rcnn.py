@@ -117,7 +117,8 @@ class MaskRCNNExport(nn.Module):
     def _detect(self, maps: list[Tensor], proposals: Tensor, model_size: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """``detect_boxes`` for one image: per-class NMS over class-specific boxes."""
         m, inf = self.model, self.model.inference_config
-        class_logits, box_deltas = m.box_predictor(m.box_head(self._pool(maps, proposals, m.box_config.pooler_resolution)))
+        pooled = self._pool(maps, proposals, m.box_config.pooler_resolution)
+        class_logits, box_deltas = m.box_predictor(m.box_head(pooled))
         num_classes = class_logits.shape[1] - 1
         probs = torch.softmax(class_logits, dim=1)[:, :num_classes]  # (R, C), background last
         boxes = clip_boxes(m.box_coder.decode(box_deltas, proposals).view(-1, num_classes, 4), model_size)

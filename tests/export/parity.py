@@ -51,7 +51,8 @@ def compare(outputs, expected: Instances) -> dict[str, float]:
 def _pair(boxes: torch.Tensor, labels: torch.Tensor, expected: Instances) -> list[tuple[int, int]]:
     pairs, free = [], set(range(len(expected)))
     for i in range(boxes.shape[0]):
-        if i in free and labels[i] == expected.labels[i] and (boxes[i] - expected.boxes[i]).abs().max() <= BOX_TOLERANCE:
+        same_rank = i in free and labels[i] == expected.labels[i]
+        if same_rank and (boxes[i] - expected.boxes[i]).abs().max() <= BOX_TOLERANCE:
             pairs.append((i, i))
             free.discard(i)
             continue
