@@ -102,7 +102,7 @@ def evaluate_variant(model: nn.Module, config: Config, val_set: Any, evaluation:
 
     The inference settings are swapped on the trained model and restored afterwards, so every
     evaluation of one run sees the same weights. Times: median milliseconds per image of
-    ``predict`` (after one warm-up call) and, for YOLACT, of the suppression step.
+    ``predict`` and, for YOLACT, of the suppression step (the median leaves out the slow first call).
     """
     inference = config.model.inference
     if evaluation.inference:
@@ -113,10 +113,6 @@ def evaluate_variant(model: nn.Module, config: Config, val_set: Any, evaluation:
     wrapped = _timed_suppression(model, suppress_ms)
     try:
         predictor = _ScoredPredictor(model, evaluation.mask_scores, device)
-        if len(val_set):
-            predictor.predict([val_set[0].image])  # warm-up, not timed
-            predictor.call_ms.clear()
-            suppress_ms.clear()
         metrics = evaluate_model(predictor, val_set, num_workers=0, progress=False)
     finally:
         model.inference_config = saved

@@ -58,7 +58,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, default=3, help="training seeds 0..N-1 per configuration")
     parser.add_argument("--iterations", type=int, default=DEFAULT_ITERATIONS, help="training iterations per run")
     parser.add_argument("--images", type=int, default=DEFAULT_IMAGES,
-                        help=f"synthetic images, train + val ({VAL_FRACTION:.0%} val)")
+                        help=f"synthetic images, train + val ({VAL_FRACTION * 100:.0f}%% val)")
     parser.add_argument("--variant", choices=("standard", "hard"), default="standard",
                         help="synthetic generator difficulty (hard: thin structures, heavy occlusion, small objects)")
     parser.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic dataset (fixed over runs)")

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from instaseg.ops.nms import batched_nms, batched_soft_nms
+from instaseg.ops.nms import batched_nms
+from instaseg.ops.soft_nms import batched_soft_nms
 from instaseg.structures.boxes import BoxCoder, clip_boxes_to_image
 
 __all__ = ["Detections", "select_proposals", "detect_boxes", "top_batched_nms"]

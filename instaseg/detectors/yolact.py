@@ -32,7 +32,9 @@ from instaseg.losses.yolact import (
     prototype_mask_loss,
     semantic_seg_loss,
 )
-from instaseg.ops.nms import batched_nms, batched_soft_nms, fast_nms
+from instaseg.ops.fast_nms import fast_nms
+from instaseg.ops.nms import batched_nms
+from instaseg.ops.soft_nms import batched_soft_nms
 from instaseg.structures.boxes import BoxCoder, clip_boxes_to_image
 from instaseg.structures.image_list import batch_images, resize_image
 from instaseg.structures.instances import Instances, Targets

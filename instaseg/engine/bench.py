@@ -217,6 +217,18 @@ def _read_status_kb(key: str) -> int | None:
     return None
 
 
+def _reset_rss_high_water_mark() -> bool:
+    """Reset ``VmHWM`` to the current RSS; False where that is refused or has no effect (some
+    sandboxes accept the write to ``clear_refs`` and ignore it)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as refs:
+            refs.write("5")
+    except OSError:
+        return False
+    hwm, rss = _read_status_kb("VmHWM"), _read_status_kb("VmRSS")
+    return hwm is not None and rss is not None and hwm - rss < 4096  # within 4 MiB: it took
+
+
 @contextlib.contextmanager
 def peak_memory(device: torch.device | str) -> Iterator[dict[str, float | str]]:
     """Peak memory while the block runs, in ``result["mb"]`` (filled on exit), and its meaning.
@@ -233,11 +245,7 @@ def peak_memory(device: torch.device | str) -> Iterator[dict[str, float | str]]:
         result["mb"] = torch.cuda.max_memory_allocated(device) / 2**20
         result["kind"] = "torch.cuda.max_memory_allocated"
         return
-    reset = False
-    with contextlib.suppress(OSError):
-        with open("/proc/self/clear_refs", "w") as refs:
-            refs.write("5")  # resets VmHWM to the current RSS
-        reset = True
+    reset = _reset_rss_high_water_mark()
     yield result
     hwm = _read_status_kb("VmHWM")
     if reset and hwm is not None:

@@ -57,7 +57,8 @@ _MIN_SIDE, _MAX_SIDE = 32, 8192
 
 
 def export_wrapper(model: nn.Module) -> nn.Module:
-    """The traceable single-image module of a built detector (its layers shared), in eval mode.
+    """The traceable single-image module of a built detector (its layers shared; the model is put
+    in eval mode).
 
     Raises:
         InstasegError: not an instaseg detector, or settings the graph does not reproduce

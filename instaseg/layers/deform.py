@@ -10,12 +10,13 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn import init
 
 from instaseg.ops.deform_conv import deform_conv2d
 
-__all__ = ["ModulatedDeformConv2d"]
+__all__ = ["ModulatedDeformConv2d", "deform_conv2d_channels_last"]
 
 IntPair = int | tuple[int, int]
 
@@ -117,7 +118,23 @@ class ModulatedDeformConv2d(nn.Module):
         num_offsets = 2 * self.deform_groups * self.kernel_size[0] * self.kernel_size[1]
         offset = out[:, :num_offsets]
         mask = out[:, num_offsets:].sigmoid() if self.modulated else None
+        if self._can_gather(x, weight) and offset.numel() > 0:
+            return deform_conv2d_channels_last(x, offset, weight, bias, self.stride, self.padding, self.dilation, mask)
         return deform_conv2d(x, offset, weight, bias, self.stride, self.padding, self.dilation, mask)
+
+    def _can_gather(self, x: Tensor, weight: Tensor) -> bool:
+        # Inference on channels-last maps (the fast path's layout), one offset group, no groups.
+        return (
+            not torch.is_grad_enabled()
+            and self.groups == 1
+            and self.deform_groups == 1
+            and x.dim() == 4
+            and x.numel() > 0
+            and x.is_contiguous(memory_format=torch.channels_last)
+            and x.dtype in (torch.float32, torch.float64)
+            and weight.dtype == x.dtype
+            and not (torch.jit.is_tracing() or torch.compiler.is_compiling())
+        )
 
     def extra_repr(self) -> str:
         return (
@@ -126,3 +143,88 @@ class ModulatedDeformConv2d(nn.Module):
             f"groups={self.groups}, deform_groups={self.deform_groups}, "
             f"bias={self.bias is not None}, modulated={self.modulated}"
         )
+
+
+def deform_conv2d_channels_last(
+    x: Tensor,
+    offset: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    dilation: tuple[int, int],
+    mask: Tensor | None = None,
+) -> Tensor:
+    """``instaseg.ops.deform_conv2d`` for one offset group and ``groups=1``, on channels-last maps.
+
+    The same numbers (and layouts of ``offset`` / ``mask``), computed differently: every bilinear
+    corner of every tap is a row of the channels-last map, so ``F.embedding_bag`` gathers whole
+    channel vectors and sums them with the bilinear weight x validity x modulation (as instaseg's
+    RoIAlign does), giving the im2col matrix ``(B * oh * ow, taps * C)`` directly, and one matrix
+    product with the weight gives the output, channels-last. The sampling rule is the op's: a
+    sample outside ``(-1, H) x (-1, W)`` is 0 and corners outside the map contribute 0.
+
+    ``x (B, C, H, W)``, ``offset (B, 2 * kh * kw, oh, ow)`` (dy, dx per tap), ``weight (Cout, C,
+    kh, kw)``, ``mask (B, kh * kw, oh, ow)`` or None -> ``(B, Cout, oh, ow)``.
+    """
+    batch, channels, height, width = x.shape
+    out_channels, _, kernel_h, kernel_w = weight.shape
+    out_h, out_w = offset.shape[-2:]
+    taps = kernel_h * kernel_w
+    index, tap_weight = _bilinear_corners(offset, mask, (kernel_h, kernel_w), stride, padding, dilation,
+                                          (height, width))
+    table = x.permute(0, 2, 3, 1).reshape(batch * height * width, channels)  # a view when channels-last
+    columns = F.embedding_bag(index, table, mode="sum", per_sample_weights=tap_weight.to(x.dtype))
+    columns = columns.view(batch * out_h * out_w, taps * channels)  # row: (tap, channel), tap-major
+    weight_rows = weight.permute(0, 2, 3, 1).reshape(out_channels, taps * channels)
+    if bias is None:
+        out = columns @ weight_rows.t()
+    else:
+        out = torch.addmm(bias, columns, weight_rows.t())
+    return out.view(batch, out_h, out_w, out_channels).permute(0, 3, 1, 2)
+
+
+def _bilinear_corners(
+    offset: Tensor,
+    mask: Tensor | None,
+    kernel: tuple[int, int],
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    dilation: tuple[int, int],
+    size: tuple[int, int],
+) -> tuple[Tensor, Tensor]:
+    """Table rows ``(B * oh * ow * taps, 4)`` and weights of the 4 bilinear corners of every sample.
+
+    Rows are ``b * H * W + y * W + x``; a corner outside the map (or any corner of a sample
+    outside ``(-1, H) x (-1, W)``) gets weight 0 and a clamped, harmless row.
+    """
+    batch, _, out_h, out_w = offset.shape
+    height, width = size
+    taps = kernel[0] * kernel[1]
+    dtype = torch.promote_types(offset.dtype, torch.float32)
+    device = offset.device
+
+    def axis(out_size: int, k: int, s: int, p: int, d: int) -> Tensor:  # (k, out_size): o * s - p + i * d
+        return torch.arange(k, device=device, dtype=dtype)[:, None] * d + (
+            torch.arange(out_size, device=device, dtype=dtype) * s - p)
+
+    base_y = axis(out_h, kernel[0], stride[0], padding[0], dilation[0]).repeat_interleave(kernel[1], dim=0)
+    base_x = axis(out_w, kernel[1], stride[1], padding[1], dilation[1]).repeat(kernel[0], 1)
+    pairs = offset.view(batch, taps, 2, out_h, out_w).to(dtype)
+    y = (pairs[:, :, 0] + base_y[None, :, :, None]).permute(0, 2, 3, 1)  # (B, oh, ow, taps)
+    x = (pairs[:, :, 1] + base_x[None, :, None, :]).permute(0, 2, 3, 1)
+    scale = ((y > -1) & (y < height) & (x > -1) & (x < width)).to(dtype)
+    if mask is not None:
+        scale = scale * mask.view(batch, taps, out_h, out_w).permute(0, 2, 3, 1).to(dtype)
+    y_low, x_low = y.floor(), x.floor()
+    frac_y, frac_x = y - y_low, x - x_low
+    y_low, x_low = y_low.to(torch.int64), x_low.to(torch.int64)
+    image_row = (torch.arange(batch, device=device) * (height * width)).view(batch, 1, 1, 1)
+    rows, weights = [], []
+    for dy, weight_y in ((0, 1.0 - frac_y), (1, frac_y)):
+        for dx, weight_x in ((0, 1.0 - frac_x), (1, frac_x)):
+            cy, cx = y_low + dy, x_low + dx
+            valid = (cy >= 0) & (cy < height) & (cx >= 0) & (cx < width)
+            rows.append(image_row + cy.clamp(0, height - 1) * width + cx.clamp(0, width - 1))
+            weights.append(weight_y * weight_x * scale * valid)
+    return torch.stack(rows, dim=-1).view(-1, 4), torch.stack(weights, dim=-1).view(-1, 4)

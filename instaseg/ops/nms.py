@@ -376,17 +376,3 @@ def _greedy_dense_block(upper: Tensor) -> Tensor:
         keep = new_keep
     return keep
 
-
-# Soft-NMS and Fast NMS moved to their own modules; ``from instaseg.ops.nms import fast_nms`` (and
-# soft_nms, batched_soft_nms) still works through this lazy lookup (PEP 562), which avoids a
-# circular import: those modules import the helpers above. New code imports from instaseg.ops.
-_MOVED = {"soft_nms": "instaseg.ops.soft_nms", "batched_soft_nms": "instaseg.ops.soft_nms",
-          "fast_nms": "instaseg.ops.fast_nms"}
-
-
-def __getattr__(name: str) -> object:
-    if name in _MOVED:
-        import importlib
-
-        return getattr(importlib.import_module(_MOVED[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

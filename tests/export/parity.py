@@ -15,8 +15,15 @@ def build_test_model(preset: str, score_thresh: float, detections: int = 20, **o
     """A freshly initialised tiny model (3 classes) in eval mode with a chosen score threshold."""
     from instaseg.detectors.build import build_model
 
-    return build_model(preset, num_classes=3, model__inference__score_thresh=score_thresh,
-                       model__inference__detections_per_image=detections, **overrides).eval()
+    model = build_model(preset, num_classes=3, model__inference__score_thresh=score_thresh,
+                        model__inference__detections_per_image=detections, **overrides).eval()
+    mask_head = getattr(model, "mask_head", None)
+    if mask_head is not None and hasattr(mask_head, "predictor"):
+        # The R-CNN mask predictor starts at std 0.001: every probability within 0.01 of the 0.5
+        # threshold, where rounding alone flips pixels. Trained masks are decided; so are these.
+        with torch.no_grad():
+            torch.nn.init.normal_(mask_head.predictor.weight, std=0.5)
+    return model
 
 
 def _mask_iou(a: torch.Tensor, b: torch.Tensor) -> float:

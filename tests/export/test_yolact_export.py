@@ -43,4 +43,6 @@ def test_torch_export_program_matches_pytorch(exported):
         image = torch.rand(3, height, width) * 255
         with torch.no_grad():
             figures = compare(module(image), model.predict([image])[0])
-        assert figures["count"] > 0 and figures["max_box_diff"] == 0.0
+        # YOLACT++'s eager deformable convolutions take the channels-last gather path, the program
+        # the op's own: the same sums in another order.
+        assert figures["count"] > 0 and figures["max_box_diff"] < 1e-3

@@ -108,14 +108,3 @@ def test_top_k_stable_matches_sorted_reference(k):
         ranked = sorted(range(40), key=lambda i: (-float(scores[row, i]), i))[:k]
         assert index[row].tolist() == ranked
         assert values[row].tolist() == [float(scores[row, i]) for i in ranked]
-
-
-def test_fast_and_soft_nms_are_still_importable_from_the_nms_module():
-    # detectors written before the split import them from instaseg.ops.nms
-    import instaseg.ops as ops
-    from instaseg.ops.nms import batched_soft_nms, fast_nms as moved_fast_nms, soft_nms
-
-    assert moved_fast_nms is fast_nms is ops.fast_nms
-    assert soft_nms is ops.soft_nms and batched_soft_nms is ops.batched_soft_nms
-    with pytest.raises(AttributeError):
-        importlib.import_module("instaseg.ops.nms").no_such_op
