@@ -31,31 +31,9 @@ from _timing import markdown_table  # noqa: E402
 from instaseg.detectors.build import build_model  # noqa: E402
 from instaseg.engine.bench import synthetic_targets  # noqa: E402
 from instaseg.layers.fusion import fast_paths  # noqa: E402
-from instaseg.ops.nms import _nms_torch  # noqa: E402
-from instaseg.ops.roi_align import _roi_align_torch  # noqa: E402
+from instaseg.ops.torchvision_shim import load_torchvision  # noqa: E402
 
 NUM_CLASSES = 80
-
-
-def load_torchvision(site: Path):
-    """torchvision's Python package with instaseg's kernels behind its ``nms`` / ``roi_align`` ops."""
-    lib = torch.library.Library("torchvision", "DEF")
-    lib.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-    lib.define("roi_align(Tensor input, Tensor rois, float spatial_scale, SymInt pooled_height, "
-               "SymInt pooled_width, int sampling_ratio, bool aligned) -> Tensor")
-    lib.impl("nms", lambda dets, scores, thr: _nms_torch(dets, scores, thr), "CPU")
-    # CompositeImplicitAutograd: autograd runs through instaseg's differentiable RoIAlign.
-    lib.impl("roi_align", lambda x, rois, scale, ph, pw, sr, aligned:
-             _roi_align_torch(x, rois, (ph, pw), scale, sr, aligned), "CompositeImplicitAutograd")
-    load_torchvision.lib = lib  # keep the registration alive
-    sys.path.insert(0, str(site))
-    import torchvision
-    import torchvision.extension
-    import torchvision.ops.roi_align
-
-    torchvision.extension._has_ops = lambda: True
-    torchvision.ops.roi_align._has_ops = lambda: True  # bound at import: patch the op's module too
-    return torchvision
 
 
 def build_torchvision_model(torchvision, size: tuple[int, int]) -> torch.nn.Module:

@@ -16,6 +16,10 @@ __all__ = ["torchvision_ops", "use_fast_kernels"]
 # INSTASEG_FAST_KERNELS=0 forces the pure-PyTorch paths (useful for checking both agree).
 _ENV_FLAG = "INSTASEG_FAST_KERNELS"
 
+# Set by instaseg.ops.torchvision_shim: torchvision's ops are then instaseg's own kernels, and
+# routing instaseg's calls through torchvision's Python wrappers would gain nothing.
+shimmed = False
+
 
 @functools.lru_cache(maxsize=1)
 def _load_torchvision_ops() -> ModuleType | None:
@@ -38,6 +42,6 @@ def use_fast_kernels() -> bool:
 
 def torchvision_ops() -> ModuleType | None:
     """``torchvision.ops`` if it imports and runs here and fast kernels are allowed, else None."""
-    if not use_fast_kernels():
+    if shimmed or not use_fast_kernels():
         return None
     return _load_torchvision_ops()

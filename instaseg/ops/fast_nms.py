@@ -113,8 +113,16 @@ def _top_k_stable(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
     if 4 * k >= scores.shape[1]:
         values, index = scores.sort(dim=1, descending=True, stable=True)
         return values[:, :k], index[:, :k]
-    kth = scores.topk(k, dim=1).values[:, -1:]
-    above, tied = scores > kth, scores == kth
+    values, index = scores.topk(k, dim=1)
+    kth = values[:, -1:]
+    tied = scores == kth
+    if torch.equal(tied.sum(dim=1), (values == kth).sum(dim=1)):
+        # No row leaves out a value equal to its k-th: the members are exact, only the order of
+        # equal values needs fixing (by column: sort by column, then stably by value).
+        index = index.sort(dim=1).values
+        values, order = scores.gather(1, index).sort(dim=1, descending=True, stable=True)
+        return values, index.gather(1, order)
+    above = scores > kth
     # Strictly larger entries all belong; the first tied columns fill the remaining places.
     room = k - above.sum(dim=1, keepdim=True)
     chosen = above | (tied & (tied.cumsum(dim=1) <= room))

@@ -100,9 +100,11 @@ def test_fast_nms_small_top_k_with_ties():
         assert [t.tolist() for t in got] == [expected[0], expected[1], expected[2]]
 
 
+@pytest.mark.parametrize("levels", [6, 30, 1000])  # many ties, some, hardly any (at the cut or not)
 @pytest.mark.parametrize("k", [1, 4, 9, 40])
-def test_top_k_stable_matches_sorted_reference(k):
-    scores = torch.randint(0, 6, (7, 40)).float()
+def test_top_k_stable_matches_sorted_reference(k, levels):
+    scores = torch.randint(0, levels, (7, 40)).float()
+    scores[0, :3] = levels  # ties at the top of a row
     values, index = _top_k_stable(scores, k)
     for row in range(7):
         ranked = sorted(range(40), key=lambda i: (-float(scores[row, i]), i))[:k]

@@ -3,8 +3,9 @@
 Used by test_torchvision_parity.py in a subprocess, with torchvision's pure-Python package on
 ``sys.path``. torchvision's compiled kernels cannot load with the CPU build of torch, so this
 script registers the two ops its Mask R-CNN calls (``torchvision::nms`` and
-``torchvision::roi_align``) with instaseg's pure-PyTorch kernels, which are themselves tested
-against slow references of torchvision's semantics. Everything else that decides detections —
+``torchvision::roi_align``) with instaseg's pure-PyTorch kernels
+(:func:`instaseg.ops.torchvision_shim.load_torchvision`), which are themselves tested against slow
+references of torchvision's semantics. Everything else that decides detections —
 resizing, normalization, anchors, proposal selection, box decoding, per-class NMS, mask paste —
 runs as torchvision's own code, so this checks instaseg's model-level conventions.
 
@@ -18,29 +19,11 @@ import sys
 
 import torch
 
-from instaseg.ops.nms import _nms_torch
-from instaseg.ops.roi_align import _roi_align_torch
-
-
-def register_torchvision_ops() -> None:
-    lib = torch.library.Library("torchvision", "DEF")
-    lib.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-    lib.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-    lib.define("roi_align(Tensor input, Tensor rois, float spatial_scale, SymInt pooled_height, "
-               "SymInt pooled_width, int sampling_ratio, bool aligned) -> Tensor")
-    lib.impl("nms", lambda dets, scores, thr: _nms_torch(dets, scores, thr), "CPU")
-    lib.impl("roi_align", lambda x, rois, scale, ph, pw, sr, aligned:
-             _roi_align_torch(x, rois, (ph, pw), scale, sr, aligned), "CPU")
-    register_torchvision_ops.lib = lib  # keep the library alive
+from instaseg.ops.torchvision_shim import load_torchvision
 
 
 def main(site: str) -> None:
-    register_torchvision_ops()
-    sys.path.insert(0, site)
-    import torchvision
-    import torchvision.extension
-
-    torchvision.extension._has_ops = lambda: True  # its kernels are the ones registered above
+    load_torchvision(site)
     from torchvision.models.detection import maskrcnn_resnet50_fpn
 
     from instaseg.weights.torchvision import convert_torchvision_maskrcnn, torchvision_config
