@@ -1,5 +1,5 @@
-"""Mask R-CNN and MS R-CNN exported with their post-processing: ONNX Runtime (CPU) and the
-``torch.export`` program against ``model.predict`` on images of two sizes."""
+"""Mask R-CNN, MS R-CNN, YOLACT and YOLACT++ exported with their post-processing: ONNX Runtime
+(CPU) and the ``torch.export`` program against ``model.predict`` on images of two sizes."""
 
 from __future__ import annotations
 
@@ -13,10 +13,13 @@ pytest.importorskip("onnxruntime")
 from instaseg.export.exporters import OnnxPredictor, export_program, program_to_onnx
 from tests.export.parity import build_test_model, compare
 
-SIZES = [(96, 128), (128, 112)]  # landscape and portrait: different resized and padded shapes
+# Landscape and portrait: different resized and padded shapes for the R-CNNs; for YOLACT neither is
+# the 128 x 128 square the model resizes to.
+SIZES = [(96, 128), (128, 112)]
+PRESETS = ["mask_rcnn_r18_fpn_tiny", "ms_rcnn_r18_fpn_tiny", "yolact_r18_tiny", "yolact_pp_r18_tiny"]
 
 
-@pytest.fixture(scope="module", params=["mask_rcnn_r18_fpn_tiny", "ms_rcnn_r18_fpn_tiny"])
+@pytest.fixture(scope="module", params=PRESETS)
 def exported(request, tmp_path_factory):
     torch.manual_seed(0)
     # Random weights: a low threshold leaves detections of every kind of score.
@@ -44,4 +47,14 @@ def test_torch_export_program_matches_pytorch(exported):
         image = torch.rand(3, height, width) * 255
         with torch.no_grad():
             figures = compare(module(image), model.predict([image])[0])
-        assert figures["count"] > 0 and figures["max_box_diff"] == 0.0  # the same kernels: exact
+        # The same kernels, so exact, except YOLACT++'s deformable convolutions: eager inference
+        # takes their channels-last gather path, the program the op's own (the same sums in
+        # another order).
+        tolerance = 1e-3 if _has_deform(model) else 0.0
+        assert figures["count"] > 0 and figures["max_box_diff"] <= tolerance
+
+
+def _has_deform(model: torch.nn.Module) -> bool:
+    from instaseg.layers import ModulatedDeformConv2d
+
+    return any(isinstance(m, ModulatedDeformConv2d) for m in model.modules())

@@ -1,0 +1,74 @@
+"""The AP cost of bfloat16 inference: one trained checkpoint evaluated in float32 and under
+``torch.autocast(bfloat16)`` (the ``bf16`` variant of ``benchmarks/inference.py``, ``instaseg bench
+--precision bfloat16``), with the median time per image of each.
+
+    python benchmarks/precision.py --checkpoint RUN/checkpoints/last.pt --json VAL.json --images VAL_DIR
+                                   [--threads 2]
+
+``make demo`` leaves such a checkpoint and validation split (``demo_out/run``, ``demo_out/data``).
+Prints a markdown table of COCO segm / bbox AP, AP50, AP75 and ms per image.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _timing import markdown_table  # noqa: E402
+
+from instaseg.data.coco import CocoDataset  # noqa: E402
+from instaseg.engine.checkpoint import load_model  # noqa: E402
+from instaseg.engine.evaluate import evaluate_model  # noqa: E402
+
+
+class _Timed(nn.Module):
+    """``predict`` of ``model`` under an optional autocast, timed per call."""
+
+    def __init__(self, model: nn.Module, precision: str) -> None:
+        super().__init__()
+        self.model, self.precision, self.ms = model, precision, []
+
+    def predict(self, images: list[torch.Tensor]) -> list:
+        context = (torch.autocast("cpu", dtype=torch.bfloat16) if self.precision == "bfloat16"
+                   else contextlib.nullcontext())
+        start = time.perf_counter()
+        with context:
+            results = self.model.predict(images)
+        self.ms.append((time.perf_counter() - start) * 1000 / max(1, len(images)))
+        return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--json", required=True, help="COCO json of the evaluation split")
+    parser.add_argument("--images", required=True, help="its image folder")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    model, _ = load_model(args.checkpoint)
+    model.eval()
+    dataset = CocoDataset(args.json, args.images)
+    rows = []
+    for precision in ("float32", "bfloat16"):
+        timed = _Timed(model, precision)
+        metrics = evaluate_model(timed, dataset, progress=False)
+        row = [precision]
+        for task in ("segm", "bbox"):
+            row += [f"{100 * metrics[task][key]:.1f}" for key in ("AP", "AP50", "AP75")]
+        rows.append(row + [f"{statistics.median(timed.ms[1:] or timed.ms):.1f}"])
+    print(f"{args.checkpoint}: {len(dataset)} images, {args.threads} threads, torch {torch.__version__}")
+    print(markdown_table(["precision", "segm AP", "AP50", "AP75", "bbox AP", "AP50", "AP75", "ms per image"], rows))
+
+
+if __name__ == "__main__":
+    main()
