@@ -23,6 +23,9 @@ __all__ = ["Summary", "summarize", "pooled_spread", "paired_spread", "expected_d
 # A paper difference under half an AP point is read as the paper's "no real difference" (YOLACT's
 # Fast NMS: -0.1 AP; k = 32 vs 64: +0.1 AP), not as a direction to reproduce.
 PAPER_TIE = 0.5
+# Our differences under a tenth of an AP point (the tables' resolution) count as none, even when
+# paired runs agree on them to the last digit (a spread of 0.0).
+MIN_EFFECT = 0.1
 
 
 @dataclass(frozen=True)
@@ -70,7 +73,8 @@ def expected_direction(paper_delta: float | None, tie: float = PAPER_TIE) -> int
 def verdict(delta: float, spread: float, paper_delta: float | None, tie: float = PAPER_TIE) -> str:
     """Did our difference ``delta`` go the paper's way, given the ``spread`` of the runs?
 
-    Returns "held", "reversed" or "no difference" when the paper reports a direction;
+    ``delta`` must exceed both ``spread`` and :data:`MIN_EFFECT` to count. Returns "held",
+    "reversed" or "no difference" when the paper reports a direction;
     "held (no difference)" or "differs" when the paper reports none (|paper_delta| < ``tie``);
     "no paper figure" without one; "n/a (1 seed)" when the spread is unknown.
     """
@@ -79,7 +83,7 @@ def verdict(delta: float, spread: float, paper_delta: float | None, tie: float =
         return "no paper figure"
     if not math.isfinite(delta) or not math.isfinite(spread):
         return "n/a (1 seed)" if math.isfinite(delta) else "n/a"
-    resolved = abs(delta) > spread
+    resolved = abs(delta) > max(spread, MIN_EFFECT)
     if expected == 0:
         return "differs" if resolved else "held (no difference)"
     if not resolved:

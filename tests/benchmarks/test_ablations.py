@@ -70,6 +70,8 @@ def test_expected_direction(paper, expected):
     (-1.01, 1.0, -5.5, "held"),
     (0.3, 0.5, -0.1, "held (no difference)"),  # the paper reports no real difference, nor do we
     (1.2, 0.5, -0.1, "differs"),
+    (0.04, 0.0, 1.1, "no difference"),       # paired runs that agree on a change below the resolution
+    (0.15, 0.0, 1.1, "held"),
     (1.2, float("nan"), 1.4, "n/a (1 seed)"),
     (1.2, 0.5, None, "no paper figure"),
 ])
