@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn import init
 
-from instaseg.ops.deform_conv import deform_conv2d
+from instaseg.ops.deform_conv import _base_positions, deform_conv2d
 
 __all__ = ["ModulatedDeformConv2d", "deform_conv2d_channels_last"]
 
@@ -204,12 +204,9 @@ def _bilinear_corners(
     dtype = torch.promote_types(offset.dtype, torch.float32)
     device = offset.device
 
-    def axis(out_size: int, k: int, s: int, p: int, d: int) -> Tensor:  # (k, out_size): o * s - p + i * d
-        return torch.arange(k, device=device, dtype=dtype)[:, None] * d + (
-            torch.arange(out_size, device=device, dtype=dtype) * s - p)
-
-    base_y = axis(out_h, kernel[0], stride[0], padding[0], dilation[0]).repeat_interleave(kernel[1], dim=0)
-    base_x = axis(out_w, kernel[1], stride[1], padding[1], dilation[1]).repeat(kernel[0], 1)
+    base_y = _base_positions(out_h, kernel[0], stride[0], padding[0], dilation[0], device, dtype)
+    base_x = _base_positions(out_w, kernel[1], stride[1], padding[1], dilation[1], device, dtype)
+    base_y, base_x = base_y.repeat_interleave(kernel[1], dim=0), base_x.repeat(kernel[0], 1)  # per tap
     pairs = offset.view(batch, taps, 2, out_h, out_w).to(dtype)
     y = (pairs[:, :, 0] + base_y[None, :, :, None]).permute(0, 2, 3, 1)  # (B, oh, ow, taps)
     x = (pairs[:, :, 1] + base_x[None, :, None, :]).permute(0, 2, 3, 1)
