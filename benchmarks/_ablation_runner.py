@@ -29,25 +29,34 @@ from instaseg.engine.evaluate import evaluate_model
 from instaseg.engine.train import train_on_dataset
 from instaseg.evaluation.coco_eval import AP_KEYS
 
-__all__ = ["Schedule", "build_config", "run_training", "evaluate_variant", "read_result"]
+__all__ = ["Schedule", "run_name", "build_config", "run_training", "evaluate_variant", "read_result"]
 
 
 @dataclass(frozen=True)
 class Schedule:
-    """What every run shares: iterations, extra ``--set`` overrides, device, threads."""
+    """What every run shares: extra ``--set`` overrides, device, threads; ``iterations`` set: every
+    run's iterations, else each model kind's of the family (``Family.iterations_for``)."""
 
-    iterations: int
+    iterations: int | None = None
     overrides: tuple[str, ...] = ()
     device: str = "cpu"
     keep_checkpoints: bool = False
     progress: bool = False
 
+    def iterations_for(self, training: Training, family: Family) -> int:
+        return self.iterations or family.iterations_for(training.model)
+
+
+def run_name(training: Training, iterations: int, seed: int) -> str:
+    """The folder of one run: its schedule is in the name, so other schedules never resume it."""
+    return f"{training.name}-{iterations}it-s{seed}"
+
 
 def build_config(training: Training, family: Family, num_classes: int, schedule: Schedule, seed: int) -> Config:
     """The preset of ``training`` with the family settings, the training's overrides, the fixed
-    schedule (cosine decay over ``schedule.iterations``, warmup a fifth at most) and ``seed``."""
+    schedule (cosine decay over the run's iterations, warmup a fifth at most) and ``seed``."""
     config = get_preset(family.presets[training.model])
-    n = schedule.iterations
+    n = schedule.iterations_for(training, family)
     train = replace(config.train, max_iter=n, steps=(), max_epochs=0, step_epochs=(), schedule="cosine",
                     warmup_iters=min(config.train.warmup_iters, n // 5), checkpoint_period=max(n // 4, 100),
                     eval_period=0, seed=seed)
@@ -148,7 +157,8 @@ def run_training(training: Training, family: Family, seed: int, schedule: Schedu
     Returns the result (read back when the run was already finished). Raises ``RuntimeError``
     when training was interrupted (its checkpoint stays, so the next call resumes).
     """
-    run_dir = work_dir / f"{training.name}-s{seed}"
+    iterations = schedule.iterations_for(training, family)
+    run_dir = work_dir / run_name(training, iterations, seed)
     done = read_result(run_dir)
     if done is not None:
         return done
@@ -156,7 +166,7 @@ def run_training(training: Training, family: Family, seed: int, schedule: Schedu
     start = time.perf_counter()
     last = run_dir / "checkpoints" / "last.pt"
     summary = train_on_dataset(config, train_set, run_dir, resume=last.is_file(), progress=schedule.progress,
-                               log_period=max(schedule.iterations // 4, 1), device=schedule.device)
+                               log_period=max(iterations // 4, 1), device=schedule.device)
     if summary["status"] != "finished":
         raise RuntimeError(f"{run_dir}: training {summary['status']}; run the same command again to resume")
     train_seconds = time.perf_counter() - start
@@ -167,7 +177,7 @@ def run_training(training: Training, family: Family, seed: int, schedule: Schedu
     result = {"training": training.name, "seed": seed, "preset": config.name, "model": training.model,
               "overrides": list(family.settings.get(training.model, ())) + list(training.overrides)
               + list(schedule.overrides),
-              "iterations": schedule.iterations, "ims_per_batch": config.train.ims_per_batch,
+              "iterations": iterations, "ims_per_batch": config.train.ims_per_batch,
               "train_seconds": round(train_seconds, 1), "evaluations": evaluations}
     _write_json(run_dir / "result.json", result)
     if not schedule.keep_checkpoints:  # ~100 MB per run; the table needs only result.json

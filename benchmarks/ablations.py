@@ -39,16 +39,14 @@ sys.path.insert(1, str(HERE.parent))  # a clean checkout without an installed pa
 import torch  # noqa: E402
 
 from _ablation_report import collect, render_directions, render_table, summary_json  # noqa: E402
-from _ablation_runner import Schedule, read_result, run_training  # noqa: E402
-from _ablation_specs import BLOCKS, FAMILIES, Table, Training, tables, trainings_for  # noqa: E402
+from _ablation_runner import Schedule, read_result, run_name, run_training  # noqa: E402
+from _ablation_specs import BLOCKS, FAMILIES, Family, Table, Training, tables, trainings_for  # noqa: E402
 
 # Seconds per training iteration (4 images) of the tiny presets on a quiet 2-core CPU, for the
 # estimate printed at the start (Mask R-CNN: the demo's measured 0.3-0.4 s; others scaled by
 # CPU-time ratios measured against it). Evaluation: about 60 ms per validation image and variant.
 TINY_SECONDS_PER_ITERATION = {"mask_rcnn": 0.35, "ms_rcnn": 0.40, "yolact": 0.35, "yolact_pp": 0.45}
 EVAL_SECONDS_PER_IMAGE = 0.06
-DEFAULT_ITERATIONS = 400
-DEFAULT_IMAGES = 500
 VAL_FRACTION = 0.2
 
 
@@ -56,9 +54,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--blocks", default=",".join(BLOCKS), help=f"comma-separated, from {', '.join(BLOCKS)}")
     parser.add_argument("--seeds", type=int, default=3, help="training seeds 0..N-1 per configuration")
-    parser.add_argument("--iterations", type=int, default=DEFAULT_ITERATIONS, help="training iterations per run")
-    parser.add_argument("--images", type=int, default=DEFAULT_IMAGES,
-                        help=f"synthetic images, train + val ({VAL_FRACTION * 100:.0f}%% val)")
+    parser.add_argument("--iterations", type=int, default=None,
+                        help="training iterations of every run (default: per model, e.g. tiny R-CNN 400, "
+                             "tiny YOLACT 800)")
+    parser.add_argument("--images", type=int, default=None,
+                        help=f"synthetic images of every run, train + val ({VAL_FRACTION * 100:.0f}%% val; default: "
+                             "per model, e.g. tiny R-CNN 500, tiny YOLACT 1500)")
     parser.add_argument("--variant", choices=("standard", "hard"), default="standard",
                         help="synthetic generator difficulty (hard: thin structures, heavy occlusion, small objects)")
     parser.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic dataset (fixed over runs)")
@@ -85,26 +86,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"unknown blocks {unknown}; choose from {', '.join(BLOCKS)}")
     if any(coco) and not all(coco):
         parser.error("a COCO dataset needs --train-json, --train-images, --val-json and --val-images")
-    if args.seeds < 1 or args.iterations < 1 or args.images < 2:
+    if args.seeds < 1 or (args.iterations is not None and args.iterations < 1) or (args.images is not None and args.images < 2):
         parser.error("need --seeds >= 1, --iterations >= 1 and --images >= 2")
     args.coco = all(coco)
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     return args
 
 
-def work_dir(args: argparse.Namespace) -> Path:
-    """One folder per dataset and schedule, so runs of other settings never mix."""
+def images_for(args: argparse.Namespace, family: Family, training: Training) -> int:
+    """Synthetic images (train + val) of the dataset a training uses: ``--images``, else the family's."""
+    return args.images or family.images_for(training.model)
+
+
+def work_dir(args: argparse.Namespace, images: int) -> Path:
+    """One folder per dataset, model family and overrides (each run's folder names its iterations),
+    so runs of other settings never mix."""
     if args.coco:
         data = "coco-" + hashlib.sha1(str(Path(args.train_json).resolve()).encode()).hexdigest()[:8]
     else:
-        data = f"synthetic-{args.variant}-{args.images}img-d{args.data_seed}"
-    tag = f"{data}-{args.models}-{args.iterations}it"
+        data = f"synthetic-{args.variant}-{images}img-d{args.data_seed}"
+    tag = f"{data}-{args.models}"
     if args.overrides:
         tag += "-" + hashlib.sha1("\n".join(args.overrides).encode()).hexdigest()[:8]
     return Path(args.work) / tag
 
 
-def load_data(args: argparse.Namespace, root: Path) -> tuple[Any, Any]:
+def load_data(args: argparse.Namespace, root: Path, images: int) -> tuple[Any, Any]:
     from instaseg.data.coco import CocoDataset
     from instaseg.data.synthetic import generate_synthetic_dataset
 
@@ -113,32 +120,40 @@ def load_data(args: argparse.Namespace, root: Path) -> tuple[Any, Any]:
     folder = root / "data"
     annotations = folder / "annotations"
     if not ((annotations / "train.json").is_file() and (annotations / "val.json").is_file()):
-        print(f"synthetic dataset ({args.variant}, {args.images} images) -> {folder}", flush=True)
-        generate_synthetic_dataset(folder, num_images=args.images, seed=args.data_seed, difficulty=args.variant,
+        print(f"synthetic dataset ({args.variant}, {images} images) -> {folder}", flush=True)
+        generate_synthetic_dataset(folder, num_images=images, seed=args.data_seed, difficulty=args.variant,
                                    val_fraction=VAL_FRACTION)
     return (CocoDataset(annotations / "train.json", folder / "train"),
             CocoDataset(annotations / "val.json", folder / "val"))
 
 
-def estimate_seconds(plan: list[tuple[Training, int]], args: argparse.Namespace, val_images: int) -> float | None:
+def estimate_seconds(plan: list[tuple[Training, int]], schedule: Schedule, family: Family,
+                     args: argparse.Namespace) -> float | None:
     """Rough wall-clock seconds of the runs in ``plan`` (tiny presets on the CPU only)."""
     if args.models != "tiny" or args.device != "cpu":
         return None
     total = 0.0
     for training, _ in plan:
-        total += args.iterations * TINY_SECONDS_PER_ITERATION[training.model]
+        val_images = round(images_for(args, family, training) * VAL_FRACTION)
+        total += schedule.iterations_for(training, family) * TINY_SECONDS_PER_ITERATION[training.model]
         total += len(training.evaluations) * (val_images * EVAL_SECONDS_PER_IMAGE + 2.0) + 5.0
     return total
 
 
-def render(selected: list[Table], results: list[dict[str, Any]], args: argparse.Namespace, root: Path) -> str:
+def _per_model(values: dict[str, Any]) -> str:
+    """``"mask_rcnn 400, yolact 800"``: a setting of each model kind in the plan."""
+    return ", ".join(f"{model} {value}" for model, value in values.items())
+
+
+def render(selected: list[Table], results: list[dict[str, Any]], args: argparse.Namespace) -> str:
     runs = collect(results)
     data = (f"COCO-format dataset {args.train_json}" if args.coco else
-            f"synthetic dataset ({args.variant}, {args.images} images, {VAL_FRACTION:.0%} val, "
-            f"seed {args.data_seed})")
+            f"synthetic dataset ({args.variant}; images {_per_model(args.images_per_model)}; "
+            f"{VAL_FRACTION:.0%} val, seed {args.data_seed})")
     head = [f"# Ablations in miniature ({args.models} presets)", "",
-            f"{data}; {args.iterations} iterations per run, seeds 0..{args.seeds - 1}, device {args.device}"
-            + (f"; overrides {' '.join(args.overrides)}" if args.overrides else "") + f"; runs in `{root}`.",
+            f"{data}; iterations per run {_per_model(args.iterations_per_model)}; seeds 0..{args.seeds - 1}; "
+            f"device {args.device}" + (f"; overrides {' '.join(args.overrides)}" if args.overrides else "")
+            + f"; runs in `{args.work}`.",
             "Mask AP in percent on the validation split, mean ± sample std over seeds (n). "
             "Δ: mean difference to the row's reference; spread: pooled std of the two rows, or the std of "
             "the per-seed differences where both rows are one trained model (paired). A difference within "
@@ -148,26 +163,28 @@ def render(selected: list[Table], results: list[dict[str, Any]], args: argparse.
 
 
 def write_outputs(selected: list[Table], results: list[dict[str, Any]], args: argparse.Namespace,
-                  root: Path) -> str:
+                  roots: dict[str, Path]) -> str:
     """Write the markdown (``--out``) and the JSON beside it; return the markdown."""
-    report = render(selected, results, args, root)
+    report = render(selected, results, args)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(report)
     settings = {k: v for k, v in vars(args).items() if k != "coco"}
     out.with_suffix(".json").write_text(json.dumps(
-        {"settings": settings, "work_dir": str(root), "tables": summary_json(selected, collect(results)),
-         "runs": results}, indent=2, default=str) + "\n")
+        {"settings": settings, "work_dirs": {name: str(root) for name, root in roots.items()},
+         "tables": summary_json(selected, collect(results)), "runs": results}, indent=2, default=str) + "\n")
     return report
 
 
-def print_plan(plan: list[tuple[Training, int]], args: argparse.Namespace, root: Path) -> None:
+def print_plan(plan: list[tuple[Training, int]], schedule: Schedule, family: Family, args: argparse.Namespace,
+               roots: dict[str, Path]) -> None:
     """The number of training runs, how many are done, and the time estimate."""
-    todo = [(t, seed) for t, seed in plan if read_result(root / f"{t.name}-s{seed}") is None]
-    estimate = estimate_seconds(todo, args, round(args.images * VAL_FRACTION))
+    todo = [(t, seed) for t, seed in plan
+            if read_result(roots[t.name] / run_name(t, schedule.iterations_for(t, family), seed)) is None]
+    estimate = estimate_seconds(todo, schedule, family, args)
     trainings = len({t.name for t, _ in plan})
     print(f"{trainings} trainings x {args.seeds} seeds = {len(plan)} training runs ({len(plan) - len(todo)} "
-          f"already done), {args.iterations} iterations each"
+          f"already done); iterations {_per_model(args.iterations_per_model)}"
           + (f"; estimated {estimate / 60:.0f} min on a quiet 2-core CPU" if estimate is not None else ""), flush=True)
 
 
@@ -177,24 +194,30 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     family = FAMILIES[args.models]
     selected = tables(args.blocks)
-    root = work_dir(args)
     plan = [(t, seed) for seed in range(args.seeds) for t in trainings_for(selected, family)]
-    print_plan(plan, args, root)
+    schedule = Schedule(args.iterations, tuple(args.overrides), args.device, args.keep_checkpoints, args.progress)
+    args.iterations_per_model = {t.model: schedule.iterations_for(t, family) for t, _ in plan}
+    args.images_per_model = {t.model: images_for(args, family, t) for t, _ in plan}
+    roots = {t.name: work_dir(args, images_for(args, family, t)) for t, _ in plan}
+    print_plan(plan, schedule, family, args, roots)
     if args.dry_run:
         for training, seed in plan:
             print(f"  {training.name} seed {seed}: {family.presets[training.model]} {' '.join(training.overrides)}")
         return 0
-    root.mkdir(parents=True, exist_ok=True)
-    train_set, val_set = load_data(args, root)
-    schedule = Schedule(args.iterations, tuple(args.overrides), args.device, args.keep_checkpoints, args.progress)
+    datasets: dict[Path, tuple[Any, Any]] = {}
     results, start = [], time.perf_counter()
     for index, (training, seed) in enumerate(plan, 1):
+        root = roots[training.name]
+        if root not in datasets:
+            root.mkdir(parents=True, exist_ok=True)
+            datasets[root] = load_data(args, root, images_for(args, family, training))
+        train_set, val_set = datasets[root]
         results.append(run_training(training, family, seed, schedule, train_set, val_set, root))
         ap = results[-1]["evaluations"]["default"]["segm"]["AP"]
         print(f"[{index}/{len(plan)}] {training.name} seed {seed}: mask AP "
               f"{'-' if ap is None else f'{100 * ap:.1f}'} ({time.perf_counter() - start:.0f} s so far)", flush=True)
-        write_outputs(selected, results, args, root)  # a partial table after every run
-    report = write_outputs(selected, results, args, root)
+        write_outputs(selected, results, args, roots)  # a partial table after every run
+    report = write_outputs(selected, results, args, roots)
     print(report)
     print(f"table -> {args.out}; every run's metrics -> {Path(args.out).with_suffix('.json')}")
     return 0

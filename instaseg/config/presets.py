@@ -249,11 +249,18 @@ def yolact_r18_tiny() -> Config:
     model = YolactConfig(num_classes=5, backbone=BackboneConfig(name="resnet18", norm="BN", freeze_at=0,
                                                                 out_features=("res3", "res4", "res5")),
                          fpn=FPNConfig(out_channels=64, extra="convs", num_extra=2), head=head,
-                         inference=InferenceConfig(nms="fast_nms", detections_per_image=50))
-    # Initial gradient norms are in the hundreds (OHEM sums over positives): a moderate LR plus clipping.
-    train = TrainConfig(lr=0.005, schedule="cosine", max_iter=3000, steps=(), warmup_iters=200, weight_decay=5e-4,
-                        clip_grad_norm=10.0,
-                        ims_per_batch=8, checkpoint_period=500, num_workers=1, augmentation="yolact")
+                         # Binarizing at 0.4: +1.9 segm AP (YOLACT++ +1.0) over 0.5 on a held-out synthetic set
+                         # (0.3 and 0.2 were worse); masks trained this briefly are soft at their borders.
+                         inference=InferenceConfig(nms="fast_nms", detections_per_image=50, mask_threshold=0.4))
+    # Recipe measured on the synthetic set (240 train images, batch 8, 400 iterations, val AP bbox/segm):
+    # SGD 5e-3 with SSD augmentation 0.3 box AP; AdamW 1e-3 with it 1.8/0.5; AdamW 1e-3 with resize + flip
+    # only 5.7/3.4 (2e-3: 7.5/4.1). SSD's zoom-out (up to 4x) shrinks objects already ~10-40 px at 128 px
+    # below the smallest anchor, so the tiny model trains on resize + flip. It needs data: 1500
+    # iterations on 240 images memorise them (val 11.7/8.5), on 1200 images reach 26.1/14.3. Initial
+    # gradient norms are in the hundreds (OHEM sums over positives): clipping at 10 as well.
+    train = TrainConfig(optimizer="adamw", lr=1e-3, schedule="cosine", max_iter=1500, steps=(), warmup_iters=100,
+                        weight_decay=1e-4, clip_grad_norm=10.0,
+                        ims_per_batch=8, checkpoint_period=500, num_workers=1, augmentation="rcnn")
     return Config(name="yolact_r18_tiny", model=model, input=_yolact_input(128), train=train)
 
 

@@ -15,8 +15,8 @@ sys.path.insert(0, str(BENCHMARKS))
 
 import _ablation_stats as stats  # noqa: E402
 from _ablation_report import collect, compare, render_directions, render_table, summary_json  # noqa: E402
-from _ablation_runner import Schedule, build_config  # noqa: E402
-from _ablation_specs import FAMILIES, Row, Table, tables, trainings, trainings_for  # noqa: E402
+from _ablation_runner import Schedule, build_config, run_name  # noqa: E402
+from _ablation_specs import DEFAULT_ITERATIONS, FAMILIES, Row, Table, tables, trainings, trainings_for  # noqa: E402
 
 
 # ----------------------------------------------------------------------------- references
@@ -218,11 +218,31 @@ def test_arguments_and_work_folders():
             ablations.parse_args(bad)
     base = ablations.parse_args(["--device", "cpu"])
     assert base.blocks == ("maskrcnn", "msrcnn", "yolact") and base.seeds == 3 and not base.coco
-    dirs = {ablations.work_dir(ablations.parse_args(a)) for a in (
-        [], ["--iterations", "7"], ["--variant", "hard"], ["--images", "40"], ["--set", "train.lr=0.01"],
-        ["--models", "r50"])}
-    assert len(dirs) == 6  # runs of other settings never share a folder (resuming would mix them)
-    assert ablations.work_dir(base) == ablations.work_dir(ablations.parse_args(["--seeds", "5"]))
+    dirs = {ablations.work_dir(ablations.parse_args(a), 500) for a in (
+        [], ["--variant", "hard"], ["--set", "train.lr=0.01"], ["--models", "r50"])}
+    dirs.add(ablations.work_dir(base, 40))
+    assert len(dirs) == 5  # runs of other settings never share a folder (resuming would mix them)
+    assert ablations.work_dir(base, 500) == ablations.work_dir(ablations.parse_args(["--seeds", "5"]), 500)
+    # Each model kind has its dataset size unless --images sets one for all.
+    family, known = FAMILIES["tiny"], trainings(FAMILIES["tiny"])
+    assert ablations.images_for(base, family, known["mrcnn"]) == 500
+    assert ablations.images_for(base, family, known["yolactpp"]) == 1500
+    assert ablations.images_for(ablations.parse_args(["--images", "40"]), family, known["yolactpp"]) == 40
+    # Other iterations share the dataset folder but never a run folder.
+    yolact = trainings(FAMILIES["tiny"])["yolact_k8"]
+    assert run_name(yolact, 800, 1) == "yolact_k8-800it-s1" != run_name(yolact, 7, 1)
+
+
+def test_iterations_per_model_kind_unless_given():
+    family = FAMILIES["tiny"]
+    known = trainings(family)
+    default, fixed = Schedule(), Schedule(iterations=50)
+    assert build_config(known["mrcnn"], family, 6, default, 0).train.max_iter == 400
+    assert build_config(known["msrcnn"], family, 6, default, 0).train.max_iter == 400
+    assert build_config(known["yolact_k8"], family, 6, default, 0).train.max_iter == 800
+    assert build_config(known["yolactpp"], family, 6, default, 0).train.max_iter == 800
+    assert {build_config(t, family, 6, fixed, 0).train.max_iter for t in known.values()} == {50}
+    assert FAMILIES["r50"].iterations_for("yolact") == DEFAULT_ITERATIONS
 
 
 def test_dry_run_counts_the_runs(capsys):
@@ -261,8 +281,32 @@ def test_smoke_run_of_each_block(block, smoke_dirs, capsys):
     for run in data["runs"]:
         for evaluation in run["evaluations"].values():
             assert set(evaluation["segm"]) >= {"AP", "AP50", "AP75"}
-        assert not any(work.glob(f"*/{run['training']}-s0/checkpoints/*.pt"))  # deleted once evaluated
+        assert not any(work.glob(f"*/{run['training']}-2it-s0/checkpoints/*.pt"))  # deleted once evaluated
+        assert any(work.glob(f"*/{run['training']}-2it-s0/result.json"))
     # Resumable: a second call finds every result.json and trains nothing.
     stamps = {p: p.stat().st_mtime_ns for p in work.glob("*/*/result.json")}
     assert ablations.main(args) == 0
     assert stamps == {p: p.stat().st_mtime_ns for p in work.glob("*/*/result.json")}
+
+
+@pytest.mark.slow
+def test_run_on_a_coco_dataset_given_by_path(tmp_path, capsys):
+    """The table on the user's own COCO-format data (here a small synthetic set written to disk)."""
+    import ablations
+    from instaseg.data.synthetic import generate_synthetic_dataset
+
+    data = generate_synthetic_dataset(tmp_path / "mine", num_images=8, seed=3, val_fraction=0.25)
+    out = tmp_path / "out" / "table.md"
+    args = ["--train-json", str(data.train_annotations), "--train-images", str(data.train_images),
+            "--val-json", str(data.val_annotations), "--val-images", str(data.val_images), "--blocks", "msrcnn",
+            "--iterations", "2", "--seeds", "1", "--work", str(tmp_path / "work"), "--out", str(out),
+            "--device", "cpu"]
+    assert ablations.main(args) == 0
+    text = out.read_text()
+    assert f"COCO-format dataset {data.train_annotations}" in text and "synthetic dataset" not in text
+    work = [p.name for p in (tmp_path / "work").iterdir()]
+    assert len(work) == 1 and work[0].startswith("coco-")  # no synthetic data generated
+    assert not (tmp_path / "work" / work[0] / "data").exists()
+    runs = {r["training"] for r in json.loads(out.with_suffix(".json").read_text())["runs"]}
+    assert runs == {"mrcnn", "msrcnn"}
+    capsys.readouterr()
