@@ -13,7 +13,7 @@ beside Mask R-CNN R-50-FPN.
    a 2-core CPU is not a GPU, so the ratio here is what this implementation does on this machine.
 
 Prints markdown tables and writes them (and a JSON report) under ``--out``. The defaults take
-about 20 minutes on 2 cores of an otherwise idle machine.
+about 25 minutes on 2 cores of an otherwise idle machine.
 """
 
 from __future__ import annotations
