@@ -166,6 +166,7 @@ class YolactHeadConfig:
 
     num_prototypes: int = 32  # k in the paper
     proto_dim: int = 256  # channels of the ProtoNet's hidden convs
+    proto_upsample: int = 2  # ProtoNet's upsampling of P3: 2 = stride-4 prototypes (138x138 at 550)
     head_dim: int = 256  # channels of the prediction head's shared "upfeature" conv
     # Pixel sizes per level P3..P7 (YOLACT: 24..384, one per level; YOLACT++: 3 per octave).
     anchor_scales: tuple[tuple[float, ...], ...] = ((24.0,), (48.0,), (96.0,), (192.0,), (384.0,))

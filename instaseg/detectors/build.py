@@ -150,7 +150,7 @@ def _yolact(config: Config) -> Yolact:
     return Yolact(
         backbone=backbone,
         neck=neck,
-        protonet=ProtoNet(channels, head.proto_dim, head.num_prototypes),
+        protonet=ProtoNet(channels, head.proto_dim, head.num_prototypes, head.proto_upsample),
         prediction_head=YolactPredictionHead(channels, model.num_classes, num_anchors.pop(), head.num_prototypes,
                                              head.head_dim),
         num_classes=model.num_classes,

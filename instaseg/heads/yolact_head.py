@@ -26,14 +26,19 @@ def _xavier(module: nn.Module) -> None:
 
 
 class ProtoNet(nn.Module):
-    """3 x conv3x3, bilinear 2x upsample, conv3x3, conv1x1 to ``num_prototypes``; ReLU after each.
+    """3 x conv3x3, bilinear ``upsample``x (the paper: 2), conv3x3, conv1x1 to ``num_prototypes``;
+    ReLU after each.
 
-    ``forward(p3 (B, C, H, W)) -> prototypes (B, k, 2H, 2W)``, non-negative (ReLU: the paper's
+    ``forward(p3 (B, C, H, W)) -> prototypes (B, k, uH, uW)``, non-negative (ReLU: the paper's
     prototype activation). On a 550 px input P3 is 69x69 and the prototypes are 138x138.
     """
 
-    def __init__(self, in_channels: int = 256, hidden: int = 256, num_prototypes: int = 32) -> None:
+    def __init__(self, in_channels: int = 256, hidden: int = 256, num_prototypes: int = 32,
+                 upsample: int = 2) -> None:
         super().__init__()
+        if upsample < 1:
+            raise ValueError(f"ProtoNet upsample must be >= 1, got {upsample}")
+        self.upsample = int(upsample)
         self.convs = nn.ModuleList(
             [nn.Conv2d(in_channels if i == 0 else hidden, hidden, 3, padding=1) for i in range(3)]
         )
@@ -47,7 +52,7 @@ class ProtoNet(nn.Module):
         for conv in self.convs:
             x = F.relu(conv(x))
         # The reference applies a ReLU after its interpolation layer too (a no-op on ReLU'd input).
-        x = F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
+        x = F.interpolate(x, scale_factor=float(self.upsample), mode="bilinear", align_corners=False)
         x = F.relu(self.post_conv(x))
         return F.relu(self.out_conv(x))
 

@@ -100,6 +100,30 @@ def test_postprocess_with_no_detection() -> None:
 def test_protonet_doubles_p3_and_is_nonnegative() -> None:
     out = ProtoNet(8, 8, 4)(torch.randn(2, 8, 5, 7))
     assert out.shape == (2, 4, 10, 14) and (out >= 0).all()
+    assert ProtoNet(8, 8, 4, upsample=4)(torch.randn(1, 8, 5, 7)).shape == (1, 4, 20, 28)
+    with pytest.raises(ValueError, match="upsample"):
+        ProtoNet(8, 8, 4, upsample=0)
+
+
+def test_finer_prototypes_train_and_predict() -> None:
+    """``model.head.proto_upsample=4``: stride-2 prototypes, through the loss and inference."""
+    torch.manual_seed(0)
+    model = build_model("yolact_r18_tiny", num_classes=3, input__square=64, model__head__proto_upsample=4)
+    assert model.protonet.upsample == 4
+    images = [torch.rand(3, 64, 64) * 255 for _ in range(2)]
+    masks = torch.zeros(1, 64, 64, dtype=torch.bool)
+    masks[0, 10:30, 12:40] = True
+    targets = [Targets(torch.tensor([[12.0, 10.0, 40.0, 30.0]]), torch.tensor([1]), masks) for _ in range(2)]
+    model.train()
+    raw = model(images, targets)
+    assert raw.prototypes.shape[-2:] == (32, 32)  # P3 of a 64 px input is 8x8
+    total, terms = model.loss(raw, targets)
+    total.backward()
+    assert torch.isfinite(total) and model.protonet.out_conv.weight.grad.abs().sum() > 0
+    model.eval()
+    model.inference_config = type(model.inference_config)(score_thresh=0.0)
+    result = model.predict([images[0]])[0]
+    assert result.masks.shape[-2:] == (64, 64) and len(result) > 0
 
 
 def test_prediction_head_flattens_location_major_anchor_minor() -> None:
