@@ -86,7 +86,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"unknown blocks {unknown}; choose from {', '.join(BLOCKS)}")
     if any(coco) and not all(coco):
         parser.error("a COCO dataset needs --train-json, --train-images, --val-json and --val-images")
-    if args.seeds < 1 or (args.iterations is not None and args.iterations < 1) or (args.images is not None and args.images < 2):
+    too_few = [args.iterations is not None and args.iterations < 1, args.images is not None and args.images < 2]
+    if args.seeds < 1 or any(too_few):
         parser.error("need --seeds >= 1, --iterations >= 1 and --images >= 2")
     args.coco = all(coco)
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
