@@ -40,7 +40,7 @@ class MaskFCNHead(nn.Module):
         nn.init.zeros_(self.predictor.bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = to_channels_last(x)  # pooled RoI features arrive NCHW; oneDNN prefers channels-last
+        x = to_channels_last(x)  # at inference: pooled RoI features arrive NCHW, oneDNN prefers channels-last
         for conv in self.convs:
             x = conv(x).relu_()  # in place: a conv's backward does not need its output
         return self.predictor(self.deconv(x).relu_())
