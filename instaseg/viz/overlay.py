@@ -64,9 +64,12 @@ def draw_instances(
         if scores is not None:
             text = f"{text} {float(scores[i]):.2f}"
         left, top, right, bottom = draw.textbbox((x1, y1), text, font=font)
-        top_y = max(0.0, y1 - (bottom - top) - 2)
-        draw.rectangle([x1, top_y, x1 + (right - left) + 3, top_y + (bottom - top) + 2], fill=colour)
-        draw.text((x1 + 1, top_y), text, fill=(0, 0, 0), font=font)
+        width, height = right - left + 3, bottom - top + 2
+        # above the box, moved left (and down) as needed to stay inside the picture
+        label_x = max(0.0, min(x1, picture.width - width))
+        top_y = max(0.0, y1 - height)
+        draw.rectangle([label_x, top_y, label_x + width, top_y + height], fill=colour)
+        draw.text((label_x + 1, top_y), text, fill=(0, 0, 0), font=font)
     return picture
 
 
