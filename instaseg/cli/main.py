@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from instaseg.errors import InstasegError
@@ -45,6 +46,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    code = _run(args)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # a torchrun worker: see exit_worker
+        from instaseg.engine.distributed import exit_worker
+
+        exit_worker(code)
+    return code
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         return int(args._run(args) or 0)
     except InstasegError as error:

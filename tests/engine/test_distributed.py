@@ -54,7 +54,7 @@ _SCRIPT = textwrap.dedent("""
     import torch
     torch.set_num_threads(1)
     import instaseg.engine.train as train_module
-    from instaseg.engine.distributed import destroy_distributed, init_distributed
+    from instaseg.engine.distributed import destroy_distributed, exit_worker, init_distributed
     from instaseg.engine.evaluate import evaluate_model
     from instaseg.structures.instances import Instances, Targets
     from tests.engine.test_train import ToyDataset, run_training, tiny_config, toy_test_loader
@@ -106,6 +106,7 @@ _SCRIPT = textwrap.dedent("""
                                                          "skipped": summary["skipped_steps"],
                                                          "oracle_segm_ap50": metrics["segm"]["AP50"]}))
     destroy_distributed()
+    exit_worker(0)  # as the instaseg command does under torchrun
 """)
 
 
@@ -136,6 +137,47 @@ def test_two_process_gloo_ddp_keeps_ranks_identical(tmp_path):
     # and every rank got the same metrics back
     ap50 = [s["oracle_segm_ap50"] for s in summaries]
     assert ap50[0] == ap50[1] and 0.2 < ap50[0] < 0.95
+
+
+def test_exit_worker_flushes_streams_and_logs_and_keeps_the_code(tmp_path):
+    code = textwrap.dedent(f"""
+        import logging, sys
+        from instaseg.engine.distributed import exit_worker
+        log = logging.getLogger("probe")
+        log.addHandler(logging.FileHandler({str(tmp_path / "probe.log")!r}))
+        log.warning("logged")
+        sys.stdout.write("out, unflushed")
+        sys.stderr.write("err")
+        exit_worker(3)
+        print("never reached")
+    """)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert result.returncode == 3
+    assert result.stdout == "out, unflushed" and result.stderr.endswith("err")
+    assert (tmp_path / "probe.log").read_text() == "logged\n"
+
+
+@pytest.mark.parametrize("world_size", [None, "2"])
+def test_the_command_ends_torchrun_workers_through_exit_worker(monkeypatch, world_size):
+    import instaseg.engine.distributed as distributed
+    from instaseg.cli.main import main
+
+    exits = []
+
+    def fake_exit(code):
+        exits.append(code)
+        raise SystemExit(code)
+
+    monkeypatch.setattr(distributed, "exit_worker", fake_exit)
+    if world_size is None:
+        monkeypatch.delenv("WORLD_SIZE", raising=False)
+        assert main(["presets"]) == 0 and exits == []
+    else:
+        monkeypatch.setenv("WORLD_SIZE", world_size)
+        with pytest.raises(SystemExit):
+            main(["eval", "--results", "missing.json", "--json", "missing.json"])
+        assert exits == [2]  # the command's own exit code (an error here) goes through
 
 
 @pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun not installed next to the interpreter")
