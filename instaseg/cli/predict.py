@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 from instaseg.cli._common import ensure_writable_dir
 from instaseg.data.image_io import IMAGE_EXTENSIONS
@@ -89,9 +90,22 @@ def _predict_video(predictor, source: Path, target: Path, names: list[str]) -> N
     reader = imageio.get_reader(source)
     fps = reader.get_meta_data().get("fps", 25)
     with imageio.get_writer(target, fps=fps, macro_block_size=1) as writer:
-        for frame in tqdm(reader, desc=source.name, unit="frame"):
+        for frame in tqdm(reader, desc=source.name, unit="frame", total=_frame_count(reader)):
             instances = predictor(np.asarray(frame)[..., :3])
             picture = draw_instances(frame[..., :3], instances.boxes, instances.labels, instances.masks,
                                      instances.scores, names)
             writer.append_data(np.asarray(picture))
     reader.close()
+
+
+def _frame_count(reader: Any) -> int | None:
+    """The video's number of frames for the progress bar, or None when it cannot be known (a stream).
+
+    The ffmpeg reader's ``len()`` is ``sys.maxsize`` for most files (their header has no frame
+    count); ``count_frames()`` asks ffmpeg to count the packets, without decoding.
+    """
+    try:
+        count = reader.count_frames()
+    except Exception:  # noqa: BLE001 - any reader or ffmpeg failure only costs the bar its total
+        return None
+    return count if isinstance(count, int) and count > 0 else None

@@ -82,8 +82,10 @@ def test_predict_folder_empty_folder_and_video(trained, dataset, tmp_path, capsy
     imageio = pytest.importorskip("imageio.v2")
     frames = [np.full((64, 64, 3), 40 * k, dtype=np.uint8) for k in range(3)]
     imageio.mimwrite(tmp_path / "clip.mp4", frames, fps=5, macro_block_size=1)
+    capsys.readouterr()
     assert main(["predict", "--checkpoint", ckpt, str(tmp_path / "clip.mp4"), "--out", str(tmp_path / "v")]) == 0
     assert len(imageio.mimread(tmp_path / "v" / "clip_overlay.mp4")) == 3
+    assert "3/3" in capsys.readouterr().err  # the progress bar knows the frame count
 
 
 @pytest.mark.parametrize("argv, message", [
