@@ -14,8 +14,9 @@ counter are part of the cache key.
 Channels-last (``torch.channels_last``) memory format lets oneDNN run convolutions without
 reordering their inputs and outputs; at inference ResNet switches its input to it, and every later
 layer keeps that layout. Training (autograd on) stays in the default layout: there oneDNN would
-reorder every NCHW weight to channels-last and every weight gradient back, each step, which made
-the tiny preset's training step about 15% slower on a 2-core CPU (0.376 vs 0.324 s, median of 8).
+reorder every NCHW weight to channels-last and every weight gradient back, each step (the tiny
+preset's forward + backward + AdamW step on a 2-core CPU: 0.376 s channels-last vs 0.324 s,
+medians of 8 interleaved rounds).
 
 Both switches are on by default; :func:`fast_paths` turns them off for a block of code (to measure
 their effect, or to compare outputs).
