@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from dataclasses import replace
 
 
@@ -45,10 +46,11 @@ def run(args: argparse.Namespace) -> int:
     summary = train_on_dataset(config, train_set, args.out, val_dataset=val_set, resume=args.resume,
                                overrides_note=" ".join(args.overrides) or None, progress=not args.no_progress,
                                device=args.device)
-    if args.skip_bad:  # images found bad inside DataLoader workers are counted (and warned) there
-        for name, dataset in (("train", train_set), ("val", val_set)):
-            if dataset is not None:
-                print(f"{name} data {dataset.json_path}: {dataset.skipped_summary}")
-    print(f"{summary['status']} at iteration {summary['iteration']}/{summary['max_iter']} "
-          f"in {summary['seconds']:.0f} s; last checkpoint {summary['last_checkpoint']}")
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, rank 0 alone reports
+        if args.skip_bad:  # images found bad inside DataLoader workers are counted (and warned) there
+            for name, dataset in (("train", train_set), ("val", val_set)):
+                if dataset is not None:
+                    print(f"{name} data {dataset.json_path}: {dataset.skipped_summary}")
+        print(f"{summary['status']} at iteration {summary['iteration']}/{summary['max_iter']} "
+              f"in {summary['seconds']:.0f} s; last checkpoint {summary['last_checkpoint']}")
     return 0 if summary["status"] == "finished" else 130

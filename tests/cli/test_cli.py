@@ -128,3 +128,16 @@ def test_ms_rcnn_trains_evaluates_and_predicts_from_the_cli(dataset, tmp_path):
                  "--no-overlays"]) == 0
     results = json.loads((tmp_path / "p" / "results.json").read_text())
     assert results and all("mask_score" in r for r in results)  # S_mask = S_cls x S_iou
+
+
+@pytest.mark.parametrize("rank, reported", [("0", True), ("1", False)])
+def test_train_reports_once_under_torchrun(dataset, tmp_path, monkeypatch, capsys, rank, reported):
+    import instaseg.engine.train as engine
+
+    summary = {"status": "finished", "iteration": 3, "max_iter": 3, "seconds": 1.0, "last_checkpoint": "x.pt"}
+    monkeypatch.setattr(engine, "train_on_dataset", lambda *args, **kwargs: summary)
+    monkeypatch.setenv("RANK", rank)
+    argv = ["train", "--preset", "mask_rcnn_r18_fpn_tiny", "--train-json", str(dataset / "annotations/train.json"),
+            "--train-images", str(dataset / "train"), "--out", str(tmp_path / "r")]
+    assert main(argv) == 0
+    assert ("finished at iteration 3/3" in capsys.readouterr().out) == reported
