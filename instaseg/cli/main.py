@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import sys
 
 from instaseg.errors import InstasegError
@@ -47,10 +46,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     code = _run(args)
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # a torchrun worker: see exit_worker
-        from instaseg.engine.distributed import exit_worker
+    from instaseg.engine import distributed
 
-        exit_worker(code)
+    if distributed.get_launch_world_size() > 1:  # a torchrun worker: see exit_worker
+        distributed.exit_worker(code)
     return code
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 from dataclasses import replace
 
 
@@ -28,6 +27,7 @@ def run(args: argparse.Namespace) -> int:
     from instaseg.config.io import apply_overrides
     from instaseg.config.presets import get_preset
     from instaseg.data.coco import CocoDataset
+    from instaseg.engine.distributed import get_launch_rank
     from instaseg.engine.train import train_on_dataset
     from instaseg.errors import ConfigError
 
@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     summary = train_on_dataset(config, train_set, args.out, val_dataset=val_set, resume=args.resume,
                                overrides_note=" ".join(args.overrides) or None, progress=not args.no_progress,
                                device=args.device)
-    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, rank 0 alone reports
+    if get_launch_rank() == 0:  # under torchrun, rank 0 alone reports
         if args.skip_bad:  # images found bad inside DataLoader workers are counted (and warned) there
             for name, dataset in (("train", train_set), ("val", val_set)):
                 if dataset is not None:

@@ -32,6 +32,8 @@ __all__ = [
     "is_distributed",
     "get_rank",
     "get_local_rank",
+    "get_launch_rank",
+    "get_launch_world_size",
     "get_world_size",
     "is_main_process",
     "barrier",
@@ -61,6 +63,17 @@ def get_local_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", "0"))
 
 
+def get_launch_rank() -> int:
+    """The process's rank as torchrun set it (``RANK``), 0 otherwise; unlike :func:`get_rank`,
+    also valid before the group is joined and after it is destroyed."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def get_launch_world_size() -> int:
+    """The number of processes torchrun started (``WORLD_SIZE``), 1 otherwise."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def is_main_process() -> bool:
     return get_rank() == 0
 
@@ -73,7 +86,7 @@ def init_distributed(backend: str | None = None) -> bool:
     environment, ``WORLD_SIZE`` 1, or a group already initialised by someone else.
     ``backend`` defaults to ``"nccl"`` when CUDA is available, else ``"gloo"``.
     """
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not dist.is_available() or dist.is_initialized():
+    if get_launch_world_size() <= 1 or not dist.is_available() or dist.is_initialized():
         return False
     if backend is None:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
