@@ -74,9 +74,11 @@ def mask_rcnn_r101_c4() -> Config:
 def mask_rcnn_r50_fpn_torchvision() -> Config:
     """torchvision's ``maskrcnn_resnet50_fpn`` (v1) inference conventions, for imported weights.
 
-    Legacy RoIAlign (aligned=False, sampling ratio 2), rounded ratio-major anchors, smooth-L1
-    beta 1/9 in the RPN, 2000/2000 train proposals, minimum box sizes 1e-3 / 1e-2, and its
-    legacy mask paste (one-pixel padded mask, integer box, bilinear resize).
+    Legacy RoIAlign (aligned=False, sampling ratio 2), rounded ratio-major anchors whose grid
+    step is the padded image size // feature size (P6: 61/62 for an odd P5), smooth-L1 beta 1/9 in
+    the RPN, 2000/2000 train proposals, minimum box sizes 1e-3 / 1e-2, and its legacy mask paste
+    (one-pixel padded mask, integer box, bilinear resize). Its resize is instaseg's default
+    (``floor(side * scale)`` of the float image, bilinear).
     """
     base = mask_rcnn_r50_fpn()
     model = replace(
@@ -84,6 +86,7 @@ def mask_rcnn_r50_fpn_torchvision() -> Config:
         rpn=replace(
             base.model.rpn,
             anchor_convention="torchvision",
+            anchor_strides="padded_size",
             post_nms_topk_train=2000,
             min_box_size=1e-3,
             smooth_l1_beta=1.0 / 9,

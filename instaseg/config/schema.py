@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from instaseg.errors import ConfigError
+
 __all__ = [
     "BackboneConfig",
     "FPNConfig",
@@ -26,6 +28,11 @@ __all__ = [
     "TrainConfig",
     "Config",
 ]
+
+def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{key}={value!r}: use one of {', '.join(repr(c) for c in choices)}")
+
 
 IMAGENET_MEAN_RGB = (123.675, 116.28, 103.53)  # ImageNet statistics in 0-255 units, RGB
 IMAGENET_STD_RGB = (58.395, 57.12, 57.375)
@@ -48,6 +55,15 @@ class InputConfig:
     channel_order: str = "RGB"  # "RGB" or "BGR": the order the backbone weights expect
     size_divisibility: int = 32  # pad so every FPN level lines up
     square: int = 0  # > 0: resize to square x square ignoring aspect (YOLACT); 0: shortest side
+    # Publishers' test-time resize (instaseg.structures.image_list): "floor" = torchvision's size
+    # rule (floor(side * scale)), "round" = Detectron2's ResizeShortestEdge (int(x + 0.5));
+    # "bilinear" = float interpolation, "pil_bilinear" = Detectron2's uint8 Pillow resize.
+    resize_rounding: str = "floor"
+    resize_filter: str = "bilinear"
+
+    def __post_init__(self) -> None:
+        _check_choice("input.resize_rounding", self.resize_rounding, ("floor", "round"))
+        _check_choice("input.resize_filter", self.resize_filter, ("bilinear", "pil_bilinear"))
 
 
 @dataclass(frozen=True)
@@ -74,6 +90,9 @@ class RPNConfig:
     anchor_sizes: tuple[tuple[float, ...], ...] = ((32,), (64,), (128,), (256,), (512,))
     aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
     anchor_convention: str = "detectron2"  # "torchvision" rounds cell anchors and orders ratio-major
+    # "fixed": each level's nominal stride (4, 8, ..., 64); "padded_size": padded image size //
+    # feature size per axis, as torchvision computes it (P6 of an odd-sized P5 gets 61 or 62)
+    anchor_strides: str = "fixed"
     pre_nms_topk_train: int = 2000  # per FPN level
     pre_nms_topk_test: int = 1000
     post_nms_topk_train: int = 1000  # per image
@@ -86,6 +105,9 @@ class RPNConfig:
     box_weights: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0)
     smooth_l1_beta: float = 0.0  # 0 = L1 (Detectron2); torchvision uses 1/9
     loss_weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        _check_choice("model.rpn.anchor_strides", self.anchor_strides, ("fixed", "padded_size"))
 
 
 @dataclass(frozen=True)

@@ -97,6 +97,7 @@ def _mask_rcnn(config: Config) -> MaskRCNN:
         (tuple(rpn.aspect_ratios),) * levels,
         tuple(s.stride for s in shapes.values()),
         convention=rpn.anchor_convention,
+        stride_rule=rpn.anchor_strides,
     )
     num_anchors = anchors.num_anchors_per_location()
     if len(set(num_anchors)) != 1:

@@ -107,15 +107,21 @@ class MaskRCNN(Detector):
         Training images arrive already resized by the data transforms (with their targets).
         """
         cfg = self.input_config
+        # The statistics in the model's dtype from the config's numbers: float32 buffers cast to
+        # float64 would carry float32 rounding (1e-8) that a float64 comparison then sees.
+        dtype, device = self.pixel_mean.dtype, self.pixel_mean.device
+        mean = torch.tensor(cfg.pixel_mean, dtype=dtype, device=device).view(3, 1, 1)
+        std = torch.tensor(cfg.pixel_std, dtype=dtype, device=device).view(3, 1, 1)
         prepared = []
         for image in images:
-            image = image.to(device=self.pixel_mean.device, dtype=self.pixel_mean.dtype)
+            image = image.to(device=device, dtype=dtype)
             if not self.training:
                 h, w = image.shape[-2:]
-                image = resize_image(image, resized_shape(h, w, cfg.min_size_test, cfg.max_size_test))
+                size = resized_shape(h, w, cfg.min_size_test, cfg.max_size_test, cfg.resize_rounding)
+                image = resize_image(image, size, cfg.resize_filter)
             if cfg.channel_order == "BGR":
                 image = image.flip(0)
-            prepared.append((image - self.pixel_mean) / self.pixel_std)
+            prepared.append((image - mean) / std)
         return batch_images(prepared, cfg.size_divisibility)
 
     def features(self, batch: Tensor) -> dict[str, Tensor]:
@@ -137,7 +143,8 @@ class MaskRCNN(Detector):
         rpn_in = [features[n] for n in self.rpn_features]
         with record_function("instaseg.rpn"):
             logits, deltas = self.rpn_head(rpn_in)
-            anchors = self.anchor_generator([tuple(f.shape[-2:]) for f in rpn_in], device=batch.tensor.device)
+            anchors = self.anchor_generator([tuple(f.shape[-2:]) for f in rpn_in], device=batch.tensor.device,
+                                            image_size=tuple(batch.tensor.shape[-2:]))
         cfg = self.rpn_config
         with torch.no_grad(), record_function("instaseg.proposals"):
             proposals = select_proposals(

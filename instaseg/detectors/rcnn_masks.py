@@ -13,9 +13,13 @@ __all__ = ["rescale_boxes", "paste_detections"]
 
 
 def rescale_boxes(boxes: Tensor, from_size: tuple[int, int], to_size: tuple[int, int]) -> Tensor:
-    """Map ``boxes (N, 4)`` from an image of ``from_size = (h, w)`` to one of ``to_size``."""
-    ratio_h = to_size[0] / from_size[0]
-    ratio_w = to_size[1] / from_size[1]
+    """Map ``boxes (N, 4)`` from an image of ``from_size = (h, w)`` to one of ``to_size``.
+
+    The ratios are float32 divisions, as torchvision's ``resize_boxes`` computes them (and the
+    exported graph), so float64 boxes match torchvision's to the last bit.
+    """
+    ratios = torch.tensor(to_size, dtype=torch.float32) / torch.tensor(from_size, dtype=torch.float32)
+    ratio_h, ratio_w = ratios.tolist()
     scale = torch.tensor([ratio_w, ratio_h, ratio_w, ratio_h], dtype=boxes.dtype, device=boxes.device)
     return boxes * scale
 

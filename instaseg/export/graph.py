@@ -51,17 +51,15 @@ def image_size_tensor(image: Tensor) -> Tensor:
 
 
 def resize_shortest_side(image: Tensor, min_size: int, max_size: int) -> tuple[Tensor, Tensor]:
-    """:func:`instaseg.structures.image_list.resized_shape` + ``resize_image`` inside the graph.
+    """:func:`instaseg.structures.image_list.resized_shape` (``"floor"``) + ``resize_image`` in the graph.
 
-    ``image (3, H, W)`` -> ``(resized (3, h, w), size (2,) float64 [h, w])``. The scale is rounded
-    to float32 before ``floor(side * scale)``, as the eager rule does (torchvision's), so both
-    paths pick the same size for every input size.
+    ``image (3, H, W)`` -> ``(resized (3, h, w), size (2,) float64 [h, w])``. The scale and the
+    sizes are float64 arithmetic, as the eager rule (torchvision's) does, so both paths pick the
+    same size for every input size.
     """
     size = image_size_tensor(image)
     short, long = size.min(), size.max()
-    # Divisions of tensors (a scalar numerator would become reciprocal x scalar: two roundings).
-    scale = torch.minimum((torch.full_like(short, min_size) / short).float(),
-                          (torch.full_like(long, max_size) / long).float()).double()
+    scale = torch.minimum(torch.full_like(short, min_size) / short, torch.full_like(long, max_size) / long)
     new_size = torch.floor(size * scale).clamp(min=1)
     height, width = (v.item() for v in new_size.long().unbind())  # data-dependent sizes
     torch._check(height >= 1)

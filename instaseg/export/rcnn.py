@@ -40,6 +40,13 @@ def check_exportable_rcnn(model: MaskRCNN) -> None:
         problems.append(f"mask_head.paste={model.mask_config.paste!r} (only 'centres' exports)")
     if model.box_config.pooler_type != "align":
         problems.append(f"box_head.pooler_type={model.box_config.pooler_type!r} (only 'align' exports)")
+    if model.input_config.resize_rounding != "floor":
+        problems.append(f"input.resize_rounding={model.input_config.resize_rounding!r} (only 'floor' exports)")
+    if model.input_config.resize_filter != "bilinear":
+        problems.append(f"input.resize_filter={model.input_config.resize_filter!r} (only 'bilinear' exports: "
+                        "Pillow's uint8 filter is not a graph operation)")
+    if model.rpn_config.anchor_strides != "fixed":
+        problems.append(f"model.rpn.anchor_strides={model.rpn_config.anchor_strides!r} (only 'fixed' exports)")
     if problems:
         raise InstasegError("cannot export this Mask R-CNN: " + "; ".join(problems))
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["ImageList", "batch_images", "resized_shape", "resize_image"]
+__all__ = ["ImageList", "batch_images", "resized_shape", "resize_image", "RESIZE_ROUNDINGS", "RESIZE_FILTERS"]
 
 
 @dataclass
@@ -57,21 +58,59 @@ def batch_images(images: list[Tensor], size_divisibility: int = 32, pad_value: f
     return ImageList(tensor, sizes)
 
 
-def resized_shape(height: int, width: int, min_size: int, max_size: int) -> tuple[int, int]:
-    """Shape after scaling the shortest side to ``min_size`` unless the longest would exceed ``max_size``.
+RESIZE_ROUNDINGS = ("floor", "round")
+RESIZE_FILTERS = ("bilinear", "pil_bilinear")
 
-    ``scale = min(min_size / short, max_size / long)`` and each side is ``floor(side * scale)``
-    (torchvision's rule, computed in float32 as it does, so imported weights see the same input).
+
+def resized_shape(
+    height: int, width: int, min_size: int, max_size: int, rounding: str = "floor"
+) -> tuple[int, int]:
+    """Shape ``(h, w)`` after scaling the shortest side to ``min_size`` unless the longest would
+    exceed ``max_size``. Publishers round differently, and a one-pixel change moves every anchor:
+
+    - ``"floor"`` (torchvision's ``GeneralizedRCNNTransform``): ``scale = min(min_size / short,
+      max_size / long)`` in float64 and each side ``floor(side * scale)``, the size
+      ``F.interpolate(scale_factor=scale, recompute_scale_factor=True)`` gives (480x640 -> 800x1066);
+    - ``"round"`` (Detectron2's ``ResizeShortestEdge``): the short side becomes ``min_size`` and the
+      long one ``long * min_size / short``; when that exceeds ``max_size`` both are multiplied by
+      ``max_size / long'``; each side is then ``int(x + 0.5)`` (480x640 -> 800x1067).
     """
-    short, long = float(min(height, width)), float(max(height, width))
-    scale = torch.minimum(
-        torch.tensor(min_size / short, dtype=torch.float32), torch.tensor(max_size / long, dtype=torch.float32)
-    ).item()
-    return max(int(math.floor(height * scale)), 1), max(int(math.floor(width * scale)), 1)
+    if rounding == "floor":
+        scale = min(min_size / min(height, width), max_size / max(height, width))
+        return max(math.floor(height * scale), 1), max(math.floor(width * scale), 1)
+    if rounding == "round":
+        scale = min_size / min(height, width)
+        new_h, new_w = (min_size, scale * width) if height < width else (scale * height, min_size)
+        if max(new_h, new_w) > max_size:
+            cap = max_size / max(new_h, new_w)
+            new_h, new_w = new_h * cap, new_w * cap
+        return max(int(new_h + 0.5), 1), max(int(new_w + 0.5), 1)
+    raise ValueError(f"unknown resize rounding {rounding!r}: use one of {RESIZE_ROUNDINGS}")
 
 
-def resize_image(image: Tensor, size: tuple[int, int]) -> Tensor:
-    """Bilinear resize of ``image (C, H, W)`` float to ``size = (h, w)`` (half-pixel centres)."""
+def resize_image(image: Tensor, size: tuple[int, int], resize_filter: str = "bilinear") -> Tensor:
+    """Resize ``image (C, H, W)`` (float, values in [0, 255]) to ``size = (h, w)``.
+
+    - ``"bilinear"``: bilinear interpolation of the float image at half-pixel centres, no
+      antialiasing (``F.interpolate``; torchvision's transform, instaseg's own presets);
+    - ``"pil_bilinear"``: the image rounded to uint8 and resized by Pillow's bilinear filter, which
+      widens its support when shrinking (antialiasing) and rounds its output to uint8: what
+      Detectron2's ``ResizeTransform.apply_image`` does to the uint8 images it reads. Not
+      differentiable, and not exportable.
+    """
+    if resize_filter not in RESIZE_FILTERS:
+        raise ValueError(f"unknown resize filter {resize_filter!r}: use one of {RESIZE_FILTERS}")
     if tuple(image.shape[-2:]) == tuple(size):
         return image
+    if resize_filter == "pil_bilinear":
+        return _resize_pil_bilinear(image, size)
     return F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]
+
+
+def _resize_pil_bilinear(image: Tensor, size: tuple[int, int]) -> Tensor:
+    from PIL import Image  # only this path needs Pillow at call time
+
+    pixels = image.detach().round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    channels = [Image.fromarray(pixels[..., c]) for c in range(pixels.shape[-1])]  # any channel count
+    resized = [torch.from_numpy(np.array(c.resize((size[1], size[0]), Image.BILINEAR))) for c in channels]
+    return torch.stack(resized).to(device=image.device, dtype=image.dtype)

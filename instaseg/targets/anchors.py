@@ -28,6 +28,7 @@ __all__ = [
 ]
 
 _CONVENTIONS = ("torchvision", "detectron2")
+_STRIDE_RULES = ("fixed", "padded_size")
 _MAX_CACHE_ENTRIES = 16  # a few input sizes (train, eval, export) per process; bounded so it cannot grow
 
 
@@ -80,9 +81,17 @@ class AnchorGenerator(nn.Module):
 
     With one size per level (the usual FPN set-up) the two orders coincide and only the rounding
     differs. torchvision's ``maskrcnn_resnet50_fpn`` uses sizes ``((32,), (64,), (128,), (256,),
-    (512,))``, ratios ``(0.5, 1.0, 2.0)`` at every level, strides ``(4, 8, 16, 32, 64)`` and offset 0
-    (its stride is ``image_size // feature_size``, equal to these for inputs padded to a multiple
-    of 32); Detectron2's Mask R-CNN FPN configs use the same sizes and ratios with ``OFFSET: 0.0``.
+    (512,))``, ratios ``(0.5, 1.0, 2.0)`` at every level and offset 0; Detectron2's Mask R-CNN FPN
+    configs use the same sizes and ratios with ``OFFSET: 0.0``.
+
+    ``stride_rule`` says where a level's grid step comes from:
+
+    - ``"fixed"``: ``strides[l]`` on both axes (Detectron2);
+    - ``"padded_size"``: ``padded_image_size // feature_size`` per axis (torchvision's
+      ``AnchorGenerator.forward``), which needs ``image_size`` in :meth:`forward`. For inputs padded
+      to a multiple of 32 this equals 4..32 on P2-P5, but P6 (P5 max-pooled with stride 2) has
+      ``ceil(P5 / 2)`` cells, so an odd P5 gives P6 a step of 61 or 62, not 64 (an 800x1120 input:
+      P5 25x35, P6 13x18, steps 61 and 62).
 
     The module has no parameters and no state-dict entries (peers' checkpoints have none either).
     """
@@ -94,6 +103,7 @@ class AnchorGenerator(nn.Module):
         strides: tuple[int, ...],
         offset: float = 0.0,
         convention: str = "torchvision",
+        stride_rule: str = "fixed",
     ) -> None:
         super().__init__()
         if not len(sizes) == len(aspect_ratios) == len(strides):
@@ -103,6 +113,8 @@ class AnchorGenerator(nn.Module):
             )
         if convention not in _CONVENTIONS:
             raise ValueError(f"convention must be one of {_CONVENTIONS}, got {convention!r}")
+        if stride_rule not in _STRIDE_RULES:
+            raise ValueError(f"stride_rule must be one of {_STRIDE_RULES}, got {stride_rule!r}")
         if any(len(s) == 0 for s in sizes) or any(len(r) == 0 for r in aspect_ratios):
             raise ValueError("every level needs at least one size and one aspect ratio")
         if any(r <= 0 for level in aspect_ratios for r in level):
@@ -112,6 +124,7 @@ class AnchorGenerator(nn.Module):
         self.strides = tuple(int(s) for s in strides)
         self.offset = float(offset)
         self.convention = convention
+        self.stride_rule = stride_rule
         make_cell = _cell_anchors_torchvision if convention == "torchvision" else _cell_anchors_detectron2
         # Plain float64 CPU tensors, not buffers: cast to the caller's device/dtype on use.
         self.cell_anchors: list[Tensor] = [
@@ -128,15 +141,26 @@ class AnchorGenerator(nn.Module):
         """``A_l = len(sizes[l]) * len(aspect_ratios[l])`` for every level."""
         return [len(c) for c in self.cell_anchors]
 
+    def level_strides(
+        self, feature_sizes: list[tuple[int, int]], image_size: tuple[int, int] | None = None
+    ) -> list[tuple[int, int]]:
+        """``(stride_y, stride_x)`` of every level under this generator's ``stride_rule``."""
+        if self.stride_rule == "fixed":
+            return [(s, s) for s in self.strides]
+        if image_size is None:
+            raise ValueError("stride_rule='padded_size' needs the padded image size")
+        return [(int(image_size[0]) // h, int(image_size[1]) // w) for h, w in feature_sizes]
+
     def _grid_anchors(
-        self, cell: Tensor, size: tuple[int, int], stride: int, device: torch.device, dtype: torch.dtype
+        self, cell: Tensor, size: tuple[int, int], stride: tuple[int, int], device: torch.device,
+        dtype: torch.dtype,
     ) -> Tensor:
         height, width = size
+        stride_y, stride_x = stride
         work = _compute_dtype(dtype)
         cell = cell.to(device=device, dtype=work)
-        start = self.offset * stride
-        shifts_x = torch.arange(width, device=device, dtype=work) * stride + start
-        shifts_y = torch.arange(height, device=device, dtype=work) * stride + start
+        shifts_x = torch.arange(width, device=device, dtype=work) * stride_x + self.offset * stride_x
+        shifts_y = torch.arange(height, device=device, dtype=work) * stride_y + self.offset * stride_y
         shift_y, shift_x = torch.meshgrid(shifts_y, shifts_x, indexing="ij")  # x fastest when flat
         shift_x, shift_y = shift_x.reshape(-1), shift_y.reshape(-1)
         shifts = torch.stack((shift_x, shift_y, shift_x, shift_y), dim=1)
@@ -147,25 +171,28 @@ class AnchorGenerator(nn.Module):
         feature_sizes: list[tuple[int, int]],
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        image_size: tuple[int, int] | None = None,
     ) -> list[Tensor]:
-        """Anchors for feature maps of ``feature_sizes = [(H_l, W_l), ...]`` (one per level).
+        """Anchors for feature maps of ``feature_sizes = [(H_l, W_l), ...]`` (one per level) of a
+        padded batch of ``image_size = (H, W)`` (needed by ``stride_rule="padded_size"`` only).
 
         Returns a list with one ``(H_l * W_l * A_l, 4)`` xyxy tensor per level, in input-image
         pixels, location-major (row ``y``, then column ``x``, then the ``A_l`` cell anchors). All
         images of a batch share them (they share the padded size). Results are cached per
-        ``(feature_sizes, device, dtype)``; treat the returned tensors as read-only.
+        ``(feature_sizes, strides, device, dtype)``; treat the returned tensors as read-only.
         """
         if len(feature_sizes) != self.num_levels:
             raise ValueError(f"expected {self.num_levels} feature sizes, got {len(feature_sizes)}")
         device = torch.device(device) if device is not None else torch.device("cpu")
         dtype = dtype if dtype is not None else torch.get_default_dtype()
         sizes = tuple((int(h), int(w)) for h, w in feature_sizes)
-        key = (sizes, device, dtype)
+        strides = tuple(self.level_strides(list(sizes), image_size))
+        key = (sizes, strides, device, dtype)
         anchors = self._cache.get(key)
         if anchors is None:
             anchors = [
                 self._grid_anchors(cell, size, stride, device, dtype)
-                for cell, size, stride in zip(self.cell_anchors, sizes, self.strides)
+                for cell, size, stride in zip(self.cell_anchors, sizes, strides)
             ]
             if len(self._cache) >= _MAX_CACHE_ENTRIES:
                 self._cache.clear()
@@ -175,7 +202,7 @@ class AnchorGenerator(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"sizes={self.sizes}, aspect_ratios={self.aspect_ratios}, strides={self.strides}, "
-            f"offset={self.offset}, convention={self.convention!r}"
+            f"offset={self.offset}, convention={self.convention!r}, stride_rule={self.stride_rule!r}"
         )
 
 

@@ -210,7 +210,8 @@ def detect_detectron2_layout(state: dict[str, Any]) -> Detectron2Layout:
 def detectron2_config(layout: Detectron2Layout, pixel_mean: tuple[float, float, float] = DETECTRON2_PIXEL_MEAN_BGR,
                       pixel_std: tuple[float, float, float] = DETECTRON2_PIXEL_STD_BGR) -> Config:
     """The preset for ``layout`` with Detectron2's conventions: BGR 0-255 input, stride in the 1x1
-    (MSRA weights), aligned RoIAlign with adaptive sampling, unrounded anchors, centre paste."""
+    (MSRA weights), aligned RoIAlign with adaptive sampling, unrounded anchors, centre paste, and
+    DefaultPredictor's resize (``int(x + 0.5)`` sizes, Pillow's bilinear filter on the uint8 image)."""
     base = get_preset(layout.preset)
     m = base.model
     model = replace(
@@ -221,7 +222,9 @@ def detectron2_config(layout: Detectron2Layout, pixel_mean: tuple[float, float, 
         box_head=replace(m.box_head, aligned=True, sampling_ratio=0),
         mask_head=replace(m.mask_head, paste="centres", class_agnostic=layout.class_agnostic_mask),
     )
-    inputs = replace(base.input, channel_order="BGR", pixel_mean=pixel_mean, pixel_std=pixel_std)
+    # DefaultPredictor's ResizeShortestEdge: int(x + 0.5) sizes, Pillow's bilinear on the uint8 image
+    inputs = replace(base.input, channel_order="BGR", pixel_mean=pixel_mean, pixel_std=pixel_std,
+                     resize_rounding="round", resize_filter="pil_bilinear")
     return replace(base, name=f"{layout.preset}_detectron2", model=model, input=inputs)
 
 

@@ -165,3 +165,40 @@ def test_yolact_prior_counts_match_papers():
     assert plus.shape == (19248 * 3, 4)
     assert YOLACT_PLUS_SCALES[0] == pytest.approx((24.0, 24 * 2 ** (1 / 3), 24 * 2 ** (2 / 3)))
     assert base.dtype == torch.float32
+
+
+def _torchvision_grid_reference(cell, feature_size, image_size):
+    """torchvision/models/detection/anchor_utils.py ``AnchorGenerator``: ``strides = [image_size[0]
+    // g[0], image_size[1] // g[1]]`` per level (``forward``), then ``shifts_x = arange(0,
+    grid_width) * stride_width`` (``grid_anchors``) and ``shifts + base_anchors``: slow loops."""
+    (height, width), (image_h, image_w) = feature_size, image_size
+    stride_y, stride_x = image_h // height, image_w // width
+    rows = []
+    for y in range(height):
+        for x in range(width):
+            for x1, y1, x2, y2 in cell.tolist():
+                rows.append([x1 + x * stride_x, y1 + y * stride_y, x2 + x * stride_x, y2 + y * stride_y])
+    return torch.tensor(rows, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("padded", [(800, 1120), (800, 1088), (608, 800), (800, 800)])
+def test_padded_size_strides_follow_torchvision_on_every_level(padded):
+    # 300x410 resized to 800x1093 pads to 800x1120: P5 25x35, P6 13x18, whose steps are 61 and 62.
+    sizes, ratios = ((32,), (64,), (128,), (256,), (512,)), ((0.5, 1.0, 2.0),) * 5
+    gen = AnchorGenerator(sizes, ratios, (4, 8, 16, 32, 64), convention="torchvision", stride_rule="padded_size")
+    feature_sizes = [(padded[0] // s, padded[1] // s) for s in (4, 8, 16, 32)]
+    feature_sizes.append(tuple((n + 1) // 2 for n in feature_sizes[-1]))  # P6 = max_pool(P5, 1, stride 2)
+    out = gen(feature_sizes, dtype=torch.float64, image_size=padded)
+    for level, anchors in enumerate(out):
+        expected = _torchvision_grid_reference(gen.cell_anchors[level], feature_sizes[level], padded)
+        assert torch.equal(anchors, expected), level
+    if padded == (800, 1120):
+        assert gen.level_strides(feature_sizes, padded)[-1] == (61, 62)
+
+
+def test_padded_size_strides_need_the_image_size():
+    gen = AnchorGenerator(((32,),), ((1.0,),), (4,), stride_rule="padded_size")
+    with pytest.raises(ValueError, match="padded image size"):
+        gen([(2, 2)])
+    with pytest.raises(ValueError, match="stride_rule"):
+        AnchorGenerator(((32,),), ((1.0,),), (4,), stride_rule="auto")

@@ -1,6 +1,7 @@
 """Run torchvision's own Mask R-CNN and instaseg's converted copy on the same image; print JSON.
 
-Used by test_torchvision_parity.py in a subprocess, with torchvision's pure-Python package on
+At torchvision's default test size (800 / 1333), on image sizes that need rounding and give odd
+feature maps. Used by test_torchvision_parity.py in a subprocess, with torchvision's pure-Python package on
 ``sys.path``. torchvision's compiled kernels cannot load with the CPU build of torch, so this
 script registers the two ops its Mask R-CNN calls (``torchvision::nms`` and
 ``torchvision::roi_align``) with instaseg's pure-PyTorch kernels
@@ -18,8 +19,13 @@ import json
 import sys
 
 import torch
+import torch.nn.functional as F
 
 from instaseg.ops.torchvision_shim import load_torchvision
+
+# sizes that make odd feature maps and need rounding at 800 / 1333: 480x640 -> 800x1066 (P5 25x34,
+# P6 13x17), 375x500 -> 800x1066, 410x300 -> 1093x800 (padded 1120x800: P6 steps 62 and 61)
+IMAGE_SIZES = [(480, 640), (375, 500), (410, 300)]
 
 
 def main(site: str) -> None:
@@ -28,13 +34,11 @@ def main(site: str) -> None:
 
     from instaseg.weights.torchvision import convert_torchvision_maskrcnn, torchvision_config
     from instaseg.detectors.build import build_from_config
-    from instaseg.config.io import apply_overrides
 
     torch.manual_seed(0)
     num_outputs = 5  # 4 classes + background: random weights then score above the 0.05 threshold
-    size = (320, 448)
-    tv = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=num_outputs,
-                               min_size=size[0], max_size=size[1]).eval()
+    # torchvision's defaults (min_size 800, max_size 1333): instaseg's preset as it is
+    tv = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=num_outputs).eval()
     with torch.no_grad():  # realistic statistics and biases instead of a fresh model's zeros and ones
         for module in tv.modules():
             if isinstance(module, torch.nn.BatchNorm2d):
@@ -44,36 +48,39 @@ def main(site: str) -> None:
                 if module.bias is not None:
                     module.bias.uniform_(-0.1, 0.1)
     state, num_classes = convert_torchvision_maskrcnn(tv.state_dict(), source_bn_eps=1e-5)
-    config = apply_overrides(torchvision_config(num_classes), [
-        f"input.min_size_test={size[0]}", f"input.max_size_test={size[1]}"])
-    ours = build_from_config(config).eval()
+    ours = build_from_config(torchvision_config(num_classes)).eval()
     ours.load_state_dict(state)
     # float64 takes float32 rounding (which a random network amplifies) out of the comparison, so
     # any difference left is a difference of convention
     tv, ours = tv.double(), ours.double()
+    print(json.dumps([_compare(tv, ours, size) for size in IMAGE_SIZES]))
 
-    g = torch.Generator().manual_seed(1)
-    image = torch.rand(3, 300, 410, generator=g, dtype=torch.float64)  # resized to 320 x 437
-    image[:, 60:200, 80:260] = torch.tensor([0.9, 0.2, 0.1], dtype=torch.float64)[:, None, None]
+
+def _compare(tv, ours, size: tuple[int, int]) -> dict:
+    """Detection-by-detection differences on one image of ``size = (H, W)``."""
+    g = torch.Generator().manual_seed(size[0] * 10000 + size[1])
+    height, width = size
+    # smooth random shades with a few flat objects: not degenerate, not noise
+    image = F.interpolate(torch.rand(1, 3, height // 16, width // 16, generator=g, dtype=torch.float64),
+                          size=size, mode="bilinear", align_corners=False)[0]
+    image[:, height // 5 : height // 2, width // 4 : width * 3 // 5] = torch.tensor([0.9, 0.2, 0.1])[:, None, None]
+    image[:, height // 2 : height * 4 // 5, width // 2 : width * 9 // 10] = torch.tensor([0.1, 0.3, 0.8])[:, None, None]
     with torch.no_grad():
         theirs = tv([image])[0]
         mine = ours.predict([image * 255])[0]
-    out = {
-        "num_theirs": int(theirs["boxes"].shape[0]),
-        "num_ours": len(mine),
-        "labels_equal": bool(torch.equal(theirs["labels"] - 1, mine.labels)) if len(mine) == theirs["boxes"].shape[0] else False,
-    }
-    n = min(out["num_theirs"], out["num_ours"])
-    if n:
-        out["max_box_diff"] = float((theirs["boxes"][:n] - mine.boxes[:n]).abs().max())
-        out["max_score_diff"] = float((theirs["scores"][:n] - mine.scores[:n]).abs().max())
-        a = theirs["masks"][:n, 0] >= 0.5  # torchvision returns probabilities; threshold as instaseg does
-        b = mine.masks[:n]
-        inter = (a & b).flatten(1).sum(1).float()
-        union = (a | b).flatten(1).sum(1).float()
-        iou = torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
-        out["min_mask_iou"] = float(iou.min())
-    print(json.dumps(out))
+    out = {"size": list(size), "num_theirs": int(theirs["boxes"].shape[0]), "num_ours": len(mine)}
+    if out["num_theirs"] != out["num_ours"] or out["num_ours"] == 0:
+        return out
+    out["labels_equal"] = bool(torch.equal(theirs["labels"] - 1, mine.labels))
+    out["max_box_diff"] = float((theirs["boxes"] - mine.boxes).abs().max())
+    out["max_score_diff"] = float((theirs["scores"] - mine.scores).abs().max())
+    a = theirs["masks"][:, 0] >= 0.5  # torchvision returns probabilities; threshold as instaseg does
+    b = mine.masks
+    inter = (a & b).flatten(1).sum(1).double()
+    union = (a | b).flatten(1).sum(1).double()
+    iou = torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
+    out["min_mask_iou"] = float(iou.min())
+    return out
 
 
 if __name__ == "__main__":

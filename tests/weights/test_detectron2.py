@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from instaseg.cli.main import main as cli_main
+from tests.structures.test_image_list_resize import _detectron2_pixels, _detectron2_size
 from instaseg.detectors.build import build_from_config
 from instaseg.engine.checkpoint import load_model
 from instaseg.errors import CheckpointError
@@ -186,6 +187,26 @@ def test_config_carries_detectron2_conventions(r50_fpn) -> None:
     result = convert_detectron2_maskrcnn(stored)
     assert result.config.input.pixel_mean == (1.0, 2.0, 3.0) and result.config.input.pixel_std == (4.0, 5.0, 6.0)
     assert "pixel_mean" not in result.state
+
+
+@pytest.mark.parametrize("height, width", [(480, 640), (375, 500), (410, 300)])
+def test_converted_model_sees_detectron2s_input(r50_fpn, height: int, width: int) -> None:
+    """DefaultPredictor at the default test size: ResizeShortestEdge(800, 1333) on the uint8 BGR
+    image (PIL bilinear), then (x - PIXEL_MEAN) / PIXEL_STD, zero-padded to a multiple of 32."""
+    config = convert_detectron2_maskrcnn(r50_fpn).config
+    assert (config.input.resize_rounding, config.input.resize_filter) == ("round", "pil_bilinear")
+    model = build_from_config(config).eval()
+    rng = np.random.default_rng(height)
+    rgb = rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8)
+    batch = model.preprocess([torch.from_numpy(rgb).permute(2, 0, 1).float()])
+    size = _detectron2_size(height, width, 800, 1333)
+    resized = torch.from_numpy(_detectron2_pixels(np.ascontiguousarray(rgb[..., ::-1]), size).copy())
+    expected = (resized.permute(2, 0, 1).float() - torch.tensor(DETECTRON2_PIXEL_MEAN_BGR).view(3, 1, 1))
+    assert batch.image_sizes == [size]
+    padded = tuple(-(-s // 32) * 32 for s in size)
+    assert tuple(batch.tensor.shape) == (1, 3, *padded)
+    assert torch.equal(batch.tensor[0, :, : size[0], : size[1]], expected)
+    assert not batch.tensor[0, :, size[0]:].any() and not batch.tensor[0, :, :, size[1]:].any()
 
 
 @pytest.mark.parametrize("layout", ["r50_fpn", "r50_c4"])
