@@ -29,30 +29,40 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from instaseg.engine.evaluate import write_metrics_json
-    from instaseg.evaluation import evaluate_coco, format_metrics_table, format_per_category_table
+    from instaseg.evaluation import format_metrics_table, format_per_category_table
 
     out = ensure_writable_dir(args.out) if args.out else None
+    notes: dict[str, str] = {}
     if args.results:
-        try:
-            results = json.loads(Path(args.results).read_text())
-            # score what the file holds: boxes always, masks when every result carries one
-            with_masks = bool(results) and all("segmentation" in r for r in results)
-            iou_types = ("bbox", "segm") if with_masks else ("bbox",)
-            metrics = evaluate_coco(args.json, results, iou_types=iou_types, max_dets=tuple(args.max_dets),
-                                    verbose=False, per_category=args.per_category)
-        except (OSError, ValueError, TypeError) as error:
-            raise InstasegError(f"cannot score {args.results}: {error}") from None
+        metrics, notes = _evaluate_results_file(args)
     else:
         if not args.images:
             raise InstasegError("--checkpoint needs --images (the image folder of --json)")
         metrics = _evaluate_checkpoint(args, out)
     print(format_metrics_table(metrics))
+    for iou_type, note in notes.items():
+        print(f"{iou_type}: {note}")
     if args.per_category:
         print(format_per_category_table(metrics))
     if out is not None:
-        write_metrics_json(metrics, out / "metrics.json")
+        write_metrics_json(metrics, out / "metrics.json", notes=notes)
         print(f"wrote {out / 'metrics.json'}")
     return 0
+
+
+def _evaluate_results_file(args: argparse.Namespace) -> tuple[dict, dict[str, str]]:
+    """Score what the file holds: masks when it has them, boxes always (from the masks when it has
+    none). Returns the metrics and ``{iou_type: note}`` for each type not scored from its own field."""
+    from instaseg.evaluation import evaluate_coco, result_fields
+
+    try:
+        results = json.loads(Path(args.results).read_text())
+        fields = result_fields(results)
+        metrics = evaluate_coco(args.json, results, iou_types=fields.iou_types, max_dets=tuple(args.max_dets),
+                                verbose=False, per_category=args.per_category)
+    except (OSError, ValueError, TypeError) as error:
+        raise InstasegError(f"cannot score {args.results}: {error}") from None
+    return metrics, fields.notes
 
 
 def _evaluate_checkpoint(args: argparse.Namespace, out: Path | None) -> dict:

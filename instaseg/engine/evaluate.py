@@ -3,10 +3,13 @@
 ``metrics.json`` (one place for its format)::
 
     {"bbox": {"AP": .., "AP50": .., "AP75": .., "APs": .., "APm": .., "APl": ..},
-     "segm": {"AP": .., ...}}
+     "segm": {"AP": .., ...},
+     "notes": {"bbox": "computed from the masks (results have no 'bbox')"}}
 
 Values are fractions in [0, 1]; ``null`` where COCO has nothing to measure (e.g. APl on a dataset
-without large objects: pycocotools' -1, NaN in memory).
+without large objects: pycocotools' -1, NaN in memory). ``notes`` is there only when a type was not
+scored from the results' own field (``instaseg eval --results`` of a masks-only or boxes-only file:
+see :class:`instaseg.evaluation.ResultFields`).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -98,16 +101,21 @@ def _finite_or_none(value: Any) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def write_metrics_json(metrics: dict[str, dict[str, Any]], path: str | Path) -> None:
+def write_metrics_json(
+    metrics: dict[str, dict[str, Any]], path: str | Path, notes: Mapping[str, str] | None = None
+) -> None:
     """Write ``metrics.json`` (format in the module docstring), atomically (write, then rename).
 
-    Only the AP keys of ``bbox`` and ``segm`` are kept; missing types are left out.
+    Only the AP keys of ``bbox`` and ``segm`` are kept; missing types are left out. ``notes``
+    (``{iou_type: note}``) is written when not empty.
     """
-    out = {
+    out: dict[str, Any] = {
         iou_type: {key: _finite_or_none(metrics[iou_type][key]) for key in AP_KEYS}
         for iou_type in METRIC_TYPES
         if iou_type in metrics
     }
+    if notes:
+        out["notes"] = dict(notes)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
@@ -116,6 +124,10 @@ def write_metrics_json(metrics: dict[str, dict[str, Any]], path: str | Path) -> 
 
 
 def read_metrics_json(path: str | Path) -> dict[str, dict[str, float]]:
-    """Read ``metrics.json``; ``null`` comes back as NaN."""
+    """Read the metrics of ``metrics.json`` (not its ``notes``); ``null`` comes back as NaN."""
     data = json.loads(Path(path).read_text())
-    return {t: {k: float("nan") if v is None else float(v) for k, v in values.items()} for t, values in data.items()}
+    return {
+        t: {k: float("nan") if v is None else float(v) for k, v in values.items()}
+        for t, values in data.items()
+        if t in METRIC_TYPES
+    }

@@ -7,6 +7,7 @@ from instaseg.evaluation.coco_eval import (
     format_per_category_table,
     instances_to_coco_results,
 )
+from instaseg.evaluation.results_file import ResultFields, result_fields
 
 __all__ = [
     "COCOEvaluator",
@@ -14,4 +15,6 @@ __all__ = [
     "format_metrics_table",
     "format_per_category_table",
     "instances_to_coco_results",
+    "ResultFields",
+    "result_fields",
 ]

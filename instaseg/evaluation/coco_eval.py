@@ -5,7 +5,9 @@ Frames and conventions:
 * Results are COCO result dicts: ``image_id``, ``category_id`` (the dataset's own id, not the
   contiguous label), ``bbox`` ``[x, y, w, h]`` in absolute pixels of the original image,
   ``score``, ``segmentation`` (compressed RLE whose ``counts`` is a ``str``) and, for MS R-CNN /
-  YOLACT++, ``mask_score``.
+  YOLACT++, ``mask_score``. Results made elsewhere may lack ``bbox`` (boxes are then taken from
+  the masks, as pycocotools' ``loadRes`` does) or ``segmentation`` (box AP only), and may hold
+  polygons or uncompressed RLE: see :mod:`instaseg.evaluation.results_file`.
 * Box AP ranks detections by ``score``; mask AP ranks them by ``mask_score`` when present (the
   MS R-CNN paper's point: the rescored mask confidence ranks masks, the class score ranks boxes).
 * Mask AP sizes objects (small / medium / large) by mask area, box AP by box area, as the COCO
@@ -35,6 +37,7 @@ import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from instaseg.evaluation.results_file import complete_results, result_fields
 from instaseg.structures.instances import Instances
 
 __all__ = [
@@ -142,6 +145,7 @@ def _check_results(coco_gt: COCO, results: list[dict[str, Any]], iou_types: Sequ
     if any(ann.get("id", 1) == 0 for ann in coco_gt.dataset.get("annotations", [])):
         # pycocotools marks "unmatched" with gt id 0, so a gt with id 0 could never be matched.
         raise ValueError("ground-truth annotation ids must be non-zero")
+    fields = result_fields(results)  # every result has its keys, bbox / segmentation all or none
     bad_images = {r["image_id"] for r in results} - set(coco_gt.getImgIds())
     if bad_images:
         raise ValueError(f"results refer to image ids not in the ground truth: {sorted(bad_images)[:10]}")
@@ -154,20 +158,18 @@ def _check_results(coco_gt: COCO, results: list[dict[str, Any]], iou_types: Sequ
     for iou_type in iou_types:
         if iou_type not in IOU_TYPES:
             raise ValueError(f"iou_type must be one of {IOU_TYPES}, got {iou_type!r}")
-        key = "bbox" if iou_type == "bbox" else "segmentation"
-        if results and any(key not in r for r in results):
-            raise ValueError(f"{iou_type} evaluation needs '{key}' in every result")
-    if "segm" in iou_types:
-        for r in results:
-            img = coco_gt.imgs[r["image_id"]]
-            if not isinstance(r["segmentation"], dict):
-                raise ValueError("segm results must be RLE dicts (instances_to_coco_results makes them)")
-            size = list(r["segmentation"].get("size", []))
-            if size != [img["height"], img["width"]]:
-                raise ValueError(
-                    f"mask of image {r['image_id']} has size {size}, the image is "
-                    f"{[img['height'], img['width']]} (masks must be in the original image frame)"
-                )
+    if "segm" in iou_types and results and not fields.has_segmentation:
+        raise ValueError("segm evaluation needs 'segmentation' in every result; result 0 has none")
+
+
+def _complete_results(coco_gt: COCO, results: list[dict[str, Any]], iou_types: Sequence[str]) -> list[dict[str, Any]]:
+    """Masks as compressed RLE of the image's size, and boxes from the masks where there are none;
+    the masks are left alone when nothing needs them."""
+    if "segm" not in iou_types and (not results or "bbox" in results[0]):
+        return results
+    images = {r["image_id"]: coco_gt.imgs[r["image_id"]] for r in results}
+    image_sizes = {image_id: (image["height"], image["width"]) for image_id, image in images.items()}
+    return complete_results(results, image_sizes)
 
 
 def _results_for_iou_type(results: list[dict[str, Any]], iou_type: str) -> list[dict[str, Any]]:
@@ -282,7 +284,9 @@ def evaluate_coco(
             Annotations need ``id`` (non-zero), ``image_id``, ``category_id``, ``bbox``,
             ``area``, ``iscrowd`` and, for segm, ``segmentation``.
         results: COCO result dicts (see the module docstring) or a json file of them. An empty
-            list is allowed (every AP is 0 where ground truth exists).
+            list is allowed (every AP is 0 where ground truth exists). Without ``bbox``, box AP
+            scores ``toBbox`` of the masks (as pycocotools' ``loadRes``); polygon and
+            uncompressed-RLE masks are rasterized at the image's size.
         iou_types: any of ``"bbox"``, ``"segm"``.
         max_dets: ascending detection caps per image and category (COCO: (1, 10, 100); dense
             datasets e.g. (100, 300, 1000)). AP and APs/m/l use the largest.
@@ -298,8 +302,11 @@ def evaluate_coco(
         no ground truth (pycocotools' -1).
 
     Raises:
+        TypeError: ``results`` is not a list.
         ValueError: results on images or categories absent from ``gt``, masks not of the
-            image's size, a missing ``bbox`` / ``segmentation`` field, bad ``max_dets``.
+            image's size or malformed, a result without ``image_id`` / ``category_id`` /
+            ``score``, ``bbox`` or ``segmentation`` in some results only (the first offending
+            result is named), segm asked of results without masks, bad ``max_dets``.
     """
     max_dets = [int(m) for m in max_dets]
     if not max_dets or max_dets != sorted(max_dets) or max_dets[0] < 1:
@@ -309,6 +316,7 @@ def evaluate_coco(
         coco_gt = _load_gt(gt)
         results = _load_results(results)
         _check_results(coco_gt, results, iou_types)
+        results = _complete_results(coco_gt, results, iou_types)
         metrics: dict[str, dict[str, Any]] = {}
         for iou_type in iou_types:
             coco_eval = _run_cocoeval(coco_gt, results, iou_type, max_dets, image_ids)

@@ -6,6 +6,9 @@ import numpy as np
 import pytest
 
 from instaseg.cli.main import main
+from instaseg.engine.evaluate import read_metrics_json
+
+from tests.evaluation.test_coco_eval import boxes_from_masks, results_case, without
 
 TINY = [
     "--set", "train.max_iter=4", "--set", "train.ims_per_batch=2", "--set", "train.warmup_iters=2",
@@ -97,6 +100,62 @@ def test_user_errors_are_one_clear_line(argv, message, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+@pytest.fixture
+def results_files(tmp_path):
+    """A tiny ground truth with masks and results files holding boxes and masks, masks only (RLE with
+    str counts, as cocoapi's instances_val2014_fakesegm100_results.json), boxes only, or boxes that are
+    toBbox of the masks."""
+    gt, results = results_case()
+    files = {"gt": gt, "both": results, "masks": without(results, "bbox"), "boxes": without(results, "segmentation"),
+             "from_masks": boxes_from_masks(results), "empty": [],
+             "mixed": [r if i != 2 else without([r], "bbox")[0] for i, r in enumerate(results)],
+             "unknown_image": [{**r, "image_id": 99} for r in results]}
+    for name, content in files.items():
+        (tmp_path / f"{name}.json").write_text(json.dumps(content))
+    return tmp_path
+
+
+def _eval_results(folder, name: str, capsys) -> tuple[dict, str]:
+    """``instaseg eval --results <name>.json``: its metrics.json and what it printed."""
+    out = folder / f"ev_{name}"
+    assert main(["eval", "--results", str(folder / f"{name}.json"), "--json", str(folder / "gt.json"),
+                 "--out", str(out)]) == 0
+    return json.loads((out / "metrics.json").read_text()), capsys.readouterr().out
+
+
+def test_eval_masks_only_results_file_scores_boxes_from_the_masks(results_files, capsys):
+    masks, printed = _eval_results(results_files, "masks", capsys)
+    note = "computed from the masks (results have no 'bbox')"
+    assert f"bbox: {note}" in printed and "| bbox |" in printed and "| segm |" in printed
+    assert masks["notes"] == {"bbox": note}
+    assert set(read_metrics_json(results_files / "ev_masks" / "metrics.json")) == {"bbox", "segm"}
+    both, printed_both = _eval_results(results_files, "both", capsys)
+    from_masks, _ = _eval_results(results_files, "from_masks", capsys)
+    assert "notes" not in both and "computed from" not in printed_both
+    assert masks["segm"] == both["segm"]  # the masks are scored exactly as with boxes beside them
+    assert masks["bbox"] == from_masks["bbox"] and masks["bbox"] != both["bbox"]
+
+
+def test_eval_boxes_only_results_file_skips_segm_and_says_why(results_files, capsys):
+    boxes, printed = _eval_results(results_files, "boxes", capsys)
+    both, _ = _eval_results(results_files, "both", capsys)
+    assert "segm: skipped (results have no 'segmentation')" in printed and "| segm |" not in printed
+    assert set(boxes) == {"bbox", "notes"} and boxes["bbox"] == both["bbox"]
+    empty, printed = _eval_results(results_files, "empty", capsys)  # nothing detected: AP 0, not an error
+    assert empty["bbox"]["AP"] == 0.0 and "segm: skipped (the results are empty)" in printed
+
+
+@pytest.mark.parametrize("name, message", [
+    ("mixed", "result 2 has no 'bbox' (result 0 has one"),
+    ("unknown_image", "image ids not in the ground truth: [99]"),
+])
+def test_eval_bad_results_file_is_one_clear_line(results_files, name, message, capsys):
+    argv = ["eval", "--results", str(results_files / f"{name}.json"), "--json", str(results_files / "gt.json")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
 def test_unknown_set_key_is_refused(dataset, tmp_path, capsys):

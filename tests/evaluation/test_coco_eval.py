@@ -299,6 +299,127 @@ def test_gt_dict_is_not_modified() -> None:
 
 
 # --------------------------------------------------------------------------------------------
+# Results files made by anything: masks only, boxes only, polygons (as pycocotools' loadRes)
+# --------------------------------------------------------------------------------------------
+def results_case() -> tuple[dict, list[dict]]:
+    """Three images, three categories; every result's mask differs from its box, so box AP of
+    the boxes and box AP of boxes taken from the masks (toBbox) differ."""
+    sizes = {1: (64, 64), 2: (48, 80), 3: (64, 64)}
+    objects = [(1, 1, (0, 0, 20, 20)), (1, 2, (30, 30, 60, 50)), (2, 1, (10, 5, 40, 40)),
+               (2, 3, (50, 10, 70, 30)), (3, 3, (5, 5, 15, 15)), (3, 2, (20, 20, 60, 60))]
+    gt = make_gt(sizes, objects, {1: "a", 2: "b", 3: "c"})
+    results = [
+        det(1, 1, (0, 0, 20, 20), 0.9, sizes[1], mask_box=(0, 0, 20, 16)),
+        det(1, 2, (28, 30, 60, 50), 0.6, sizes[1], mask_box=(30, 32, 60, 50)),
+        det(1, 1, (40, 0, 60, 20), 0.7, sizes[1], mask_box=(40, 0, 58, 20)),  # a false positive
+        det(2, 1, (10, 5, 40, 34), 0.8, sizes[2], mask_box=(10, 5, 40, 40)),
+        det(2, 3, (50, 10, 66, 30), 0.5, sizes[2], mask_box=(52, 10, 70, 30)),
+        det(3, 3, (5, 5, 15, 15), 0.4, sizes[3], mask_box=(6, 6, 15, 15)),
+        det(3, 2, (20, 20, 60, 60), 0.95, sizes[3], mask_box=(20, 26, 60, 60)),
+        det(3, 2, (0, 40, 16, 64), 0.3, sizes[3], mask_box=(0, 44, 16, 64)),  # a false positive
+    ]
+    return gt, results
+
+
+def without(results: list[dict], key: str) -> list[dict]:
+    return [{k: v for k, v in r.items() if k != key} for r in results]
+
+
+def boxes_from_masks(results: list[dict]) -> list[dict]:
+    """The results with ``bbox`` replaced by pycocotools' toBbox of the mask."""
+    return [{**r, "bbox": mask_util.toBbox(r["segmentation"]).tolist()} for r in results]
+
+
+def same(a: dict, b: dict) -> bool:
+    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)  # NaN == NaN here
+
+
+def pycocotools_ap(gt: dict, results: list[dict], iou_type: str) -> float:
+    """AP (IoU 0.50:0.95, all areas, 100 detections) of pycocotools' own loadRes + COCOeval."""
+    import contextlib
+    import copy
+    import io
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_gt = COCO()
+        coco_gt.dataset = copy.deepcopy(gt)
+        coco_gt.createIndex()
+        coco_eval = COCOeval(coco_gt, coco_gt.loadRes(copy.deepcopy(results)), iou_type)
+        coco_eval.evaluate()
+        coco_eval.accumulate()
+        coco_eval.summarize()
+    return float(coco_eval.stats[0])
+
+
+def test_masks_only_results_score_boxes_taken_from_the_masks() -> None:
+    # cocoapi's instances_val2014_fakesegm100_results.json has no "bbox": loadRes takes toBbox(mask)
+    gt, results = results_case()
+    masks_only = without(results, "bbox")
+    metrics = evaluate(gt, masks_only)
+    assert same(metrics["segm"], evaluate(gt, results)["segm"])  # masks scored exactly as before
+    assert same(metrics["bbox"], evaluate(gt, boxes_from_masks(results))["bbox"])
+    assert metrics["bbox"]["AP"] != pytest.approx(evaluate(gt, results)["bbox"]["AP"])  # the case tells them apart
+    assert 0.0 < metrics["bbox"]["AP"] < 1.0 and 0.0 < metrics["segm"]["AP"] < 1.0
+    for iou_type in ("bbox", "segm"):
+        assert metrics[iou_type]["AP"] == pytest.approx(pycocotools_ap(gt, masks_only, iou_type))
+
+
+def test_boxes_only_results_score_boxes_and_cannot_score_masks() -> None:
+    gt, results = results_case()
+    boxes_only = without(results, "segmentation")
+    assert same(evaluate(gt, boxes_only, iou_types=("bbox",))["bbox"], evaluate(gt, results)["bbox"])
+    with pytest.raises(ValueError, match="segm evaluation needs 'segmentation'.*result 0 has none"):
+        evaluate(gt, boxes_only)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda rs: rs[3].pop("bbox"), r"result 3 has no 'bbox' \(result 0 has one"),
+    (lambda rs: rs[0].pop("bbox"), r"result 1 has a 'bbox' but result 0 has none"),
+    (lambda rs: rs[5].pop("segmentation"), r"result 5 has no 'segmentation' \(result 0 has one"),
+    (lambda rs: [rs[2].pop("bbox"), rs[2].pop("segmentation")], r"result 2 has neither 'bbox' nor 'segmentation'"),
+    (lambda rs: rs[4].pop("score"), r"result 4 has no 'score'"),
+    (lambda rs: rs[6].update(segmentation=[[1, 2, 3]]), r"result 6 has a bad 'segmentation'"),
+], ids=["no-bbox", "first-without-bbox", "no-segmentation", "neither", "no-score", "bad-polygon"])
+def test_results_mixing_fields_name_the_first_offending_entry(edit, message) -> None:
+    gt, results = results_case()
+    edit(results)
+    with pytest.raises(ValueError, match=message):
+        evaluate(gt, results)
+
+
+def uncompressed_rle(mask: np.ndarray) -> dict:
+    """COCO's uncompressed RLE of an (H, W) mask: run lengths in column-major order, zeros first."""
+    flat = mask.ravel(order="F").astype(np.int8)
+    counts = np.diff(np.concatenate([[0], np.flatnonzero(np.diff(flat)) + 1, [flat.size]])).tolist()
+    return {"size": list(mask.shape), "counts": ([0] if flat[0] else []) + counts}
+
+
+def polygon(box: tuple) -> list[list[float]]:
+    x0, y0, x1, y1 = box
+    return [[x0, y0, x1, y0, x1, y1, x0, y1]]
+
+
+def test_polygon_and_uncompressed_rle_results_are_rasterized_at_the_image_size() -> None:
+    # pycocotools accepts them beside a bbox (COCOeval rasterizes them with annToRLE) but its loadRes
+    # fails on polygons without a bbox; here the box is then taken from the rasterized polygon.
+    gt, results = results_case()
+    sizes = {image["id"]: (image["height"], image["width"]) for image in gt["images"]}
+    boxes = [(r["bbox"][0], r["bbox"][1], r["bbox"][0] + r["bbox"][2], r["bbox"][1] + r["bbox"][3]) for r in results]
+    polygons = [{**r, "segmentation": polygon(b)} for r, b in zip(results, boxes)]
+    rasterized = [{**r, "segmentation": rle(mask_util.decode(mask_util.merge(
+        mask_util.frPyObjects(r["segmentation"], *sizes[r["image_id"]]))).astype(bool))} for r in polygons]
+    metrics = evaluate(gt, polygons)
+    assert same(metrics, evaluate(gt, rasterized))
+    assert metrics["segm"]["AP"] == pytest.approx(pycocotools_ap(gt, polygons, "segm"))
+    assert same(evaluate(gt, without(polygons, "bbox")), evaluate(gt, boxes_from_masks(rasterized)))
+    uncompressed = [{**r, "segmentation": uncompressed_rle(mask_util.decode(r["segmentation"]))} for r in rasterized]
+    assert same(evaluate(gt, uncompressed), metrics)
+
+
+# --------------------------------------------------------------------------------------------
 # instances_to_coco_results
 # --------------------------------------------------------------------------------------------
 # pycocotools' decode wraps its buffer in an object numpy 2 warns about; not our code.
