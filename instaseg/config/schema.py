@@ -24,6 +24,7 @@ __all__ = [
     "YolactHeadConfig",
     "YolactLossConfig",
     "MaskRescoringConfig",
+    "YolactConventions",
     "YolactConfig",
     "TrainConfig",
     "Config",
@@ -219,6 +220,45 @@ class MaskRescoringConfig:
     discard_mask_area: float = 25.0  # skip ground truths under 5x5 prototype pixels ('discard_mask_area')
 
 
+def _check_choice(key: str, value: object, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{key}: expected one of {', '.join(repr(c) for c in choices)}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class YolactConventions:
+    """How YOLACT turns head outputs into detections (and crops masks in training).
+
+    The defaults are dbolya/yolact's rules, which its released weights were trained and evaluated
+    with (``layers/functions/detection.py::Detect``, ``layers/box_utils.py::crop``,
+    ``layers/output_utils.py::postprocess``); converted weights need them to give the publisher's
+    detections. The tiny presets keep instaseg's own rules (the second value of each field).
+    """
+
+    # "after_nms": decoded boxes enter Fast NMS and the mask crop as they are, and are clipped to
+    # the image only in the results (yolact's Detect, then postprocess's sanitize_coordinates);
+    # "before_nms": clipped to the input first, so boxes past the edges overlap as clipped.
+    box_clip: str = "after_nms"
+    # Which prototype pixels a box (in prototype pixels, grown by 1 on every side) keeps:
+    # "pixel_index": column x when x1 - 1 <= x < x2 + 1, with x1 <= x2 put in order (yolact's crop
+    # with sanitize_coordinates(padding=1, cast=False)); "pixel_centre": when its centre x + 0.5 is.
+    crop: str = "pixel_index"
+    # "top_k": each class's top_k candidates (boxes whose best class score passes score_thresh)
+    # enter Fast NMS whatever their score in that class, and every survivor counts, so entries at
+    # or below score_thresh fill the detections up to detections_per_image (yolact's fast_nms,
+    # second_threshold=False); "none": only entries above score_thresh. Fast NMS only.
+    fast_nms_fill: str = "top_k"
+    # YOLACT++ mask score = class score x predicted IoU, the IoU "raw" (yolact: >= 0 from the
+    # head's last ReLU, unbounded above) or "clamp"ed to [0, 1].
+    rescoring_iou: str = "raw"
+
+    def __post_init__(self) -> None:
+        _check_choice("model.conventions.box_clip", self.box_clip, ("after_nms", "before_nms"))
+        _check_choice("model.conventions.crop", self.crop, ("pixel_index", "pixel_centre"))
+        _check_choice("model.conventions.fast_nms_fill", self.fast_nms_fill, ("top_k", "none"))
+        _check_choice("model.conventions.rescoring_iou", self.rescoring_iou, ("raw", "clamp"))
+
+
 @dataclass(frozen=True)
 class YolactConfig:
     arch: str = "yolact"  # discriminates the model configs in YAML / dicts; do not change
@@ -232,6 +272,7 @@ class YolactConfig:
     rescoring: MaskRescoringConfig | None = None  # set: YOLACT++
     nms_top_k: int = 200  # per class, before Fast NMS
     inference: InferenceConfig = field(default_factory=lambda: InferenceConfig(nms="fast_nms"))
+    conventions: YolactConventions = field(default_factory=YolactConventions)  # the publisher's by default
 
 
 @dataclass(frozen=True)

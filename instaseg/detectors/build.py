@@ -164,6 +164,10 @@ def _yolact(config: Config) -> Yolact:
         rescoring_loss_weight=rescoring.loss_weight if rescoring else 25.0,
         rescoring_min_area=rescoring.discard_mask_area if rescoring else 25.0,
         nms_top_k=model.nms_top_k,
+        clip_boxes_before_nms=model.conventions.box_clip == "before_nms",
+        crop_rule=model.conventions.crop,
+        fill_below_threshold=model.conventions.fast_nms_fill == "top_k",
+        clamp_rescoring_iou=model.conventions.rescoring_iou == "clamp",
     )
 
 

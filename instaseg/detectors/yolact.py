@@ -10,6 +10,10 @@ The instaseg model contract (see ``instaseg.detectors.mask_rcnn``):
 * ``postprocess(raw, image_sizes) -> list[Instances]``: masks upsampled to the original image
   and thresholded at 0.5; boxes scaled to it.
 
+Four post-processing rules are arguments, set from ``model.conventions`` (see
+:class:`~instaseg.config.schema.YolactConventions`): dbolya/yolact's for converted weights,
+instaseg's for the tiny presets.
+
 Images enter as RGB ``(3, H, W)`` in [0, 255]; the model resizes them to ``square x square``
 in inference (training images arrive already resized by the data transforms).
 """
@@ -41,6 +45,7 @@ from instaseg.structures.instances import Instances, Targets
 from instaseg.targets.anchors import yolact_anchors
 from instaseg.targets.matcher import Matcher
 from instaseg.targets.yolact import (
+    CROP_RULES,
     AnchorTargets,
     crop_masks,
     downsample_masks,
@@ -72,11 +77,11 @@ def _upsample_and_threshold(mask_probs: Tensor, size: tuple[int, int], threshold
 class YolactDetections:
     """Detections of one image in the model's input frame (``square x square``)."""
 
-    boxes: Tensor  # (N, 4) xyxy
+    boxes: Tensor  # (N, 4) xyxy; clipped to the input only when the model clips before NMS
     scores: Tensor  # (N,) class score
     labels: Tensor  # (N,) int64
     mask_probs: Tensor  # (N, h, w) at prototype resolution, cropped by the box, unthresholded
-    mask_scores: Tensor | None = None  # (N,) YOLACT++: class score x predicted mask IoU
+    mask_scores: Tensor | None = None  # (N,) YOLACT++: class score x predicted mask IoU (clamped or not)
 
 
 @dataclass
@@ -115,10 +120,23 @@ class Yolact(Detector):
         rescoring_loss_weight: float = 25.0,
         rescoring_min_area: float = 25.0,
         nms_top_k: int = 200,
+        clip_boxes_before_nms: bool = True,
+        crop_rule: str = "pixel_centre",
+        fill_below_threshold: bool = False,
+        clamp_rescoring_iou: bool = True,
     ) -> None:
+        """The last four: instaseg's rules by default; dbolya/yolact's are ``False``, ``"pixel_index"``,
+        ``True``, ``False``. ``clip_boxes_before_nms``: decoded boxes clipped to the input before
+        suppression (else only in :meth:`postprocess`); ``crop_rule``: the pixels a box keeps of
+        its mask (:func:`~instaseg.targets.yolact.crop_masks`), in training and inference;
+        ``fill_below_threshold``: Fast NMS keeps each class's surviving top-k entries at or below
+        the score threshold (:func:`~instaseg.ops.fast_nms.fast_nms`); ``clamp_rescoring_iou``:
+        YOLACT++'s predicted IoU clamped to [0, 1] in the mask score."""
         super().__init__()
         if input_config.square <= 0:
             raise ValueError("YOLACT needs a square input size (input.square > 0)")
+        if crop_rule not in CROP_RULES:
+            raise ValueError(f"unknown crop rule {crop_rule!r}: use one of {', '.join(CROP_RULES)}")
         self.backbone, self.neck, self.protonet = backbone, neck, protonet
         self.prediction_head, self.semantic_head = prediction_head, semantic_head
         self.rescoring_head = rescoring_head  # set: YOLACT++
@@ -127,6 +145,8 @@ class Yolact(Detector):
         self.loss_config, self.inference_config = loss_config, inference_config
         self.rescoring_loss_weight, self.rescoring_min_area = rescoring_loss_weight, rescoring_min_area
         self.nms_top_k = nms_top_k
+        self.clip_boxes_before_nms, self.crop_rule = clip_boxes_before_nms, crop_rule
+        self.fill_below_threshold, self.clamp_rescoring_iou = fill_below_threshold, clamp_rescoring_iou
         self.box_coder = BoxCoder((10.0, 10.0, 5.0, 5.0))  # SSD variances 0.1 / 0.2
         self.matcher = Matcher([loss_config.neg_iou, loss_config.pos_iou], [0, -1, 1])
         self.register_buffer("pixel_mean", torch.tensor(input_config.pixel_mean).view(3, 1, 1), persistent=False)
@@ -201,7 +221,7 @@ class Yolact(Detector):
             if self.rescoring_head is not None:
                 # The head sees the mask as a fixed input: its loss scores the mask, it does not change it.
                 gt_boxes = self._to_proto_frame(target.boxes.to(mask_logits)[matched.gt_index[index]], raw)
-                probs = crop_masks(mask_logits.detach().sigmoid(), gt_boxes, CROP_PADDING)
+                probs = crop_masks(mask_logits.detach().sigmoid(), gt_boxes, CROP_PADDING, self.crop_rule)
                 raw.rescoring_iou.append(self.rescoring_head(probs))
 
     @torch.no_grad()
@@ -212,18 +232,22 @@ class Yolact(Detector):
             # Under bfloat16 autocast the head's outputs are bfloat16: too coarse for boxes and scores.
             probs = full_precision(raw.class_logits[i]).softmax(dim=-1)[:, : self.num_classes]  # background last
             deltas = full_precision(raw.box_deltas[i])
-            boxes = clip_boxes_to_image(self.box_coder.decode(deltas, raw.anchors), size)
+            boxes = self.box_coder.decode(deltas, raw.anchors)
+            if self.clip_boxes_before_nms:
+                boxes = clip_boxes_to_image(boxes, size)
             keep = (probs.max(dim=1).values > inf.score_thresh).nonzero().squeeze(1)  # reference's prefilter
             box_index, labels, scores = self._suppress(boxes[keep], probs[keep])
             chosen = keep[box_index]
         with record_function("instaseg.masks"):
             logits = full_precision(torch.einsum("khw,nk->nhw", raw.prototypes[i], raw.mask_coefficients[i, chosen]))
-            mask_probs = crop_masks(logits.sigmoid(), self._to_proto_frame(boxes[chosen], raw), CROP_PADDING)
+            mask_probs = crop_masks(logits.sigmoid(), self._to_proto_frame(boxes[chosen], raw), CROP_PADDING,
+                                    self.crop_rule)
         mask_scores = None
         if self.rescoring_head is not None:  # S_mask = S_cls x predicted IoU; boxes keep S_cls
             with record_function("instaseg.rescoring"):
                 predicted = self.rescoring_head(mask_probs)[torch.arange(labels.numel(), device=labels.device), labels]
-                mask_scores = scores * full_precision(predicted).clamp(0, 1)
+                predicted = full_precision(predicted)  # >= 0: the head ends with a ReLU
+                mask_scores = scores * (predicted.clamp(0, 1) if self.clamp_rescoring_iou else predicted)
         return YolactDetections(boxes[chosen], scores, labels, mask_probs, mask_scores)
 
     def _suppress(self, boxes: Tensor, probs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -231,11 +255,12 @@ class Yolact(Detector):
 
         ``inference.nms``: "fast_nms" (YOLACT's, the default), "nms" (standard greedy, for the
         paper's comparison) or "soft_nms". Returns box indices, labels and scores, best first.
+        ``fill_below_threshold`` applies to Fast NMS only (the others keep scores above the threshold).
         """
         inf = self.inference_config
         if inf.nms == "fast_nms":
             return fast_nms(boxes, probs.T.contiguous(), inf.nms_thresh, self.nms_top_k, inf.score_thresh,
-                            inf.detections_per_image)
+                            inf.detections_per_image, keep_below_threshold=self.fill_below_threshold)
         box_index, labels = (probs > inf.score_thresh).nonzero(as_tuple=True)
         scores = probs[box_index, labels]
         if inf.nms == "nms":
@@ -269,12 +294,12 @@ class Yolact(Detector):
             gt_index = matched.gt_index[index]
             proto_masks = downsample_masks(target.masks, tuple(raw.prototypes.shape[-2:]))[gt_index]
             proto_boxes = self._to_proto_frame(gt_boxes[gt_index], raw)
-            crop = crop_masks(torch.ones_like(raw.mask_logits[i]), proto_boxes, CROP_PADDING)
+            crop = crop_masks(torch.ones_like(raw.mask_logits[i]), proto_boxes, CROP_PADDING, self.crop_rule)
             # Fewer masks than positives (masks_to_train): scale the sum up, as the reference does.
             subsampled = pos.numel() / max(1, index.numel())
             mask.append(prototype_mask_loss(raw.mask_logits[i], proto_masks, proto_boxes, crop) * subsampled)
             if self.rescoring_head is not None:
-                probs = crop_masks(raw.mask_logits[i].detach().sigmoid(), proto_boxes, CROP_PADDING)
+                probs = crop_masks(raw.mask_logits[i].detach().sigmoid(), proto_boxes, CROP_PADDING, self.crop_rule)
                 big = proto_masks.flatten(1).sum(1) > self.rescoring_min_area  # 'discard_mask_area'
                 rescore.append(mask_rescoring_loss(raw.rescoring_iou[i][big], target.labels[gt_index][big],
                                                    mask_iou_targets(probs[big], proto_masks[big])))

@@ -164,13 +164,18 @@ def paste_masks(mask_probs: Tensor, boxes: Tensor, height: int, width: int, thre
     return paste_mask_probs(mask_probs, boxes, height, width) >= threshold
 
 
-def crop_masks(masks: Tensor, boxes: Tensor, padding: float) -> Tensor:
+def crop_masks(masks: Tensor, boxes: Tensor, padding: float, rule: str = "pixel_centre") -> Tensor:
     """:func:`instaseg.targets.yolact.crop_masks`: zero ``masks (N, h, w)`` outside ``boxes (N, 4)``
-    grown by ``padding`` (pixel centres ``x + 0.5`` in ``[x1 - p, x2 + p)``)."""
+    grown by ``padding``: pixel centres ``x + 0.5`` in ``[x1 - p, x2 + p)`` (``"pixel_centre"``), or
+    pixel indices ``x`` there with each pair of coordinates put in order (``"pixel_index"``)."""
     h, w = masks.shape[-2:]
-    cols = torch.arange(w, device=masks.device, dtype=boxes.dtype) + 0.5
-    rows = torch.arange(h, device=masks.device, dtype=boxes.dtype) + 0.5
+    offset = 0.5 if rule == "pixel_centre" else 0.0
+    cols = torch.arange(w, device=masks.device, dtype=boxes.dtype) + offset
+    rows = torch.arange(h, device=masks.device, dtype=boxes.dtype) + offset
     x1, y1, x2, y2 = (boxes[:, i, None] for i in range(4))
+    if rule == "pixel_index":
+        x1, x2 = torch.minimum(x1, x2), torch.maximum(x1, x2)
+        y1, y2 = torch.minimum(y1, y2), torch.maximum(y1, y2)
     inside_x = (cols[None] >= x1 - padding) & (cols[None] < x2 + padding)
     inside_y = (rows[None] >= y1 - padding) & (rows[None] < y2 + padding)
     return masks * (inside_y[:, :, None] & inside_x[:, None, :]).to(masks.dtype)
@@ -185,7 +190,8 @@ def sort_by_score(scores: Tensor, tie_keys: Tensor, limit: int) -> Tensor:
 
 
 def dense_fast_nms(
-    boxes: Tensor, scores: Tensor, iou_threshold: float, top_k: int, score_threshold: float, max_detections: int
+    boxes: Tensor, scores: Tensor, iou_threshold: float, top_k: int, score_threshold: float, max_detections: int,
+    keep_below_threshold: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """:func:`instaseg.ops.fast_nms` (YOLACT's Fast NMS) on fixed-size lists, for ``boxes (N, 4)``
     shared by all classes and ``scores (C, N)``: ``(box_index, labels, scores)``, best first.
@@ -193,14 +199,24 @@ def dense_fast_nms(
     Per class the ``min(top_k, N)`` best boxes form the list; entries at or below the score
     threshold are invalid. They rank last in their list, so they never sit above a valid entry in
     the IoU matrix's upper triangle and cannot suppress one; they are dropped at the end.
+    With ``keep_below_threshold`` (dbolya/yolact's rule) the valid entries are the candidate boxes,
+    those with any class score above the threshold: the others rank last in every list (their
+    scores set to -inf), and every surviving candidate counts whatever its score in the class.
     """
     k = min(top_k, boxes.shape[0])
-    class_scores, index = scores.topk(k, dim=1)  # (C, k), best first
+    if keep_below_threshold:
+        candidate = (scores > score_threshold).any(dim=0)  # (N,)
+        ranked_scores = torch.where(candidate[None], scores, -math.inf)
+        _, index = ranked_scores.topk(k, dim=1)  # (C, k), best first, candidates first
+        class_scores, valid = scores.gather(1, index), candidate[index]
+    else:
+        class_scores, index = scores.topk(k, dim=1)  # (C, k), best first
+        valid = class_scores > score_threshold
     iou = _self_box_iou(boxes[index])
     upper = torch.ones(k, k, dtype=torch.bool, device=boxes.device).triu(diagonal=1)
     # Entry j is suppressed if an earlier entry i < j of its class overlaps it (column-wise any).
     suppressed = ((iou > floor_to_float32(iou_threshold)) & upper).any(dim=1)
-    keep = (class_scores > score_threshold) & ~suppressed
+    keep = valid & ~suppressed
     flat_scores = torch.where(keep, class_scores, -math.inf).flatten()
     # Best first; ties by class, then by rank within the class (the flat class-major position).
     order = torch.argsort(flat_scores, descending=True, stable=True)[:max_detections]

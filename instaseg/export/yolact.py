@@ -5,6 +5,8 @@ replays ``predict``: resize to the square input, backbone/FPN, ProtoNet and pred
 class-wise suppression, mask assembly cropped by the boxes (+ YOLACT++ re-scoring), then masks
 upsampled to the input image. YOLACT's Fast NMS is dense tensor algebra on fixed-size per-class
 top-k lists, so it needs no custom op; greedy ``nms`` goes through ONNX ``NonMaxSuppression``.
+The model's conventions (box clipping before NMS or not, crop rule, Fast NMS fill, re-scoring
+IoU clamp) are all replayed.
 """
 
 from __future__ import annotations
@@ -60,18 +62,20 @@ class YolactExport(nn.Module):
                                  cfg.square_anchors, device=x.device, dtype=x.dtype)
         probs = class_logits[0].softmax(dim=-1)[:, : m.num_classes]  # background last
         square = torch.tensor([size, size], dtype=torch.float64, device=x.device)
-        boxes = clip_boxes(m.box_coder.decode(box_deltas[0], anchors), square)
+        boxes = m.box_coder.decode(box_deltas[0], anchors)
+        if m.clip_boxes_before_nms:
+            boxes = clip_boxes(boxes, square)
         box_index, labels, scores = self._suppress(boxes, probs)
         boxes = boxes[box_index]
         # Masks at prototype resolution, cropped by the box in the prototype frame (_to_proto_frame).
         logits = torch.einsum("khw,nk->nhw", prototypes, coefficients[0, box_index])
         proto_h, proto_w = prototypes.shape[-2:]
         proto_scale = boxes.new_tensor([proto_w / size, proto_h / size, proto_w / size, proto_h / size])
-        mask_probs = crop_masks(logits.sigmoid(), boxes * proto_scale, CROP_PADDING)
+        mask_probs = crop_masks(logits.sigmoid(), boxes * proto_scale, CROP_PADDING, m.crop_rule)
         mask_scores = scores.clone()  # a graph output of its own (ONNX names each output once)
         if m.rescoring_head is not None:
             predicted = m.rescoring_head(mask_probs)[torch.arange(labels.shape[0], device=labels.device), labels]
-            mask_scores = scores * predicted.clamp(0, 1)
+            mask_scores = scores * (predicted.clamp(0, 1) if m.clamp_rescoring_iou else predicted)
         # Back to the input image (Yolact.postprocess).
         height, width = image.shape[-2:]
         image_size = image_size_tensor(image)
@@ -86,7 +90,7 @@ class YolactExport(nn.Module):
         inf = self.model.inference_config
         if inf.nms == "fast_nms":
             return dense_fast_nms(boxes, probs.T, inf.nms_thresh, self.model.nms_top_k, inf.score_thresh,
-                                  inf.detections_per_image)
+                                  inf.detections_per_image, self.model.fill_below_threshold)
         # Greedy NMS, one set per class (boxes shared); candidates score > score_thresh.
         num_classes = probs.shape[1]
         picked = batched_nms_indices(boxes[None].expand(num_classes, -1, -1), probs.T, inf.nms_thresh,

@@ -23,6 +23,7 @@ def fast_nms(
     top_k: int = 200,
     score_threshold: float = 0.05,
     max_detections: int = 100,
+    keep_below_threshold: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Fast NMS of YOLACT (Bolya et al. 2019, Sec. 3.3), batched over classes.
 
@@ -32,6 +33,12 @@ def fast_nms(
     upper triangle of the IoU matrix, column max; that is what makes it faster than greedy
     NMS, which it approximates). The ``max_detections`` best survivors over all classes remain.
     The best entry of a class is always kept (even for a negative threshold).
+
+    ``keep_below_threshold``: dbolya/yolact's ``Detect.fast_nms`` as its evaluation runs it
+    (``second_threshold=False``). ``score_threshold`` then only picks the candidate boxes, those
+    whose best class score is above it; per class the ``top_k`` best candidates enter whatever
+    their score in that class, and every survivor counts, so entries at or below the threshold
+    fill the result up to ``max_detections`` when fewer above it survive.
 
     Args:
         boxes: ``(N, 4)`` xyxy shared by all classes, or ``(C, N, 4)`` class-specific.
@@ -45,7 +52,7 @@ def fast_nms(
         raise ValueError(f"expected scores (C, N) and boxes (N, 4) or (C, N, 4), got "
                          f"{tuple(scores.shape)} and {tuple(boxes.shape)}")
     score_floor = _floor_to_dtype(float(score_threshold), scores.dtype)
-    box_index, labels, entry_scores = _ranked_entries(scores, top_k, score_floor)
+    box_index, labels, entry_scores = _ranked_entries(scores, top_k, score_floor, keep_below_threshold)
     if boxes.dim() == 2:
         entry_boxes = boxes.index_select(0, box_index)
     else:
@@ -58,9 +65,10 @@ def fast_nms(
 
 
 def _ranked_entries(
-    scores: Tensor, top_k: int, score_floor: float
+    scores: Tensor, top_k: int, score_floor: float, keep_below_threshold: bool = False
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Per class of ``scores (C, N)``, its ``top_k`` scores ``> score_floor``, best first.
+    """Per class of ``scores (C, N)``, its ``top_k`` scores ``> score_floor``, best first; with
+    ``keep_below_threshold`` its ``top_k`` scores among the boxes with any score ``> score_floor``.
 
     Returns ``(E,)`` box indices, labels and scores, class-major (ties by box index).
     """
@@ -73,6 +81,9 @@ def _ranked_entries(
     if candidates.numel() < scores.shape[1]:
         scores = scores.index_select(1, candidates)
     top_scores, top = _top_k_stable(scores, k)
+    if keep_below_threshold:
+        labels = torch.arange(scores.shape[0], device=scores.device).repeat_interleave(k)
+        return candidates[top].flatten(), labels, top_scores.flatten()
     # The valid entries of each class are a prefix of its ranking.
     entry = torch.nonzero((top_scores > score_floor).flatten()).flatten()
     box_index = candidates[top].flatten().index_select(0, entry)

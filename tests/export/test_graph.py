@@ -117,9 +117,11 @@ def test_paste_masks_matches_paste_masks_in_image():
     assert (got != expected).float().mean() < 1e-4
 
 
-def test_crop_masks_matches_the_eager_crop():
-    masks, boxes = torch.rand(5, 20, 24), _random_boxes(5, scale=20.0) - 2.0
-    assert torch.equal(crop_masks(masks, boxes, 1.0), eager_crop_masks(masks, boxes, 1.0))
+@pytest.mark.parametrize("rule", ["pixel_centre", "pixel_index"])
+def test_crop_masks_matches_the_eager_crop(rule):
+    masks, boxes = torch.rand(40, 20, 24), _random_boxes(40, scale=20.0) - 2.0
+    boxes[:5] = boxes[:5, [2, 3, 0, 1]]  # inverted
+    assert torch.equal(crop_masks(masks, boxes, 1.0, rule), eager_crop_masks(masks, boxes, 1.0, rule))
 
 
 def test_sort_by_score_breaks_ties_by_key():
@@ -146,4 +148,19 @@ def test_dense_fast_nms_matches_fast_nms(top_k, max_detections):
     for a, b in zip(got, expected):
         assert torch.equal(a, b)
     none = dense_fast_nms(boxes, scores, 0.5, top_k, 1.0, max_detections)
+    assert all(t.numel() == 0 for t in none)
+
+
+@pytest.mark.parametrize("top_k,max_detections", [(200, 100), (6, 10), (40, 5)])
+def test_dense_fast_nms_fill_matches_fast_nms(top_k, max_detections):
+    """dbolya/yolact's rule: each class's top-k candidates enter whatever their score there."""
+    boxes = _random_boxes(60, scale=30.0)
+    scores = torch.rand(4, 60) ** 2 * 0.1  # about a quarter of the boxes are candidates
+    got = dense_fast_nms(boxes, scores, 0.5, top_k, 0.05, max_detections, keep_below_threshold=True)
+    expected = fast_nms(boxes, scores, 0.5, top_k, 0.05, max_detections, keep_below_threshold=True)
+    for a, b in zip(got, expected):
+        assert torch.equal(a, b)
+    if max_detections == 100:
+        assert (expected[2] <= 0.05).any()  # the case this checks: below-threshold entries fill
+    none = dense_fast_nms(boxes, scores, 0.5, top_k, 1.0, max_detections, keep_below_threshold=True)
     assert all(t.numel() == 0 for t in none)

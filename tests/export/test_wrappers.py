@@ -10,6 +10,8 @@ from instaseg.errors import InstasegError
 from instaseg.export.exporters import export_wrapper, outputs_to_instances
 from tests.export.parity import build_test_model
 
+PUBLISHER_CONVENTIONS = {"model__conventions__box_clip": "after_nms", "model__conventions__crop": "pixel_index",
+                         "model__conventions__fast_nms_fill": "top_k", "model__conventions__rescoring_iou": "raw"}
 CASES = [
     ("mask_rcnn_r18_fpn_tiny", {}),
     ("ms_rcnn_r18_fpn_tiny", {}),
@@ -20,6 +22,8 @@ CASES = [
     ("yolact_r18_tiny", {}),
     ("yolact_r18_tiny", {"model__inference__nms": "nms"}),
     ("yolact_pp_r18_tiny", {}),
+    # dbolya/yolact's post-processing (the 550 px presets'), on the tiny YOLACT++.
+    ("yolact_pp_r18_tiny", PUBLISHER_CONVENTIONS),
 ]
 
 
