@@ -30,9 +30,9 @@ __all__ = [
     "Config",
 ]
 
-def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+def _check_choice(key: str, value: object, choices: tuple[str, ...]) -> None:
     if value not in choices:
-        raise ConfigError(f"{key}={value!r}: use one of {', '.join(repr(c) for c in choices)}")
+        raise ConfigError(f"{key}: expected one of {', '.join(repr(c) for c in choices)}, got {value!r}")
 
 
 IMAGENET_MEAN_RGB = (123.675, 116.28, 103.53)  # ImageNet statistics in 0-255 units, RGB
@@ -218,11 +218,6 @@ class MaskRescoringConfig:
     channels: tuple[int, ...] = (8, 16, 32, 64, 128)  # 3x3 stride-2 convs, then 1x1 to classes
     loss_weight: float = 25.0  # maskiou_alpha
     discard_mask_area: float = 25.0  # skip ground truths under 5x5 prototype pixels ('discard_mask_area')
-
-
-def _check_choice(key: str, value: object, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ConfigError(f"{key}: expected one of {', '.join(repr(c) for c in choices)}, got {value!r}")
 
 
 @dataclass(frozen=True)
