@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections import Counter
 from pathlib import Path
 
-from instaseg.cli._common import ensure_writable_dir
+from instaseg.cli._common import add_model_options, ensure_writable_dir, warn
+from instaseg.config.budget import COCO_MAX_DETS, coco_max_dets
 from instaseg.errors import InstasegError
 
 
@@ -17,8 +19,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--results", help="a COCO results json made by anything, to score as is")
     parser.add_argument("--images", help="image folder (needed with --checkpoint)")
     parser.add_argument("--out", help="folder for metrics.json (and results.json with --checkpoint)")
-    parser.add_argument("--max-dets", type=int, nargs=3, default=(1, 10, 100), metavar=("D1", "D2", "D3"),
-                        help="COCO maxDets; dense datasets need e.g. 100 300 1000")
+    parser.add_argument("--max-dets", type=int, nargs=3, metavar=("D1", "D2", "D3"),
+                        help="COCO maxDets (default 1 10 100, the last raised to the most instances one image "
+                             "of --json has, so that a crowded dataset is not clipped)")
+    add_model_options(parser)
     parser.add_argument("--per-category", action="store_true", help="also print AP per category")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--allow-partial", action="store_true",
@@ -32,6 +36,16 @@ def run(args: argparse.Namespace) -> int:
     from instaseg.evaluation import format_metrics_table, format_per_category_table
 
     out = ensure_writable_dir(args.out) if args.out else None
+    if args.max_dets is None:  # COCO scores at most the largest maxDets per image: fit it to the data
+        crowd = _max_instances(args.json)
+        args.max_dets = coco_max_dets(crowd, args.max_detections)
+        if crowd > COCO_MAX_DETS[-1]:
+            print(f"maxDets {' '.join(map(str, args.max_dets))}: {args.json} has images with up to {crowd} "
+                  f"instances (COCO's {COCO_MAX_DETS[-1]} would count the rest as misses)")
+    elif args.max_detections is not None:
+        args.max_dets = (*args.max_dets[:-1], max(args.max_dets[-1], args.max_detections))
+    if args.results and args.overrides:
+        raise InstasegError("--set changes the model of --checkpoint; --results has none")
     notes: dict[str, str] = {}
     if args.results:
         metrics, notes = _evaluate_results_file(args)
@@ -50,6 +64,17 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _max_instances(json_path: str) -> int:
+    """The most non-crowd annotations one image of a COCO json has (0 when it cannot be read here:
+    the evaluation itself then says what is wrong with the file)."""
+    try:
+        annotations = json.loads(Path(json_path).read_text()).get("annotations") or []
+        counts = Counter(a["image_id"] for a in annotations if isinstance(a, dict) and not a.get("iscrowd"))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return 0
+    return max(counts.values(), default=0)
+
+
 def _evaluate_results_file(args: argparse.Namespace) -> tuple[dict, dict[str, str]]:
     """Score what the file holds: masks when it has them, boxes always (from the masks when it has
     none). Returns the metrics and ``{iou_type: note}`` for each type not scored from its own field."""
@@ -66,15 +91,19 @@ def _evaluate_results_file(args: argparse.Namespace) -> tuple[dict, dict[str, st
 
 
 def _evaluate_checkpoint(args: argparse.Namespace, out: Path | None) -> dict:
+    from instaseg.config.budget import crowding_warnings
     from instaseg.data.coco import CocoDataset
     from instaseg.engine.checkpoint import load_model
     from instaseg.engine.evaluate import evaluate_model
 
-    model, _ = load_model(args.checkpoint, allow_partial=args.allow_partial)
+    model, config = load_model(args.checkpoint, allow_partial=args.allow_partial, overrides=args.overrides,
+                               max_detections=args.max_detections)
     dataset = CocoDataset(args.json, args.images, skip_bad=args.skip_bad)
     if dataset.num_classes != model.num_classes:
         raise InstasegError(f"the checkpoint predicts {model.num_classes} classes but {args.json} has "
                             f"{dataset.num_classes}")
+    for message in crowding_warnings(dataset.max_instances_per_image(), config, args.max_dets, where=args.json):
+        warn(message)
     results_path = out / "results.json" if out is not None else None
     metrics = evaluate_model(model.to(args.device), dataset, max_dets=tuple(args.max_dets),
                              per_category=args.per_category, results_path=results_path)

@@ -12,6 +12,7 @@ import json
 import time
 from pathlib import Path
 
+from instaseg.cli._common import add_model_options
 from instaseg.errors import InstasegError
 
 FORMATS = ("onnx", "torch_export")
@@ -31,6 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="load only the checkpoint tensors that fit the model (the rest stay untrained)")
     parser.add_argument("--verify", action="store_true",
                         help="run the exported file on the example image and compare it with PyTorch")
+    add_model_options(parser)  # the graph bakes the caps in: set them here
 
 
 def run(args: argparse.Namespace) -> int:
@@ -43,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
     if out.is_dir():
         raise InstasegError(f"--out {out} is a folder: give a file name (e.g. model.onnx)")
     out.parent.mkdir(parents=True, exist_ok=True)
-    model, config = load_model(args.checkpoint, allow_partial=args.allow_partial)
+    model, config = load_model(args.checkpoint, allow_partial=args.allow_partial, overrides=args.overrides,
+                               max_detections=args.max_detections)
     ids, names = checkpoint_categories(load_checkpoint(args.checkpoint), model.num_classes)
     height, width = args.size
     start = time.perf_counter()

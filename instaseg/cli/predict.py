@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from instaseg.cli._common import ensure_writable_dir
+from instaseg.cli._common import add_model_options, ensure_writable_dir
 from instaseg.data.image_io import IMAGE_EXTENSIONS
 from instaseg.errors import InstasegError
 
@@ -24,6 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-overlays", action="store_true", help="only write results.json")
     parser.add_argument("--allow-partial", action="store_true",
                         help="load only the checkpoint tensors that fit the model (the rest stay untrained)")
+    add_model_options(parser)
 
 
 def collect_inputs(inputs: list[str]) -> tuple[list[Path], list[Path]]:
@@ -54,7 +55,8 @@ def run(args: argparse.Namespace) -> int:
     images, videos = collect_inputs(args.inputs)
     out = ensure_writable_dir(args.out)
     predictor = Predictor.from_checkpoint(args.checkpoint, args.device, args.score_threshold,
-                                          allow_partial=args.allow_partial)
+                                          allow_partial=args.allow_partial, overrides=args.overrides,
+                                          max_detections=args.max_detections)
     category_ids, names = checkpoint_categories(load_checkpoint(args.checkpoint), predictor.model.num_classes)
     results, files = [], []
     for image_id, path in enumerate(tqdm(images, desc="predict", unit="img", disable=not images), start=1):

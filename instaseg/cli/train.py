@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from dataclasses import replace
 
+from instaseg.cli._common import add_model_options, warn
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", required=True, help="model preset (see `instaseg presets`)")
@@ -20,10 +22,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
     parser.add_argument("--skip-bad", action="store_true",
                         help="skip bad annotations/images (counted and reported at the end) instead of stopping")
+    add_model_options(parser, with_set=False)
 
 
 def run(args: argparse.Namespace) -> int:
     from instaseg.cli._common import ensure_writable_dir
+    from instaseg.config.budget import crowding_warnings, with_max_detections
     from instaseg.config.io import apply_overrides
     from instaseg.config.presets import get_preset
     from instaseg.data.coco import CocoDataset
@@ -42,7 +46,13 @@ def run(args: argparse.Namespace) -> int:
     if config.model.num_classes != train_set.num_classes:
         raise ConfigError(f"model.num_classes={config.model.num_classes} but {args.train_json} has "
                           f"{train_set.num_classes} categories")
+    if args.max_detections is not None:
+        config = with_max_detections(config, args.max_detections)
     val_set = CocoDataset(args.val_json, args.val_images, skip_bad=args.skip_bad) if args.val_json else None
+    for dataset, path in ((train_set, args.train_json), (val_set, args.val_json)):
+        if dataset is not None and get_launch_rank() == 0:
+            for message in crowding_warnings(dataset.max_instances_per_image(), config, where=path):
+                warn(message)
     summary = train_on_dataset(config, train_set, args.out, val_dataset=val_set, resume=args.resume,
                                overrides_note=" ".join(args.overrides) or None, progress=not args.no_progress,
                                device=args.device)

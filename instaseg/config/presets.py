@@ -24,6 +24,7 @@ from instaseg.config.schema import (
     YolactConventions,
     YolactHeadConfig,
 )
+from instaseg.config.budget import with_max_detections
 from instaseg.errors import ConfigError
 
 __all__ = ["PRESETS", "get_preset", "list_presets"]
@@ -32,8 +33,15 @@ __all__ = ["PRESETS", "get_preset", "list_presets"]
 # --- Mask R-CNN (He et al. 2017), Detectron2's "1x" schedule: 90k iterations at 16 images ----------
 
 
+# instaseg's own presets let this many objects per image through every cap (RPN proposals, Fast
+# NMS candidates, detections; instaseg.config.budget), so that crowded data (cells, crowds, parts)
+# is not clipped unless asked. Presets that carry a publisher's conventions keep its caps (100).
+CROWD_DETECTIONS = 300
+PUBLISHER_DETECTIONS = 100
+
+
 def mask_rcnn_r50_fpn() -> Config:
-    return Config(name="mask_rcnn_r50_fpn")
+    return with_max_detections(Config(name="mask_rcnn_r50_fpn"), CROWD_DETECTIONS)
 
 
 def mask_rcnn_r101_fpn() -> Config:
@@ -63,7 +71,7 @@ def mask_rcnn_r50_c4() -> Config:
         box_head=BoxHeadConfig(head="res5", pooler_resolution=14),
         mask_head=MaskHeadConfig(pooler_resolution=14, num_convs=0),
     )
-    return Config(name="mask_rcnn_r50_c4", model=model)
+    return with_max_detections(Config(name="mask_rcnn_r50_c4", model=model), CROWD_DETECTIONS)
 
 
 def mask_rcnn_r101_c4() -> Config:
@@ -94,7 +102,7 @@ def mask_rcnn_r50_fpn_torchvision() -> Config:
         ),
         box_head=replace(base.model.box_head, sampling_ratio=2, aligned=False, smooth_l1_beta=1.0 / 9),
         mask_head=replace(base.model.mask_head, paste="torchvision"),
-        inference=replace(base.model.inference, min_box_size=1e-2),
+        inference=replace(base.model.inference, min_box_size=1e-2, detections_per_image=PUBLISHER_DETECTIONS),
     )
     return replace(base, name="mask_rcnn_r50_fpn_torchvision", model=model)
 
@@ -129,7 +137,7 @@ def mask_rcnn_r18_fpn_tiny() -> Config:
         mask_head=MaskHeadConfig(conv_dim=64, pooler_resolution=14, max_rois_per_image=8),
         # Masks trained this briefly are soft at their borders: binarizing at 0.4 instead of 0.5 gave
         # +1.5 segm AP on each of three checkpoints (0.3 and 0.6 were worse).
-        inference=InferenceConfig(detections_per_image=50, mask_threshold=0.4),
+        inference=InferenceConfig(mask_threshold=0.4),
     )
     inputs = InputConfig(min_size_train=(112, 128, 144), max_size_train=216, min_size_test=144, max_size_test=216)
     train = TrainConfig(
@@ -143,7 +151,8 @@ def mask_rcnn_r18_fpn_tiny() -> Config:
         checkpoint_period=500,
         num_workers=1,
     )
-    return Config(name="mask_rcnn_r18_fpn_tiny", model=model, input=inputs, train=train)
+    return with_max_detections(Config(name="mask_rcnn_r18_fpn_tiny", model=model, input=inputs, train=train),
+                               CROWD_DETECTIONS)
 
 
 # --- Mask Scoring R-CNN (Huang et al. 2019): Mask R-CNN with a MaskIoU head ------------------------
@@ -263,7 +272,7 @@ def yolact_r18_tiny() -> Config:
                          fpn=FPNConfig(out_channels=64, extra="convs", num_extra=2), head=head,
                          # Binarizing at 0.4: +1.9 segm AP (YOLACT++ +1.0) over 0.5 on a held-out synthetic set
                          # (0.3 and 0.2 were worse); masks trained this briefly are soft at their borders.
-                         inference=InferenceConfig(nms="fast_nms", detections_per_image=50, mask_threshold=0.4),
+                         inference=InferenceConfig(nms="fast_nms", mask_threshold=0.4),
                          conventions=_INSTASEG_CONVENTIONS)
     # Recipe measured on the synthetic set (240 train images, batch 8, 400 iterations, val AP bbox/segm):
     # SGD 5e-3 with SSD augmentation 0.3 box AP; AdamW 1e-3 with it 1.8/0.5; AdamW 1e-3 with resize + flip
@@ -274,7 +283,8 @@ def yolact_r18_tiny() -> Config:
     train = TrainConfig(optimizer="adamw", lr=1e-3, schedule="cosine", max_iter=1500, steps=(), warmup_iters=100,
                         weight_decay=1e-4, clip_grad_norm=10.0,
                         ims_per_batch=8, checkpoint_period=500, num_workers=1, augmentation="rcnn")
-    return Config(name="yolact_r18_tiny", model=model, input=_yolact_input(128), train=train)
+    return with_max_detections(Config(name="yolact_r18_tiny", model=model, input=_yolact_input(128), train=train),
+                               CROWD_DETECTIONS)
 
 
 def yolact_pp_r18_tiny() -> Config:

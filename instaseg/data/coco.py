@@ -407,6 +407,11 @@ class CocoDataset:
         counts = Counter(a.label for r in self._records for a in r.annotations if not a.iscrowd)
         return {name: counts[k] for k, name in enumerate(self.category_names)}
 
+    def max_instances_per_image(self) -> int:
+        """The most non-crowd instances one image has (0 for an empty dataset): what every
+        detection cap must let through (:mod:`instaseg.config.budget`)."""
+        return max((sum(not a.iscrowd for a in r.annotations) for r in self._records), default=0)
+
     def size_stats(self) -> dict[str, float]:
         """Image sizes, instances per image and box sizes (COCO's small < 32^2 <= medium < 96^2
         pixels <= large, measured here on the bbox area since masks are not decoded at load)."""

@@ -14,13 +14,15 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from instaseg.config.io import config_from_dict, config_to_dict
+from instaseg.config.budget import with_max_detections
+from instaseg.config.io import apply_overrides, config_from_dict, config_to_dict
 from instaseg.config.schema import Config
 from instaseg.errors import CheckpointError
 
@@ -140,12 +142,20 @@ def load_state_dict_checked(model: nn.Module, state: dict[str, torch.Tensor], al
     return problems
 
 
-def load_model(path: str | Path, allow_partial: bool = False) -> tuple[nn.Module, Config]:
-    """Build the model a checkpoint's config describes and load its weights (eval mode)."""
+def load_model(path: str | Path, allow_partial: bool = False, overrides: Sequence[str] = (),
+               max_detections: int | None = None) -> tuple[nn.Module, Config]:
+    """Build the model a checkpoint's config describes and load its weights (eval mode).
+
+    ``overrides`` (``"key=value"``, as ``--set``) and ``max_detections`` (every detection cap
+    raised to let that many objects through, :func:`instaseg.config.budget.with_max_detections`)
+    change the stored config before the model is built.
+    """
     from instaseg.detectors.build import build_from_config
 
     payload = load_checkpoint(path)
-    config = config_from_dict(payload["config"])
+    config = apply_overrides(config_from_dict(payload["config"]), list(overrides))
+    if max_detections is not None:
+        config = with_max_detections(config, max_detections)
     model = build_from_config(config)
     load_state_dict_checked(model, payload["model"], allow_partial, source=str(path))
     return model.eval(), config

@@ -2,11 +2,13 @@
 
 ``metrics.json`` (one place for its format)::
 
-    {"bbox": {"AP": .., "AP50": .., "AP75": .., "APs": .., "APm": .., "APl": ..},
+    {"bbox": {"AP": .., "AP50": .., "AP75": .., "APs": .., "APm": .., "APl": ..,
+              "AR@1": .., "AR@10": .., "AR@100": .., "ARs": .., "ARm": .., "ARl": ..},
      "segm": {"AP": .., ...},
      "notes": {"bbox": "computed from the masks (results have no 'bbox')"}}
 
-Values are fractions in [0, 1]; ``null`` where COCO has nothing to measure (e.g. APl on a dataset
+``AR@m`` is the average recall with at most ``m`` detections per image, one per COCO maxDets (the
+caps that hide a crowded dataset's misses show there first). Values are fractions in [0, 1]; ``null`` where COCO has nothing to measure (e.g. APl on a dataset
 without large objects: pycocotools' -1, NaN in memory). ``notes`` is there only when a type was not
 scored from the results' own field (``instaseg eval --results`` of a masks-only or boxes-only file:
 see :class:`instaseg.evaluation.ResultFields`).
@@ -25,7 +27,7 @@ from torch import nn
 from tqdm import tqdm
 
 from instaseg.engine.distributed import all_gather_objects, broadcast_object, is_main_process, unwrap_model
-from instaseg.evaluation.coco_eval import AP_KEYS, COCOEvaluator
+from instaseg.evaluation.coco_eval import COCOEvaluator, summary_keys
 
 __all__ = ["evaluate_model", "write_metrics_json", "read_metrics_json", "METRIC_TYPES"]
 
@@ -106,11 +108,11 @@ def write_metrics_json(
 ) -> None:
     """Write ``metrics.json`` (format in the module docstring), atomically (write, then rename).
 
-    Only the AP keys of ``bbox`` and ``segm`` are kept; missing types are left out. ``notes``
+    The AP and AR keys of ``bbox`` and ``segm`` are kept; missing types are left out. ``notes``
     (``{iou_type: note}``) is written when not empty.
     """
     out: dict[str, Any] = {
-        iou_type: {key: _finite_or_none(metrics[iou_type][key]) for key in AP_KEYS}
+        iou_type: {key: _finite_or_none(metrics[iou_type][key]) for key in summary_keys(metrics[iou_type], True)}
         for iou_type in METRIC_TYPES
         if iou_type in metrics
     }

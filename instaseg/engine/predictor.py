@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Union
 
@@ -63,13 +64,17 @@ class Predictor:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu",
-                        score_threshold: float = 0.0, allow_partial: bool = False) -> "Predictor":
+                        score_threshold: float = 0.0, allow_partial: bool = False,
+                        overrides: Sequence[str] = (), max_detections: int | None = None) -> "Predictor":
         """Load ``path`` safely (``weights_only``: a pickle that would run code is refused).
 
         ``allow_partial`` loads only the tensors that fit the model the checkpoint's config builds
         (the others keep their initial values); without it a misfit raises ``CheckpointError``.
+        ``overrides`` (``"key=value"``) and ``max_detections`` change the stored config first
+        (:func:`instaseg.engine.checkpoint.load_model`).
         """
-        model, config = load_model(path, allow_partial=allow_partial)
+        model, config = load_model(path, allow_partial=allow_partial, overrides=overrides,
+                                   max_detections=max_detections)
         return cls(model, config, device, score_threshold)
 
     @torch.no_grad()

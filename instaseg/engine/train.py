@@ -48,13 +48,14 @@ from instaseg.engine.checkpoint import (load_checkpoint, load_state_dict_checked
 from instaseg.engine.distributed import (all_gather_objects, any_across_ranks, barrier, destroy_distributed,
                                          get_local_rank, get_rank, get_world_size, init_distributed,
                                          is_distributed, wrap_model)
+from instaseg.config.budget import coco_max_dets
 from instaseg.engine.evaluate import evaluate_model, write_metrics_json
 from instaseg.engine.logging import (LossMeter, MetricsWriter, format_losses, get_logger, progress_bar,
                                      setup_logger, teardown_logger)
 from instaseg.engine.optim import LRSchedule, build_optimizer, resolve_schedule
 from instaseg.engine.rng import capture_rng_state, restore_rng_state, seed_everything
 from instaseg.errors import ConfigError, InstasegError
-from instaseg.evaluation.coco_eval import AP_KEYS
+from instaseg.evaluation.coco_eval import summary_keys
 
 __all__ = ["train", "train_on_dataset", "NonFiniteLossError", "CheckpointWriteError", "TrainLoaderFn", "TestLoaderFn"]
 
@@ -469,8 +470,10 @@ def _evaluate(run: _Run) -> None:
     loader = run.test_loader_fn(run.val_dataset) if run.test_loader_fn is not None else None
     state = capture_rng_state()
     try:  # evaluation must not shift the training's random stream
+        crowd = getattr(run.val_dataset, "max_instances_per_image", None)
         metrics = evaluate_model(run.model, run.val_dataset, run.config.train.num_workers,
-                                 progress=run.progress, distributed=run.distributed, loader=loader)
+                                 progress=run.progress, distributed=run.distributed, loader=loader,
+                                 max_dets=coco_max_dets(crowd() if crowd is not None else 0))
     finally:
         restore_rng_state(state)
     run.final_metrics = metrics
@@ -481,7 +484,7 @@ def _evaluate(run: _Run) -> None:
     if not run.main:
         return
     write_metrics_json(metrics, run.out_dir / "metrics.json")
-    summary = {t: {k: metrics[t][k] for k in AP_KEYS} for t in ("bbox", "segm") if t in metrics}
+    summary = {t: {k: metrics[t][k] for k in summary_keys(metrics[t], True)} for t in ("bbox", "segm") if t in metrics}
     run.writer.write({"iteration": run.iteration, "eval": summary})
     get_logger().info(f"eval at {run.iteration}: bbox AP {metrics['bbox']['AP']:.4f} segm AP {segm_ap:.4f}")
     if improved:

@@ -50,6 +50,18 @@ __all__ = [
 
 IOU_TYPES = ("bbox", "segm")
 AP_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+AR_SIZE_KEYS = ("ARs", "ARm", "ARl")  # recall at the largest maxDets per object size
+
+
+def summary_keys(values: dict[str, Any], every_max_dets: bool = False) -> list[str]:
+    """The AP keys, then average recall: ``AR@<largest maxDets>`` (every ``AR@m`` with
+    ``every_max_dets``) and ``ARs`` / ``ARm`` / ``ARl``, those of them that ``values`` has.
+
+    Recall is the number that shows a detection cap: AP can look fine while AR@100 stays far below
+    what a dataset of 300 objects per image needs.
+    """
+    at = sorted((k for k in values if k.startswith("AR@")), key=lambda k: int(k[3:]))
+    return [*AP_KEYS, *(at if every_max_dets else at[-1:]), *(k for k in AR_SIZE_KEYS if k in values)]
 # pycocotools' area range labels, in the order of ``params.areaRng`` (COCO: 32^2 and 96^2 px).
 _AREA_LABELS = ("all", "small", "medium", "large")
 
@@ -357,11 +369,12 @@ def _percent(value: float) -> str:
 
 
 def format_metrics_table(metrics: dict[str, dict[str, Any]]) -> str:
-    """Markdown table of ``evaluate_coco``'s output: one row per iou type, AP columns in %."""
-    header = "| type | " + " | ".join(AP_KEYS) + " |"
-    rule = "|------|" + "|".join("-" * (len(k) + 2) for k in AP_KEYS) + "|"
+    """Markdown table of ``evaluate_coco``'s output: one row per iou type, AP and AR columns in %."""
+    keys = summary_keys(next(iter(metrics.values()))) if metrics else list(AP_KEYS)
+    header = "| type | " + " | ".join(keys) + " |"
+    rule = "|------|" + "|".join("-" * (len(k) + 2) for k in keys) + "|"
     rows = [
-        f"| {iou_type} | " + " | ".join(_percent(values[k]) for k in AP_KEYS) + " |"
+        f"| {iou_type} | " + " | ".join(_percent(values.get(k, float("nan"))) for k in keys) + " |"
         for iou_type, values in metrics.items()
     ]
     return "\n".join([header, rule, *rows])

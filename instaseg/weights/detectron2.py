@@ -221,6 +221,7 @@ def detectron2_config(layout: Detectron2Layout, pixel_mean: tuple[float, float, 
         rpn=replace(m.rpn, anchor_convention="detectron2"),
         box_head=replace(m.box_head, aligned=True, sampling_ratio=0),
         mask_head=replace(m.mask_head, paste="centres", class_agnostic=layout.class_agnostic_mask),
+        inference=replace(m.inference, detections_per_image=100),  # TEST.DETECTIONS_PER_IMAGE
     )
     # DefaultPredictor's ResizeShortestEdge: int(x + 0.5) sizes, Pillow's bilinear on the uint8 image
     inputs = replace(base.input, channel_order="BGR", pixel_mean=pixel_mean, pixel_std=pixel_std,
