@@ -326,7 +326,7 @@ def test_validation_writes_metrics_json_and_best_checkpoint(toy_data, tmp_path):
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert set(metrics) == {"bbox", "segm"}
     for values in metrics.values():
-        assert set(values) == {"AP", "AP50", "AP75", "APs", "APm", "APl"}
+        assert set(values) == {"AP", "AP50", "AP75", "APs", "APm", "APl", "AR@1", "AR@10", "AR@100", "ARs", "ARm", "ARl"}
         assert all(v is None or 0.0 <= v <= 1.0 for v in values.values())
     assert set(summary["metrics"]) >= {"bbox", "segm"}
     evals = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
