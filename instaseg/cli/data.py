@@ -17,8 +17,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--size", type=int, default=128, help="image side in pixels (default 128)")
     synth.add_argument("--val-fraction", type=float, default=0.2)
-    synth.add_argument("--difficulty", choices=["standard", "hard"], default="standard",
-                       help="'hard': thin structures, heavy occlusion, many small objects")
+    synth.add_argument("--difficulty", choices=["standard", "hard", "crowded"], default="standard",
+                       help="'hard': thin structures, heavy occlusion, many small objects; "
+                            "'crowded': 200-300 small objects per image")
     for name, text in (("stats", "counts per class and sizes"), ("show", "PNG overlays of the ground truth")):
         p = sub.add_parser(name, help=text)
         p.add_argument("--json", required=True, help="COCO instances json")
