@@ -419,7 +419,7 @@ def test_write_metrics_json_format(tmp_path):
             for t in ("bbox", "segm")}
     write_metrics_json(full, tmp_path / "metrics.json")
     data = json.loads((tmp_path / "metrics.json").read_text())  # strict JSON: NaN is written as null
-    assert data["segm"] == {"AP": 0.5, "AP50": 0.7, "AP75": 0.4, "APs": 0.1, "APm": 0.2, "APl": None}
+    assert data["segm"] == {"AP": 0.5, "AP50": 0.7, "AP75": 0.4, "APs": 0.1, "APm": 0.2, "APl": None, "AR@100": 0.9}
     back = read_metrics_json(tmp_path / "metrics.json")
     assert np.isnan(back["bbox"]["APl"]) and back["bbox"]["AP"] == 0.5
 
