@@ -2,7 +2,9 @@
 
 Per iteration ``i`` (0-based; ``iteration`` below counts completed iterations):
 
-1. at the boundary, stop if SIGTERM / Ctrl-C asked for it (all ranks agree), then snapshot RNGs;
+1. at the boundary, stop if SIGTERM / Ctrl-C asked for it (all ranks agree), then snapshot RNGs
+   (data loader workers ignore those signals; if they die anyway after a stop request, the
+   loader's RuntimeError is caught and the last exact boundary state is saved);
 2. set the LR to ``LRSchedule.lr_at(i)``;
 3. for each of ``accumulate`` micro-batches: forward through the (DDP-wrapped) model, loss,
    backward of ``loss / accumulate`` (DDP syncs gradients on the last micro-batch only);
@@ -314,8 +316,16 @@ def _train(run: _Run) -> dict[str, Any]:
         with run.stop:
             status = _loop(run)
             if status == "interrupted":
-                path = _save(run, run.iteration, all_gather_objects(capture_rng_state()))
+                with _worker_deaths_ignored():
+                    path = _save(run, run.iteration, all_gather_objects(capture_rng_state()))
     except KeyboardInterrupt:
+        status, path = "interrupted", _save_after_keyboard_interrupt(run)
+    except RuntimeError as error:
+        if not run.stop.requested:
+            raise
+        # The stop signal also reached the data loader's workers (a custom loader's, or workers
+        # killed outright) and PyTorch raised where the main process was: save all the same.
+        get_logger().warning(f"after the stop request: {(str(error).strip().splitlines() or [repr(error)])[0]}")
         status, path = "interrupted", _save_after_keyboard_interrupt(run)
     finally:
         run.bar.close()
@@ -548,4 +558,20 @@ def _save_after_keyboard_interrupt(run: _Run) -> Path | None:
         rng = capture_rng_state()
     else:
         return None
-    return _save(run, run.iteration, [rng], sync=False)
+    with _worker_deaths_ignored():
+        return _save(run, run.iteration, [rng], sync=False)
+
+
+@contextlib.contextmanager
+def _worker_deaths_ignored() -> Iterator[None]:
+    """Default SIGCHLD handling while a stopped run saves: PyTorch's handler raises RuntimeError
+    wherever the main process is when a data loader worker dies, which would cut the save short."""
+    sigchld = getattr(signal, "SIGCHLD", None)
+    if sigchld is None or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(sigchld, signal.SIG_DFL)
+    try:
+        yield
+    finally:
+        signal.signal(sigchld, previous)

@@ -223,6 +223,31 @@ def test_keyboard_interrupt_mid_iteration_leaves_an_exact_checkpoint(reference, 
     assert_same_state(load_checkpoint(tmp_path / "checkpoints" / "last.pt")["model"], reference.weights)
 
 
+def test_a_worker_death_after_sigterm_still_leaves_an_exact_checkpoint(reference, toy_data, tmp_path, monkeypatch):
+    def loss(original, call, model, raw, targets):
+        if call == 6:  # SIGTERM reached the whole process group: PyTorch's SIGCHLD handler raises mid-forward
+            os.kill(os.getpid(), signal.SIGTERM)
+            raise RuntimeError("DataLoader worker (pid 1234) is killed by signal: Terminated. ")
+        return original(raw, targets)
+
+    wrap_loss(monkeypatch, loss)
+    summary = run_training(reference.config, tmp_path, toy_data)
+    assert summary["status"] == "interrupted" and summary["iteration"] == 6
+    assert load_checkpoint(tmp_path / "checkpoints" / "last.pt")["iteration"] == 6
+    monkeypatch.undo()
+    run_training(reference.config, tmp_path, toy_data, resume=True)
+    assert_same_state(load_checkpoint(tmp_path / "checkpoints" / "last.pt")["model"], reference.weights)
+
+
+def test_a_runtime_error_without_a_stop_request_is_raised(toy_data, tmp_path, monkeypatch):
+    def loss(original, call, model, raw, targets):
+        raise RuntimeError("a genuine bug")
+
+    wrap_loss(monkeypatch, loss)
+    with pytest.raises(RuntimeError, match="a genuine bug"):
+        run_training(tiny_config(), tmp_path, toy_data)
+
+
 def signals_inside_the_step(monkeypatch, at_step: int, signals: list[int]) -> list[dict]:
     """Every optimizer the trainer builds steps in two halves (the parameters are independent under
     SGD, so this equals one step) and, on call ``at_step`` (0-based: iteration ``at_step``), sends
