@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-overlays", action="store_true", help="only write results.json")
     parser.add_argument("--allow-partial", action="store_true",
                         help="load only the checkpoint tensors that fit the model (the rest stay untrained)")
+    parser.add_argument("--skip-bad", action=argparse.BooleanOptionalAction, default=True,
+                        help="skip unreadable images and list them at the end (the default); --no-skip-bad "
+                             "stops at the first one, keeping the results written so far")
     add_model_options(parser)
 
 
@@ -45,12 +48,9 @@ def collect_inputs(inputs: list[str]) -> tuple[list[Path], list[Path]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from instaseg.engine.checkpoint import checkpoint_categories, load_checkpoint
-    from instaseg.engine.predictor import Predictor, as_image_tensor
-    from instaseg.evaluation import instances_to_coco_results
-    from instaseg.viz.overlay import draw_instances
+    from instaseg.engine.predictor import Predictor
+    from instaseg.evaluation.results_writer import JsonListWriter
 
     images, videos = collect_inputs(args.inputs)
     out = ensure_writable_dir(args.out)
@@ -58,24 +58,52 @@ def run(args: argparse.Namespace) -> int:
                                           allow_partial=args.allow_partial, overrides=args.overrides,
                                           max_detections=args.max_detections)
     category_ids, names = checkpoint_categories(load_checkpoint(args.checkpoint), predictor.model.num_classes)
-    results, files = [], []
-    for image_id, path in enumerate(tqdm(images, desc="predict", unit="img", disable=not images), start=1):
-        image = as_image_tensor(path)
+    image_ids = list(range(1, len(images) + 1))
+    # written image by image: a stop (a bad file, Ctrl-C) keeps what was done, as valid JSON
+    with JsonListWriter(out / "results.json") as results, JsonListWriter(out / "images.json") as files:
+        bad = _predict_images(predictor, list(zip(image_ids, images)), category_ids, names, out, args,
+                              results, files)
+    for video in videos:
+        _predict_video(predictor, video, out / f"{video.stem}_overlay.mp4", names)
+    print(f"{files.count} images, {results.count} detections -> {out / 'results.json'}"
+          + ("" if args.no_overlays else f", overlays in {out}") + (f", {len(videos)} videos" if videos else ""))
+    if bad:
+        listed = "; ".join(bad[:10]) + (f"; and {len(bad) - 10} more" if len(bad) > 10 else "")
+        print(f"skipped {len(bad)} unreadable image(s): {listed}")
+    return 0
+
+
+def _predict_images(predictor, items: list[tuple[int, Path]], category_ids: list[int], names: list[str],
+                    out: Path, args: argparse.Namespace, results, files) -> list[str]:
+    """Predict ``(image_id, path)`` items, appending to the ``results`` and ``files`` writers;
+    returns the messages of the unreadable images skipped."""
+    from tqdm import tqdm
+
+    from instaseg.engine.predictor import as_image_tensor
+    from instaseg.errors import DatasetError
+    from instaseg.evaluation import instances_to_coco_results
+    from instaseg.viz.overlay import draw_instances
+
+    bad: list[str] = []
+    for image_id, path in tqdm(items, desc="predict", unit="img", disable=not items):
+        try:
+            image = as_image_tensor(path)
+        except DatasetError as error:
+            if not args.skip_bad:
+                done = f"{files.count} image{'' if files.count == 1 else 's'} done"
+                raise InstasegError(f"{error}. Stopped with {done} (in {out / 'results.json'} and images.json); "
+                                    "--skip-bad (the default) skips unreadable images") from None
+            bad.append(str(error))
+            tqdm.write(f"warning: skipping {error}", file=sys.stderr)
+            continue
         instances = predictor(image)
-        for item in instances_to_coco_results(instances, image_id, category_ids):
-            item["file_name"] = path.name
-            results.append(item)
+        found = instances_to_coco_results(instances, image_id, category_ids)
+        results.extend({**item, "file_name": path.name} for item in found)
         files.append({"id": image_id, "file_name": str(path), "height": image.shape[1], "width": image.shape[2]})
         if not args.no_overlays:
             picture = draw_instances(image, instances.boxes, instances.labels, instances.masks, instances.scores, names)
             picture.save(out / f"{path.stem}.png")
-    for video in videos:
-        _predict_video(predictor, video, out / f"{video.stem}_overlay.mp4", names)
-    (out / "results.json").write_text(json.dumps(results))
-    (out / "images.json").write_text(json.dumps(files, indent=1))
-    print(f"{len(images)} images, {len(results)} detections -> {out / 'results.json'}"
-          + ("" if args.no_overlays else f", overlays in {out}") + (f", {len(videos)} videos" if videos else ""))
-    return 0
+    return bad
 
 
 def _predict_video(predictor, source: Path, target: Path, names: list[str]) -> None:
