@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from instaseg.cli._common import add_model_options, ensure_writable_dir
+from instaseg.cli._common import add_model_options, ensure_writable_dir, warn
 from instaseg.data.image_io import IMAGE_EXTENSIONS
 from instaseg.errors import InstasegError
 
@@ -24,6 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-overlays", action="store_true", help="only write results.json")
     parser.add_argument("--allow-partial", action="store_true",
                         help="load only the checkpoint tensors that fit the model (the rest stay untrained)")
+    parser.add_argument("--json", metavar="DATASET_JSON",
+                        help="COCO json listing the images: results.json then uses its image and category "
+                             "ids, so that `instaseg eval --results` can score it (default: images 1..N)")
     parser.add_argument("--skip-bad", action=argparse.BooleanOptionalAction, default=True,
                         help="skip unreadable images and list them at the end (the default); --no-skip-bad "
                              "stops at the first one, keeping the results written so far")
@@ -59,6 +62,8 @@ def run(args: argparse.Namespace) -> int:
                                           max_detections=args.max_detections)
     category_ids, names = checkpoint_categories(load_checkpoint(args.checkpoint), predictor.model.num_classes)
     image_ids = list(range(1, len(images) + 1))
+    if args.json:
+        image_ids, category_ids, names = _dataset_ids(args.json, images, names)
     # written image by image: a stop (a bad file, Ctrl-C) keeps what was done, as valid JSON
     with JsonListWriter(out / "results.json") as results, JsonListWriter(out / "images.json") as files:
         bad = _predict_images(predictor, list(zip(image_ids, images)), category_ids, names, out, args,
@@ -104,6 +109,25 @@ def _predict_images(predictor, items: list[tuple[int, Path]], category_ids: list
             picture = draw_instances(image, instances.boxes, instances.labels, instances.masks, instances.scores, names)
             picture.save(out / f"{path.stem}.png")
     return bad
+
+
+def _dataset_ids(json_path: str, images: list[Path], names: list[str]) -> tuple[list[int], list[int], list[str]]:
+    """Image ids of ``images`` and the category ids / names of labels 0..C-1 from a COCO json (the
+    label order of training on it). Images the json does not list are refused before any work."""
+    from instaseg.data.coco import CocoDataset
+
+    dataset = CocoDataset(json_path, Path(json_path).parent, skip_bad=True)  # annotations do not matter here
+    if dataset.num_classes != len(names):
+        raise InstasegError(f"the checkpoint predicts {len(names)} classes but {json_path} has {dataset.num_classes}")
+    if list(dataset.category_names) != list(names) and not all(n.startswith("class_") for n in names):
+        warn(f"the checkpoint's classes ({', '.join(names)}) are not named as {json_path}'s "
+             f"({', '.join(dataset.category_names)}); label k is given the json's k-th category id")
+    ids = dataset.image_ids_of_files(images)
+    missing = [str(path) for path, image_id in zip(images, ids) if image_id is None]
+    if missing:
+        raise InstasegError(f"{len(missing)} image(s) are not in {json_path} (matched by file_name): "
+                            f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
+    return ids, list(dataset.category_ids), list(dataset.category_names)
 
 
 def _predict_video(predictor, source: Path, target: Path, names: list[str]) -> None:

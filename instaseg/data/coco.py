@@ -22,6 +22,7 @@ import math
 import os
 import warnings
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -315,6 +316,25 @@ class CocoDataset:
     @property
     def image_ids(self) -> list[int]:
         return [r.image_id for r in self._records]
+
+    def image_ids_of_files(self, paths: Sequence[str | Path]) -> list[int | None]:
+        """The image id of each file in ``paths``, None for a file the json does not list.
+
+        A path matches the ``file_name`` equal to its longest trailing part (``a/b/x.png`` matches
+        ``b/x.png``, then ``x.png``), else the one ``file_name`` with its base name (none when
+        several share it), so images found in any copy of the image folder are known.
+        """
+        by_name = {Path(r.file_name).as_posix(): r.image_id for r in self._records}
+        by_base: dict[str, int | None] = {}
+        for r in self._records:
+            base = Path(r.file_name).name
+            by_base[base] = None if base in by_base else r.image_id  # ambiguous: no match
+        found = []
+        for path in paths:
+            parts = Path(path).parts
+            suffixes = ("/".join(parts[k:]) for k in range(len(parts)))
+            found.append(next((by_name[s] for s in suffixes if s in by_name), by_base.get(Path(path).name)))
+        return found
 
     def describe(self, index: int) -> str:
         """``"image id 7, <image_dir>/x.png"``: how messages name item ``index``."""

@@ -160,7 +160,8 @@ def _check_results(coco_gt: COCO, results: list[dict[str, Any]], iou_types: Sequ
     fields = result_fields(results)  # every result has its keys, bbox / segmentation all or none
     bad_images = {r["image_id"] for r in results} - set(coco_gt.getImgIds())
     if bad_images:
-        raise ValueError(f"results refer to image ids not in the ground truth: {sorted(bad_images)[:10]}")
+        raise ValueError(f"results refer to image ids not in the ground truth: {sorted(bad_images)[:10]} "
+                         "(`instaseg predict` writes the dataset's ids when given --json DATASET_JSON)")
     bad_cats = {r["category_id"] for r in results} - set(coco_gt.getCatIds())
     if bad_cats:
         raise ValueError(

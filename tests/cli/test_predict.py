@@ -77,3 +77,23 @@ def test_predict_stopping_at_a_bad_image_keeps_the_finished_work(data, checkpoin
     done = json.loads((tmp_path / "p" / "images.json").read_text())  # valid JSON: written image by image
     assert [Path(d["file_name"]).name for d in done] == [sorted(folder.glob("*.png"))[0].name]
     json.loads((tmp_path / "p" / "results.json").read_text())
+
+
+def test_predict_with_the_dataset_json_writes_results_eval_can_score(data, checkpoint, tmp_path, capsys):
+    gt = json.loads(Path(data.val_annotations).read_text())
+    out = tmp_path / "p"
+    assert main(["predict", "--checkpoint", checkpoint, str(data.val_images), "--out", str(out),
+                 "--score-threshold", "0", "--no-overlays", "--json", str(data.val_annotations)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results and {r["image_id"] for r in results} <= {i["id"] for i in gt["images"]}
+    assert {r["category_id"] for r in results} <= {c["id"] for c in gt["categories"]}
+    done = json.loads((out / "images.json").read_text())
+    by_name = {Path(i["file_name"]).name: i["id"] for i in gt["images"]}
+    assert all(by_name[Path(d["file_name"]).name] == d["id"] for d in done)
+    assert main(["eval", "--results", str(out / "results.json"), "--json", str(data.val_annotations)]) == 0
+
+
+def test_predict_refuses_images_the_dataset_json_does_not_list(data, checkpoint, tmp_path, capsys):
+    assert main(["predict", "--checkpoint", checkpoint, str(data.train_images), "--out", str(tmp_path / "p"),
+                 "--json", str(data.val_annotations)]) == 2
+    assert "not in" in capsys.readouterr().err
