@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -68,10 +69,13 @@ def run(args: argparse.Namespace) -> int:
     with JsonListWriter(out / "results.json") as results, JsonListWriter(out / "images.json") as files:
         bad = _predict_images(predictor, list(zip(image_ids, images)), category_ids, names, out, args,
                               results, files)
+    best_score = predictor.best_score  # of the images (the videos' detections are not in results.json)
     for video in videos:
         _predict_video(predictor, video, out / f"{video.stem}_overlay.mp4", names)
     print(f"{files.count} images, {results.count} detections -> {out / 'results.json'}"
           + ("" if args.no_overlays else f", overlays in {out}") + (f", {len(videos)} videos" if videos else ""))
+    if files.count and results.count == 0:
+        print(_nothing_kept_hint(best_score, args.score_threshold))
     if bad:
         listed = "; ".join(bad[:10]) + (f"; and {len(bad) - 10} more" if len(bad) > 10 else "")
         print(f"skipped {len(bad)} unreadable image(s): {listed}")
@@ -128,6 +132,16 @@ def _dataset_ids(json_path: str, images: list[Path], names: list[str]) -> tuple[
         raise InstasegError(f"{len(missing)} image(s) are not in {json_path} (matched by file_name): "
                             f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
     return ids, list(dataset.category_ids), list(dataset.category_names)
+
+
+def _nothing_kept_hint(best_score: float | None, threshold: float) -> str:
+    """What to do when no detection passed ``--score-threshold``."""
+    if best_score is None:
+        return ("the model detected nothing at all, whatever the score (its own floor is "
+                "model.inference.score_thresh: --set model.inference.score_thresh=0.01 lowers it)")
+    suggestion = math.floor(best_score * 100) / 100
+    return (f"no detection scored >= --score-threshold {threshold:g}; the best score was {best_score:.3f}: "
+            f"lower the threshold, e.g. --score-threshold {suggestion:g}")
 
 
 def _predict_video(predictor, source: Path, target: Path, names: list[str]) -> None:

@@ -97,3 +97,13 @@ def test_predict_refuses_images_the_dataset_json_does_not_list(data, checkpoint,
     assert main(["predict", "--checkpoint", checkpoint, str(data.train_images), "--out", str(tmp_path / "p"),
                  "--json", str(data.val_annotations)]) == 2
     assert "not in" in capsys.readouterr().err
+
+
+def test_predict_says_the_best_score_when_nothing_passes_the_threshold(data, checkpoint, tmp_path, capsys):
+    assert main(["predict", "--checkpoint", checkpoint, str(data.val_images), "--out", str(tmp_path / "p"),
+                 "--score-threshold", "0.999", "--no-overlays"]) == 0
+    out = capsys.readouterr().out
+    assert "0 detections" in out and "best score" in out and "--score-threshold" in out
+    assert main(["predict", "--checkpoint", checkpoint, str(data.val_images), "--out", str(tmp_path / "q"),
+                 "--no-overlays", "--set", "model.inference.score_thresh=0.9999"]) == 0
+    assert "detected nothing at all" in capsys.readouterr().out
