@@ -42,7 +42,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from instaseg.config.io import save_yaml
+from instaseg.config.io import config_from_dict, save_yaml
 from instaseg.config.schema import Config
 from instaseg.detectors.build import build_from_config
 from instaseg.engine.checkpoint import (load_checkpoint, load_state_dict_checked, point_last_at, rotate_checkpoints,
@@ -54,7 +54,7 @@ from instaseg.config.budget import coco_max_dets
 from instaseg.engine.evaluate import evaluate_model, write_metrics_json
 from instaseg.engine.logging import (LossMeter, MetricsWriter, format_losses, get_logger, progress_bar,
                                      setup_logger, teardown_logger)
-from instaseg.engine.optim import LRSchedule, build_optimizer, resolve_schedule
+from instaseg.engine.optim import LRSchedule, build_optimizer, check_resumed_schedule, resolve_schedule
 from instaseg.engine.rng import capture_rng_state, restore_rng_state, seed_everything
 from instaseg.errors import ConfigError, InstasegError
 from instaseg.evaluation.coco_eval import summary_keys
@@ -251,7 +251,7 @@ def _setup(config: Config, dataset: Any, out_dir: Path, val_dataset: Any, resume
                val_dataset=val_dataset, test_loader_fn=test_loader_fn, progress=progress,
                log_period=max(1, log_period), note=note, categories=_categories(dataset))
     run.amp_dtype, run.scaler = _amp(cfg.amp, device)
-    rng_states = _resume(run, last, logger) if resume and last.is_file() else None
+    rng_states = _resume(run, last, logger, len(dataset)) if resume and last.is_file() else None
     if resume and not last.is_file():
         logger.warning(f"--resume: no checkpoint in {last.parent}; starting from scratch")
     run.ddp_model = wrap_model(model, device)
@@ -279,9 +279,23 @@ def _write_config(config: Config, path: Path, note: str | None) -> None:
         path.write_text(f"# overrides: {note}\n" + path.read_text())
 
 
-def _resume(run: _Run, path: Path, logger: Any) -> list[dict[str, Any]] | None:
-    """Load ``path`` into the run; return the saved RNG states (one per rank) to restore later."""
+def _resume(run: _Run, path: Path, logger: Any, dataset_len: int) -> list[dict[str, Any]] | None:
+    """Load ``path`` into the run; return the saved RNG states (one per rank) to restore later.
+
+    A changed learning-rate schedule is accepted only when it keeps the learning rate of every
+    iteration done (:func:`~instaseg.engine.optim.check_resumed_schedule`).
+    """
     payload = load_checkpoint(path)
+    if "iteration" in payload and isinstance(payload.get("config"), dict):
+        try:
+            saved = config_from_dict(payload["config"]).train
+        except ConfigError as error:  # written by another version of the schema: nothing to compare
+            logger.warning(f"{path}: its config does not parse ({error}); its learning-rate schedule is not checked")
+        else:
+            note = check_resumed_schedule(saved, int(payload.get("max_iter", saved.max_iter)), run.config.train,
+                                          dataset_len, int(payload["iteration"]), str(path))
+            if note:
+                logger.info(note)
     load_state_dict_checked(run.model, payload["model"], source=str(path))
     if "optimizer" not in payload or "iteration" not in payload:
         raise InstasegError(f"{path} holds weights only (no optimizer state / iteration): it cannot be resumed")

@@ -477,3 +477,22 @@ def test_train_from_coco_files_with_the_real_loader_resumes_exactly(tmp_path, mo
     train(config, *files, tmp_path / "split", resume=True, progress=False)
     assert_same_state(load_checkpoint(tmp_path / "split" / "checkpoints" / "last.pt")["model"],
                       load_checkpoint(tmp_path / "full" / "checkpoints" / "last.pt")["model"])
+
+
+def test_resume_refuses_a_schedule_that_changes_the_learning_rates_done(toy_data, tmp_path):
+    run_training(tiny_config("train.max_iter=4", "train.warmup_iters=2"), tmp_path, toy_data)  # cosine decay
+    with pytest.raises(ConfigError) as info:
+        run_training(tiny_config("train.max_iter=6", "train.warmup_iters=2"), tmp_path, toy_data, resume=True)
+    message = str(info.value)
+    assert "train.max_iter 4 -> 6" in message and "--set train.max_iter=4" in message
+    assert "iteration 1 would change" in message  # the first whose learning rate differs (cosine)
+    assert load_checkpoint(tmp_path / "checkpoints" / "last.pt")["iteration"] == 4  # nothing trained
+
+
+def test_resume_accepts_a_longer_step_schedule_that_keeps_the_learning_rates_done(toy_data, tmp_path):
+    step = ("train.schedule=step", "train.steps=[3]", "train.warmup_iters=2")
+    run_training(tiny_config("train.max_iter=4", *step), tmp_path, toy_data)
+    summary = run_training(tiny_config("train.max_iter=6", *step), tmp_path, toy_data, resume=True)
+    assert summary["status"] == "finished" and summary["iteration"] == 6
+    lrs = {r["iteration"]: r["lr"] for r in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines())}
+    assert lrs[6] == pytest.approx(0.01 * 0.1)  # after the step, as before the resume
