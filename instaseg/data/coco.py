@@ -432,29 +432,30 @@ class CocoDataset:
         detection cap must let through (:mod:`instaseg.config.budget`)."""
         return max((sum(not a.iscrowd for a in r.annotations) for r in self._records), default=0)
 
-    def size_stats(self) -> dict[str, float]:
+    def size_stats(self) -> dict[str, int | float]:
         """Image sizes, instances per image and box sizes (COCO's small < 32^2 <= medium < 96^2
-        pixels <= large, measured here on the bbox area since masks are not decoded at load)."""
-        heights = np.array([r.height for r in self._records], dtype=np.float64)
-        widths = np.array([r.width for r in self._records], dtype=np.float64)
-        per_image = np.array([sum(not a.iscrowd for a in r.annotations) for r in self._records], np.float64)
+        pixels <= large, measured here on the bbox area since masks are not decoded at load).
+        Counts, minima and maxima are ints; means are floats."""
+        heights = np.array([r.height for r in self._records], dtype=np.int64)
+        widths = np.array([r.width for r in self._records], dtype=np.int64)
+        per_image = np.array([sum(not a.iscrowd for a in r.annotations) for r in self._records], np.int64)
         areas = np.array([(a.box_xyxy[2] - a.box_xyxy[0]) * (a.box_xyxy[3] - a.box_xyxy[1])
                           for r in self._records for a in r.annotations if not a.iscrowd], np.float64)
         crowds = sum(a.iscrowd for r in self._records for a in r.annotations)
         empty = not len(self._records)
 
-        def summary(name: str, values: np.ndarray) -> dict[str, float]:
+        def summary(name: str, values: np.ndarray) -> dict[str, int | float]:
             if empty:
-                return {f"{name}_min": 0.0, f"{name}_mean": 0.0, f"{name}_max": 0.0}
-            return {f"{name}_min": float(values.min()), f"{name}_mean": float(values.mean()),
-                    f"{name}_max": float(values.max())}
+                return {f"{name}_min": 0, f"{name}_mean": 0.0, f"{name}_max": 0}
+            return {f"{name}_min": int(values.min()), f"{name}_mean": float(values.mean()),
+                    f"{name}_max": int(values.max())}
 
         return {
-            "images": float(len(self._records)), "negatives": float((per_image == 0).sum()),
+            "images": len(self._records), "negatives": int((per_image == 0).sum()),
             **summary("height", heights), **summary("width", widths), **summary("instances", per_image),
-            "crowd_regions": float(crowds), "boxes_small": float((areas < _COCO_SMALL).sum()),
-            "boxes_medium": float(((areas >= _COCO_SMALL) & (areas < _COCO_MEDIUM)).sum()),
-            "boxes_large": float((areas >= _COCO_MEDIUM).sum()),
+            "crowd_regions": int(crowds), "boxes_small": int((areas < _COCO_SMALL).sum()),
+            "boxes_medium": int(((areas >= _COCO_SMALL) & (areas < _COCO_MEDIUM)).sum()),
+            "boxes_large": int((areas >= _COCO_MEDIUM).sum()),
         }
 
     def __repr__(self) -> str:
