@@ -336,6 +336,10 @@ class CocoDataset:
             found.append(next((by_name[s] for s in suffixes if s in by_name), by_base.get(Path(path).name)))
         return found
 
+    def file_name(self, index: int) -> str:
+        """Item ``index``'s ``file_name`` in the json (relative to the image folder)."""
+        return self._records[index].file_name
+
     def describe(self, index: int) -> str:
         """``"image id 7, <image_dir>/x.png"``: how messages name item ``index``."""
         record = self._records[index]
