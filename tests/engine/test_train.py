@@ -10,6 +10,7 @@ import json
 import math
 import os
 import signal
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 from typing import NamedTuple
@@ -496,3 +497,12 @@ def test_resume_accepts_a_longer_step_schedule_that_keeps_the_learning_rates_don
     assert summary["status"] == "finished" and summary["iteration"] == 6
     lrs = {r["iteration"]: r["lr"] for r in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines())}
     assert lrs[6] == pytest.approx(0.01 * 0.1)  # after the step, as before the resume
+
+
+def test_training_says_once_at_the_start_that_tensorboard_is_missing(toy_data, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as when tensorboard is not installed
+    run_training(tiny_config("train.max_iter=2"), tmp_path, toy_data)
+    lines = (tmp_path / "log.txt").read_text().splitlines()
+    said = [i for i, line in enumerate(lines) if "TensorBoard" in line]
+    assert len(said) == 1 and "pip install tensorboard" in lines[said[0]] and "metrics.jsonl" in lines[said[0]]
+    assert said[0] < next(i for i, line in enumerate(lines) if "training " in line)  # before the first iteration
