@@ -57,7 +57,7 @@ from instaseg.engine.logging import (LossMeter, MetricsWriter, format_losses, ge
 from instaseg.engine.optim import LRSchedule, build_optimizer, check_resumed_schedule, resolve_schedule
 from instaseg.engine.rng import capture_rng_state, restore_rng_state, seed_everything
 from instaseg.errors import ConfigError, InstasegError
-from instaseg.evaluation.coco_eval import summary_keys
+from instaseg.evaluation.coco_eval import format_ap, summary_keys
 
 __all__ = ["train", "train_on_dataset", "NonFiniteLossError", "CheckpointWriteError", "TrainLoaderFn", "TestLoaderFn"]
 
@@ -510,7 +510,8 @@ def _evaluate(run: _Run) -> None:
     write_metrics_json(metrics, run.out_dir / "metrics.json")
     summary = {t: {k: metrics[t][k] for k in summary_keys(metrics[t], True)} for t in ("bbox", "segm") if t in metrics}
     run.writer.write({"iteration": run.iteration, "eval": summary})
-    get_logger().info(f"eval at {run.iteration}: bbox AP {metrics['bbox']['AP']:.4f} segm AP {segm_ap:.4f}")
+    get_logger().info(f"eval at {run.iteration}: bbox AP {format_ap(metrics['bbox']['AP'])} "
+                      f"segm AP {format_ap(segm_ap)}")
     if improved:
         save_checkpoint(run.ckpt_dir / "best.pt", run.model, run.config, iteration=run.iteration, metrics=summary,
                         categories=run.categories)

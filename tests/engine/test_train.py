@@ -506,3 +506,12 @@ def test_training_says_once_at_the_start_that_tensorboard_is_missing(toy_data, t
     said = [i for i, line in enumerate(lines) if "TensorBoard" in line]
     assert len(said) == 1 and "pip install tensorboard" in lines[said[0]] and "metrics.jsonl" in lines[said[0]]
     assert said[0] < next(i for i, line in enumerate(lines) if "training " in line)  # before the first iteration
+
+
+def test_the_train_log_gives_ap_as_the_fractions_of_metrics_json(toy_data, tmp_path):
+    val = ToyDataset(tmp_path / "val", num_images=2, first_seed=50)
+    run_training(tiny_config("train.max_iter=1"), tmp_path / "run", toy_data, val_dataset=val)
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    line = next(x for x in (tmp_path / "run" / "log.txt").read_text().splitlines() if "segm AP" in x)
+    expected = f"bbox AP {metrics['bbox']['AP']:.3f} segm AP {metrics['segm']['AP']:.3f}"
+    assert line.endswith(expected), line
