@@ -3,6 +3,7 @@
 from instaseg.evaluation.coco_eval import (
     COCOEvaluator,
     evaluate_coco,
+    format_ap,
     format_metrics_table,
     format_per_category_table,
     instances_to_coco_results,
@@ -12,6 +13,7 @@ from instaseg.evaluation.results_file import ResultFields, result_fields
 __all__ = [
     "COCOEvaluator",
     "evaluate_coco",
+    "format_ap",
     "format_metrics_table",
     "format_per_category_table",
     "instances_to_coco_results",

@@ -36,11 +36,13 @@ def draw_instances(
     scores: Tensor | None = None,
     class_names: list[str] | None = None,
     alpha: float = 0.45,
+    show_labels: bool = True,
 ) -> Image.Image:
     """Overlay instances on ``image`` (``(H, W, 3)`` uint8 or ``(3, H, W)`` in [0, 255]).
 
     ``boxes (N, 4)`` xyxy, ``labels (N,)``, ``masks (N, H, W)`` bool, ``scores (N,)`` optional.
-    Each instance gets its own colour; its label reads "name 0.93" at the box's top-left corner.
+    Each instance gets its own colour; its label reads "name 0.93" at the box's top-left corner
+    (``show_labels=False``: masks and boxes only, for crowded pictures).
     """
     canvas = _as_array(image).astype(np.float32)
     n = int(boxes.shape[0])
@@ -59,6 +61,8 @@ def draw_instances(
         x1, y1, x2, y2 = (float(v) for v in boxes[i])
         colour = tuple(int(c) for c in colours[i])
         draw.rectangle([x1, y1, x2 - 1, y2 - 1], outline=colour, width=max(1, picture.width // 400))
+        if not show_labels:
+            continue
         label = int(labels[i])
         text = class_names[label] if class_names and 0 <= label < len(class_names) else str(label)
         if scores is not None:
