@@ -70,7 +70,7 @@ class InputConfig:
 
 @dataclass(frozen=True)
 class BackboneConfig:
-    name: str = "resnet50"  # resnet18/34/50/101/152, resnext50_32x4d, resnext101_32x8d
+    name: str = "resnet50"  # resnet18/34/50/101/152, resnext50_32x4d, resnext101_32x4d/32x8d/64x4d
     norm: str = "FrozenBN"  # FrozenBN, BN, SyncBN, GN
     freeze_at: int = 2  # 0 nothing, 1 stem, 2 stem + res2, ... (Detectron2's FREEZE_AT)
     stride_in_1x1: bool = False  # True for MSRA/Caffe2 weights, False for torchvision weights
