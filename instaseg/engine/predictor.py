@@ -50,7 +50,8 @@ def as_image_tensor(image: ImageInput) -> Tensor:
 
 
 class Predictor:
-    """``Predictor.from_checkpoint(path)(image) -> Instances`` in original image coordinates.
+    """``Predictor.from_checkpoint(path)(image) -> Instances`` in original image coordinates
+    (``Predictor.from_pretrained(name)`` for published weights).
 
     ``predictor([img1, img2])`` returns a list; ``score_threshold`` drops weaker detections.
     ``best_score`` is the highest score of any detection so far, before the threshold (None until
@@ -79,6 +80,18 @@ class Predictor:
         model, config = load_model(path, allow_partial=allow_partial, overrides=overrides,
                                    max_detections=max_detections)
         return cls(model, config, device, score_threshold)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | Path, device: str | torch.device = "cpu",
+                        score_threshold: float = 0.0, overrides: Sequence[str] = (),
+                        max_detections: int | None = None) -> "Predictor":
+        """``Predictor.from_pretrained("maskrcnn_r50_fpn_3x_coco_d2")``: published weights by catalogue name
+        (``instaseg weights list``; fetched, checked and converted once, then read from the cache), or an
+        instaseg checkpoint path; ``overrides`` and ``max_detections`` as :meth:`from_checkpoint`."""
+        from instaseg.zoo import resolve_checkpoint
+
+        return cls.from_checkpoint(resolve_checkpoint(name_or_path), device, score_threshold, overrides=overrides,
+                                   max_detections=max_detections)
 
     @torch.no_grad()
     def __call__(self, images: ImageInput | list[ImageInput]) -> Instances | list[Instances]:
