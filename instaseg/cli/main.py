@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("instaseg.cli.predict", "segment images, folders or videos; overlays and results json"),
     "data": ("instaseg.cli.data", "synthetic dataset, dataset statistics and ground-truth overlays"),
     "presets": ("instaseg.cli.presets", "list the model presets"),
+    "weights": ("instaseg.cli.weights", "published pretrained weights: list, fetch, info"),
     "convert": ("instaseg.cli.convert", "torchvision / Detectron2 weights -> instaseg checkpoint"),
     "export": ("instaseg.cli.export", "a checkpoint as ONNX (or a torch.export program), post-processing included"),
     "bench": ("instaseg.cli.bench", "inference or training-step speed, peak memory, stage times and GFLOPs"),

@@ -17,7 +17,10 @@ VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders of images or videos")
-    parser.add_argument("--checkpoint", required=True, help="instaseg checkpoint")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--weights", metavar="NAME_OR_PATH",
+                        help="a catalogue name (`instaseg weights list`; fetched once) or an instaseg checkpoint")
+    source.add_argument("--checkpoint", help="an instaseg checkpoint (the same as --weights PATH)")
     parser.add_argument("--out", required=True, help="folder for overlays and results.json")
     parser.add_argument("--score-threshold", type=float, default=0.5,
                         help="keep detections scoring at least this (default 0.5)")
@@ -55,13 +58,15 @@ def run(args: argparse.Namespace) -> int:
     from instaseg.engine.checkpoint import checkpoint_categories, load_checkpoint
     from instaseg.engine.predictor import Predictor
     from instaseg.evaluation.results_writer import JsonListWriter
+    from instaseg.zoo import resolve_checkpoint
 
     images, videos = collect_inputs(args.inputs)
     out = ensure_writable_dir(args.out)
-    predictor = Predictor.from_checkpoint(args.checkpoint, args.device, args.score_threshold,
+    checkpoint = resolve_checkpoint(args.weights or args.checkpoint)
+    predictor = Predictor.from_checkpoint(checkpoint, args.device, args.score_threshold,
                                           allow_partial=args.allow_partial, overrides=args.overrides,
                                           max_detections=args.max_detections)
-    category_ids, names = checkpoint_categories(load_checkpoint(args.checkpoint), predictor.model.num_classes)
+    category_ids, names = checkpoint_categories(load_checkpoint(checkpoint), predictor.model.num_classes)
     image_ids = list(range(1, len(images) + 1))
     if args.json:
         image_ids, category_ids, names = _dataset_ids(args.json, images, names)
