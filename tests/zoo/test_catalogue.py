@@ -63,3 +63,10 @@ def test_detectron2_imagenet_names_resolve_as_detectron2_does():
 def test_unknown_names_suggest_close_ones():
     with pytest.raises(ConfigError, match="yolact_pp_r50_coco"):
         get_entry("yolact_pp_r50")
+
+
+def test_readme_lists_every_entry():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    assert [e.name for e in list_entries() if f"`{e.name}`" not in readme] == []
