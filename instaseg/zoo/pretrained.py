@@ -83,7 +83,7 @@ def _record_origin(entry: WeightsEntry, path: Path) -> list[str]:
                          "file_name": entry.file_name}
     notes = []
     num_classes = int(payload["config"]["model"]["num_classes"])
-    if entry.classes:
+    if entry.classes and "categories" not in payload:  # a converter may have read them from the file
         ids, names = coco_categories(entry.classes)
         if len(ids) == num_classes:
             payload["categories"] = {"ids": ids, "names": names}

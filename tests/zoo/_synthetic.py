@@ -77,3 +77,11 @@ def torchvision_resnet18_file() -> bytes:
     state = {k: v.detach().clone() for k, v in body.state_dict().items()}
     state["fc.weight"], state["fc.bias"] = torch.randn(1000, 512) * 0.01, torch.zeros(1000)
     return torch_bytes(state)
+
+
+def mmdet_ms_rcnn_file() -> bytes:
+    """An MMDetection MS R-CNN R-50 ``.pth`` (``{"state_dict": ...}``), in the layout of
+    tests/weights/test_mmdet.py (present with instaseg.weights.mmdet)."""
+    from tests.weights.test_mmdet import mmdet_shapes
+
+    return torch_bytes({"state_dict": scaled_state(mmdet_shapes("ms_rcnn", 80), seed=5)})
