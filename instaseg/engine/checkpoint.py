@@ -37,6 +37,7 @@ __all__ = [
     "load_model",
     "load_pretrained_weights",
     "load_state_dict_checked",
+    "model_shapes",
     "save_checkpoint",
     "without_backbone_weights",
 ]
@@ -173,7 +174,7 @@ def without_backbone_weights(config: Config) -> Config:
     return replace(config, model=replace(config.model, backbone=backbone))
 
 
-def _shapes(config: Config) -> dict[str, tuple[int, ...]]:
+def model_shapes(config: Config) -> dict[str, tuple[int, ...]]:
     """Tensor name -> shape of the model ``config`` builds, without allocating it (meta device)."""
     from instaseg.detectors.build import build_from_config
 
@@ -193,7 +194,7 @@ def class_sized_tensors(config: Config, other_num_classes: int) -> dict[str, tup
     if other_num_classes == config.model.num_classes:
         return {}
     other = replace(config, model=replace(config.model, num_classes=other_num_classes))
-    mine, theirs = _shapes(config), _shapes(other)
+    mine, theirs = model_shapes(config), model_shapes(other)
     return {k: (theirs[k], shape) for k, shape in mine.items() if k in theirs and theirs[k] != shape}
 
 

@@ -217,17 +217,24 @@ def check_backbone_conventions(config: Config) -> None:
 def config_for_weights(weights_config: Config, preset: str | Config | None, source: str = "the weights") -> Config:
     """The config to build a model for a checkpoint whose own config is ``weights_config``.
 
-    No preset: the checkpoint's config (publishers' conventions included). A preset name must be the
-    checkpoint's preset or the one it was derived from (``mask_rcnn_r50_fpn`` for
-    ``mask_rcnn_r50_fpn_detectron2``); the checkpoint's config is used then too, since it carries the
-    conventions the weights need. A :class:`Config` object is used as given.
+    No preset: the checkpoint's config (publishers' conventions included). A preset name must build
+    the same tensors as the checkpoint's config (``mask_rcnn_r50_fpn`` for ``mask_rcnn_r50_fpn_detectron2``,
+    ``ms_rcnn_r50_fpn`` for MMDetection's caffe-style MS R-CNN); the checkpoint's config is used then
+    too, since it carries the conventions the weights need. A :class:`Config` object is used as given.
     """
+    from instaseg.config.presets import get_preset
+    from instaseg.engine.checkpoint import model_shapes
+
     if preset is None:
         return weights_config
     if isinstance(preset, Config):
         return preset
     name = weights_config.name
     if name == preset or name.startswith(preset + "_"):
+        return weights_config
+    candidate = get_preset(preset)
+    candidate = replace(candidate, model=replace(candidate.model, num_classes=weights_config.model.num_classes))
+    if type(candidate.model) is type(weights_config.model) and model_shapes(candidate) == model_shapes(weights_config):
         return weights_config
     raise ConfigError(f"{source} hold a {name} model, which the preset {preset} does not build: leave the preset "
                       f"out (the weights' own config is used), or choose {name}")

@@ -90,6 +90,11 @@ def test_config_for_weights_keeps_the_publishers_conventions():
     assert config_for_weights(d2, "mask_rcnn_r50_fpn") is d2  # the preset it was derived from
     with pytest.raises(ConfigError, match="leave the preset out"):
         config_for_weights(d2, "ms_rcnn_r50_fpn")
+    # another name, the same tensors (MMDetection's caffe-style MS R-CNN): the weights' config
+    mmdet = replace(get_preset("ms_rcnn_r50_fpn"), name="ms_rcnn_r50_caffe_fpn_mmdet")
+    assert config_for_weights(mmdet, "ms_rcnn_r50_fpn") is mmdet
+    with pytest.raises(ConfigError, match="does not build"):
+        config_for_weights(mmdet, "ms_rcnn_r101_fpn")
 
 
 # ------------------------------------------------------------------------ ImageNet backbones by name
