@@ -31,6 +31,7 @@ tile are the model's own NMS's business.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -83,26 +84,26 @@ def cut_detections(dets: CroppedInstances, tile_index: Tensor, windows: list[Win
     return left | top | right | bottom
 
 
-def _part(crop: Tensor, window: Window, region: Window) -> Tensor:
+def _part(crop: np.ndarray, window: Window, region: Window) -> np.ndarray:
     """The part of ``crop`` (lying in ``window``) inside ``region`` (a sub-window of ``window``)."""
     return crop[region[1] - window[1] : region[3] - window[1], region[0] - window[0] : region[2] - window[0]]
 
 
-def _shared_mask_iou(crop_a: Tensor, win_a: Window, crop_b: Tensor, win_b: Window, shared: Window) -> float:
-    """IoU of two masks counted only inside the ``shared`` window (0 when both are empty there)."""
-    in_a, in_b = _intersect(win_a, shared), _intersect(win_b, shared)
-    if in_a is None or in_b is None:
-        return 0.0
-    both = _intersect(in_a, in_b)
-    inter = 0 if both is None else int((_part(crop_a, win_a, both) & _part(crop_b, win_b, both)).sum())
-    union = int(_part(crop_a, win_a, in_a).sum()) + int(_part(crop_b, win_b, in_b).sum()) - inter
-    return inter / union if union > 0 else 0.0
+def _count_in(crop: np.ndarray, window: Window, region: Window) -> int:
+    """True pixels of ``crop`` (lying in ``window``) inside ``region``."""
+    inside = _intersect(window, region)
+    return 0 if inside is None else int(np.count_nonzero(_part(crop, window, inside)))
 
 
 def _matching_pairs(dets: CroppedInstances, tile_index: Tensor, windows: list[Window],
                     match_iou: float) -> list[tuple[int, int]]:
-    """Pairs of detections of overlapping tiles, same label, shared-window mask IoU >= ``match_iou``."""
+    """Pairs of detections of overlapping tiles, same label, shared-window mask IoU >= ``match_iou``.
+
+    The IoU counts pixels inside the two tiles' shared window only (rule 2). Counting is done in
+    numpy: torch's reductions over strided bool views are one to two orders of magnitude slower.
+    """
     mask_windows: list[Window] = [tuple(w) for w in dets.masks.windows.tolist()]
+    crops = [c.detach().cpu().numpy() for c in dets.masks.crops]
     labels = dets.labels.tolist()
     by_tile: dict[int, list[int]] = {}
     for i, t in enumerate(tile_index.tolist()):
@@ -110,15 +111,20 @@ def _matching_pairs(dets: CroppedInstances, tile_index: Tensor, windows: list[Wi
     pairs = []
     for a, b in overlapping_tile_pairs(windows):
         shared = _intersect(windows[a], windows[b])
-        near_a = [i for i in by_tile.get(a, []) if _intersect(mask_windows[i], shared)]
-        near_b = [j for j in by_tile.get(b, []) if _intersect(mask_windows[j], shared)]
-        for i in near_a:
-            for j in near_b:
-                if labels[i] != labels[j] or _intersect(mask_windows[i], mask_windows[j]) is None:
+        near_a = {i: _count_in(crops[i], mask_windows[i], shared) for i in by_tile.get(a, [])
+                  if _intersect(mask_windows[i], shared)}
+        near_b = {j: _count_in(crops[j], mask_windows[j], shared) for j in by_tile.get(b, [])
+                  if _intersect(mask_windows[j], shared)}
+        for i, area_i in near_a.items():
+            for j, area_j in near_b.items():
+                both = _intersect(mask_windows[i], mask_windows[j])
+                both = None if both is None else _intersect(both, shared)
+                if labels[i] != labels[j] or both is None:
                     continue
-                iou = _shared_mask_iou(dets.masks.crops[i], mask_windows[i], dets.masks.crops[j],
-                                       mask_windows[j], shared)
-                if iou >= match_iou:
+                inter = int(np.count_nonzero(_part(crops[i], mask_windows[i], both)
+                                             & _part(crops[j], mask_windows[j], both)))
+                union = area_i + area_j - inter
+                if union > 0 and inter / union >= match_iou:
                     pairs.append((i, j))
     return pairs
 
@@ -142,38 +148,42 @@ def _groups(count: int, pairs: list[tuple[int, int]]) -> list[list[int]]:
 
 
 def _axis_depth(centres: Tensor, lo: int, hi: int, length: int) -> Tensor:
-    """Distance of pixel centres to the nearest inner edge of ``[lo, hi)`` (inf if none), -1 outside."""
+    """Distance of pixel centres inside ``[lo, hi)`` to the nearest inner edge of it (inf if none)."""
     depth = torch.full_like(centres, float("inf"))
     if lo > 0:
         depth = torch.minimum(depth, centres - lo)
     if hi < length:
         depth = torch.minimum(depth, hi - centres)
-    return torch.where((centres > lo) & (centres < hi), depth, torch.full_like(depth, -1.0))
+    return depth
 
 
 def _stitch(dets: CroppedInstances, members: list[int], tiles: list[Window]) -> MaskCrops:
     """One mask from cut views: each pixel from the view whose tile sees it deepest inside.
 
-    ``members`` are ordered by decreasing score (ties in depth go to the first); ``tiles[k]`` is
-    the tile window of ``members[k]``.
+    ``members`` are ordered by decreasing score (a tie in depth keeps the earlier view);
+    ``tiles[k]`` is the tile window of ``members[k]``. Views are folded in one at a time, so the
+    memory is two arrays of the merged window whatever the number of views.
     """
     height, width = dets.image_size
     wins = dets.masks.windows[members]
-    x0, y0 = int(wins[:, 0].min()), int(wins[:, 1].min())
-    x1, y1 = int(wins[:, 2].max()), int(wins[:, 3].max())
-    cols = torch.arange(x0, x1, dtype=torch.float32) + 0.5
-    rows = torch.arange(y0, y1, dtype=torch.float32) + 0.5
-    depths, masks = [], []
-    for k, i in enumerate(members):
-        tx0, ty0, tx1, ty1 = tiles[k]
-        depth_x, depth_y = _axis_depth(cols, tx0, tx1, width), _axis_depth(rows, ty0, ty1, height)
-        depths.append(torch.minimum(depth_y[:, None], depth_x[None, :]))
-        mask = torch.zeros((y1 - y0, x1 - x0), dtype=torch.bool)
+    merged_window = (int(wins[:, 0].min()), int(wins[:, 1].min()), int(wins[:, 2].max()), int(wins[:, 3].max()))
+    x0, y0, x1, y1 = merged_window
+    best = torch.full((y1 - y0, x1 - x0), -1.0)  # depth of the view deciding each pixel; -1: none
+    merged = torch.zeros((y1 - y0, x1 - x0), dtype=torch.bool)
+    for i, tile in zip(members, tiles):
+        region = _intersect(tile, merged_window)  # the member's mask lies in its tile and in the window
+        rx0, ry0, rx1, ry1 = region
+        depth_x = _axis_depth(torch.arange(rx0, rx1, dtype=torch.float32) + 0.5, tile[0], tile[2], width)
+        depth_y = _axis_depth(torch.arange(ry0, ry1, dtype=torch.float32) + 0.5, tile[1], tile[3], height)
+        depth = torch.minimum(depth_y[:, None], depth_x[None, :])
+        view = torch.zeros((ry1 - ry0, rx1 - rx0), dtype=torch.bool)
         a0, b0, a1, b1 = dets.masks.windows[i].tolist()
-        mask[b0 - y0 : b1 - y0, a0 - x0 : a1 - x0] = dets.masks.crops[i]
-        masks.append(mask)
-    owner = torch.stack(depths).argmax(dim=0)  # first maximum: the better-scored view
-    merged = torch.stack(masks).gather(0, owner[None])[0]
+        view[b0 - ry0 : b1 - ry0, a0 - rx0 : a1 - rx0] = dets.masks.crops[i]
+        region_best = best[ry0 - y0 : ry1 - y0, rx0 - x0 : rx1 - x0]
+        region_merged = merged[ry0 - y0 : ry1 - y0, rx0 - x0 : rx1 - x0]
+        deeper = depth > region_best
+        region_merged[deeper] = view[deeper]
+        region_best[deeper] = depth[deeper]
     return MaskCrops.from_masks(merged[None], (x0, y0), (height, width))
 
 
@@ -200,7 +210,7 @@ def merge_tile_detections(per_tile: list[CroppedInstances], windows: list[Window
     """Merge the detections of overlapping tiles into one detection per object.
 
     Args:
-        per_tile: detections of tile ``t`` in the image frame (``per_tile[t]``, masks as crops).
+        per_tile: detections of tile ``t`` in the image frame (``per_tile[t]``, masks as crops), on the CPU.
         windows: ``[x0, y0, x1, y1]`` of each tile in the image.
         image_size: ``(H, W)`` of the image.
         match_iou: shared-window mask IoU from which two views are one object (rule 2).

@@ -64,7 +64,8 @@ class MaskCrops:
 
     def areas(self) -> Tensor:
         """``(N,)`` int64 number of True pixels of each mask."""
-        return torch.tensor([int(c.sum()) for c in self.crops], dtype=torch.int64)
+        # numpy: torch's sum over small bool tensors costs far more than the counting
+        return torch.tensor([int(np.count_nonzero(c.detach().cpu().numpy())) for c in self.crops], dtype=torch.int64)
 
     def nbytes(self) -> int:
         """Bytes held by the crops (one byte per window pixel)."""
@@ -96,7 +97,7 @@ class MaskCrops:
         image_size = (height, width) if image_size is None else image_size
         if num == 0:
             return cls.empty(image_size, masks.device)
-        rows, cols = masks.any(dim=2), masks.any(dim=1)  # (N, h), (N, w)
+        rows, cols = _occupied_rows_and_columns(masks)  # (N, h), (N, w)
         filled = rows.any(dim=1)
         y0 = rows.byte().argmax(dim=1)
         y1 = height - rows.flip(1).byte().argmax(dim=1)
@@ -130,6 +131,17 @@ class MaskCrops:
         """N compressed COCO RLEs of the full-image masks (``counts`` as str), made from the crops."""
         return [window_to_rle(crop.detach().cpu().numpy(), window, self.image_size)
                 for window, crop in zip(self.windows.tolist(), self.crops)]
+
+
+def _occupied_rows_and_columns(masks: Tensor) -> tuple[Tensor, Tensor]:
+    """``(N, h)`` and ``(N, w)`` bool: which rows / columns of each ``(N, h, w)`` bool mask hold a True.
+
+    On the CPU through numpy (several times faster than torch's ``any`` over bool there).
+    """
+    if masks.device.type != "cpu":
+        return masks.any(dim=2), masks.any(dim=1)
+    array = masks.numpy()
+    return torch.from_numpy(array.any(axis=2)), torch.from_numpy(array.any(axis=1))
 
 
 def window_to_rle(crop: np.ndarray, window: list[int] | tuple[int, ...], image_size: tuple[int, int]) -> dict:
