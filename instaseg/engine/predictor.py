@@ -86,13 +86,19 @@ class Predictor:
     def __call__(self, images: ImageInput | list[ImageInput]) -> Instances | list[Instances]:
         single = not isinstance(images, (list, tuple))
         batch = [as_image_tensor(img).to(self.device) for img in ([images] if single else images)]
-        results = self.model.predict(batch)
-        top = [float(r.scores.max()) for r in results if len(r)]
-        if top:
-            self.best_score = max(top if self.best_score is None else [*top, self.best_score])
+        results = self.predict(batch)
         if self.score_threshold > 0:
             results = [r[r.scores >= self.score_threshold] for r in results]
         return results[0] if single else results
+
+    @torch.no_grad()
+    def predict(self, images: list[Tensor]) -> list[Instances]:
+        """The model's ``predict`` on ``(3, H, W)`` float tensors, recording ``best_score``; no threshold."""
+        results = self.model.predict([img.to(self.device) for img in images])
+        top = [float(r.scores.max()) for r in results if len(r)]
+        if top:
+            self.best_score = max(top if self.best_score is None else [*top, self.best_score])
+        return results
 
     @torch.no_grad()
     def predict_tiled(self, image: ImageInput, tile: int, overlap: float = 0.2,
@@ -103,8 +109,9 @@ class Predictor:
         seen by several tiles are merged (rule: :mod:`instaseg.engine.tile_merge`). Returns
         :class:`CroppedInstances` in image coordinates with masks kept as crops:
         ``.to_instances()`` makes full ``(N, H, W)`` masks, ``.masks.to_rles()`` COCO RLEs.
+        ``score_threshold`` applies to each tile's detections (``best_score`` sees them all).
         """
         from instaseg.engine.tiling import sliced_predict
 
-        return sliced_predict(self.model, as_image_tensor(image, keep_uint8=True), tile, overlap,
+        return sliced_predict(self, as_image_tensor(image, keep_uint8=True), tile, overlap,
                               batch_size=batch_size, score_threshold=self.score_threshold, device=self.device)

@@ -17,7 +17,8 @@ from instaseg.engine.tiling import sliced_predict
 from instaseg.evaluation import instances_to_coco_results
 
 OVERRIDES = ["model.num_classes=3", "input.min_size_test=64", "input.max_size_test=64",
-             "model.inference.detections_per_image=10"]
+             "model.inference.detections_per_image=10", "model.rpn.pre_nms_topk_test=150",
+             "model.rpn.post_nms_topk_test=50"]
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +72,7 @@ def test_predictor_tiles_match_the_function_and_apply_the_threshold(checkpoint, 
                                batch_size=3, score_threshold=0.3)  # the same batches: the same float rounding
     assert torch.equal(tiled.boxes, reference.boxes) and torch.equal(tiled.masks.to_full(), reference.masks.to_full())
     assert tiled.image_size == (64, 100) and (tiled.scores >= 0.3).all()
+    assert predictor.best_score is not None and predictor.best_score >= max(tiled.scores.tolist(), default=0.0)
 
 
 @pytest.mark.parametrize("flag,value", [("--tile", "32"), ("--tile", "abc"), ("--overlap", "1"), ("--overlap", "-0.2")])

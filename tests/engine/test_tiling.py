@@ -258,7 +258,8 @@ def test_tile_results_are_the_crop_predictions_shifted():
 
     config = apply_overrides(get_preset("mask_rcnn_r18_fpn_tiny"),
                              ["input.min_size_test=64", "input.max_size_test=64", "model.inference.score_thresh=0.0",
-                              "model.inference.detections_per_image=10"])
+                              "model.inference.detections_per_image=10", "model.rpn.pre_nms_topk_test=150",
+                              "model.rpn.post_nms_topk_test=50"])
     model = build_from_config(config).eval()
     image = (torch.rand(3, 64, 110) * 255).to(torch.uint8)
     windows = tile_grid((64, 110), 64, 0.2).windows()
