@@ -10,6 +10,7 @@ from typing import Any
 
 from instaseg.cli._common import add_model_options, ensure_writable_dir, warn
 from instaseg.data.image_io import IMAGE_EXTENSIONS
+from instaseg.engine.tiling import overlap_argument, tile_argument
 from instaseg.errors import InstasegError
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm")
@@ -35,6 +36,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="skip unreadable images and list them at the end (the default); --no-skip-bad "
                              "stops at the first one, keeping the results written so far")
     add_model_options(parser)
+    parser.add_argument("--tile", type=tile_argument, metavar="SIZE",
+                        help="large images: predict on overlapping SIZE x SIZE tiles and merge (images only)")
+    parser.add_argument("--overlap", type=overlap_argument, default=0.2, metavar="FRAC",
+                        help="with --tile: fraction of a tile shared with its neighbours (default 0.2)")
 
 
 def collect_inputs(inputs: list[str]) -> tuple[list[Path], list[Path]]:
@@ -110,7 +115,7 @@ def _predict_images(predictor, items: list[tuple[int, Path]], category_ids: list
             bad.append(str(error))
             tqdm.write(f"warning: skipping {error}", file=sys.stderr)
             continue
-        instances = predictor(image)
+        instances = predictor.predict_tiled(image, args.tile, args.overlap) if args.tile else predictor(image)
         found = instances_to_coco_results(instances, image_id, category_ids)
         results.extend({**item, "file_name": path.name} for item in found)
         files.append({"id": image_id, "file_name": str(path), "height": image.shape[1], "width": image.shape[2]})

@@ -9,6 +9,8 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
+from instaseg.structures.mask_crops import MaskCrops
+
 __all__ = ["instance_colours", "draw_instances", "side_by_side"]
 
 
@@ -32,7 +34,7 @@ def draw_instances(
     image: np.ndarray | Tensor,
     boxes: Tensor,
     labels: Tensor,
-    masks: Tensor | None = None,
+    masks: Tensor | MaskCrops | None = None,
     scores: Tensor | None = None,
     class_names: list[str] | None = None,
     alpha: float = 0.45,
@@ -40,21 +42,26 @@ def draw_instances(
 ) -> Image.Image:
     """Overlay instances on ``image`` (``(H, W, 3)`` uint8 or ``(3, H, W)`` in [0, 255]).
 
-    ``boxes (N, 4)`` xyxy, ``labels (N,)``, ``masks (N, H, W)`` bool, ``scores (N,)`` optional.
+    ``boxes (N, 4)`` xyxy, ``labels (N,)``, ``masks (N, H, W)`` bool or :class:`MaskCrops` (masks kept
+    in their windows: each is blended only there, for images too large for a mask per detection),
+    ``scores (N,)`` optional.
     Each instance gets its own colour; its label reads "name 0.93" at the box's top-left corner
     (``show_labels=False``: masks and boxes only, for crowded pictures).
     """
-    canvas = _as_array(image).astype(np.float32)
     n = int(boxes.shape[0])
     colours = instance_colours(n)
-    if masks is not None and n:
-        masks_np = masks.detach().cpu().numpy().astype(bool)
-        # draw larger masks first so small instances stay visible on top
-        order = np.argsort(-masks_np.reshape(n, -1).sum(1))
-        for i in order:
-            region = masks_np[i]
-            canvas[region] = (1 - alpha) * canvas[region] + alpha * colours[i]
-    picture = Image.fromarray(canvas.clip(0, 255).astype(np.uint8))
+    if isinstance(masks, MaskCrops):
+        picture = Image.fromarray(_blend_crops(_as_array(image).copy(), masks, colours, alpha))
+    else:
+        canvas = _as_array(image).astype(np.float32)
+        if masks is not None and n:
+            masks_np = masks.detach().cpu().numpy().astype(bool)
+            # draw larger masks first so small instances stay visible on top
+            order = np.argsort(-masks_np.reshape(n, -1).sum(1))
+            for i in order:
+                region = masks_np[i]
+                canvas[region] = (1 - alpha) * canvas[region] + alpha * colours[i]
+        picture = Image.fromarray(canvas.clip(0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(picture)
     font = ImageFont.load_default()
     for i in range(n):
@@ -75,6 +82,19 @@ def draw_instances(
         draw.rectangle([label_x, top_y, label_x + width, top_y + height], fill=colour)
         draw.text((label_x + 1, top_y), text, fill=(0, 0, 0), font=font)
     return picture
+
+
+def _blend_crops(canvas: np.ndarray, masks: MaskCrops, colours: np.ndarray, alpha: float) -> np.ndarray:
+    """Blend each crop into its window of the ``(H, W, 3)`` uint8 ``canvas``, larger masks first."""
+    areas = masks.areas().numpy()
+    for i in np.argsort(-areas, kind="stable"):
+        x0, y0, x1, y1 = masks.windows[i].tolist()
+        region = canvas[y0:y1, x0:x1]
+        inside = masks.crops[i].detach().cpu().numpy().astype(bool)
+        # float32 as in the full-mask path, so both draw the same picture
+        blended = ((1 - alpha) * region[inside].astype(np.float32) + alpha * colours[i]).astype(np.float32)
+        region[inside] = blended.clip(0, 255).astype(np.uint8)
+    return canvas
 
 
 def side_by_side(left: Image.Image, right: Image.Image, gap: int = 4) -> Image.Image:
