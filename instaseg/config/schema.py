@@ -58,13 +58,14 @@ class InputConfig:
     size_divisibility: int = 32  # pad so every FPN level lines up
     square: int = 0  # > 0: resize to square x square ignoring aspect (YOLACT); 0: shortest side
     # Publishers' test-time resize (instaseg.structures.image_list): "floor" = torchvision's size
-    # rule (floor(side * scale)), "round" = Detectron2's ResizeShortestEdge (int(x + 0.5));
+    # rule (floor(side * scale)), "round" = Detectron2's ResizeShortestEdge (int(x + 0.5)),
+    # "mmcv" = MMDetection's keep-ratio Resize (one factor, each side int(side * factor + 0.5));
     # "bilinear" = float interpolation, "pil_bilinear" = Detectron2's uint8 Pillow resize.
     resize_rounding: str = "floor"
     resize_filter: str = "bilinear"
 
     def __post_init__(self) -> None:
-        _check_choice("input.resize_rounding", self.resize_rounding, ("floor", "round"))
+        _check_choice("input.resize_rounding", self.resize_rounding, ("floor", "round", "mmcv"))
         _check_choice("input.resize_filter", self.resize_filter, ("bilinear", "pil_bilinear"))
 
 
