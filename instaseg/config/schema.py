@@ -86,6 +86,15 @@ class FPNConfig:
     out_channels: int = 256
     extra: str = "maxpool"  # "maxpool": P6 by subsampling P5 (R-CNN); "convs": strided convs (YOLACT)
     num_extra: int = 1
+    # With extra="convs": the first extra conv reads P5 ("output", the YOLACT reference) or C5
+    # ("input", MMDetection's add_extra_convs='on_input', as in its YOLACT configs).
+    extra_from: str = "output"
+    # ReLU on the pyramid outputs before the extra levels; None: the detector's own default
+    # (YOLACT: True, as the reference; Mask R-CNN: False). MMDetection's YOLACT FPN has none.
+    relu_outputs: bool | None = None
+
+    def __post_init__(self) -> None:
+        _check_choice("model.fpn.extra_from", self.extra_from, ("output", "input"))
 
 
 @dataclass(frozen=True)
