@@ -25,12 +25,15 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from instaseg.cli.main import main as cli_main
 from instaseg.detectors.build import build_from_config
+from instaseg.engine.checkpoint import checkpoint_categories, load_checkpoint
 from instaseg.errors import CheckpointError
 from instaseg.heads.maskiou_head import MaskIoUHead
 from instaseg.structures.boxes import box_iou
@@ -458,6 +461,36 @@ def test_unknown_layouts_are_clear_errors(mask_rcnn, yolact) -> None:
     fails({"model.weight": torch.zeros(1)}, "not an MMDetection Mask R-CNN")
     with pytest.raises(CheckpointError, match="expected tensors"):
         convert_mmdet_checkpoint({"state_dict": {"a": 1}})
+
+
+def test_pth_with_meta_through_the_cli(tmp_path: Path, ms_rcnn, capsys) -> None:
+    src, dst = tmp_path / "ms_rcnn_r50_caffe_fpn_1x_coco_20200702-0b4de1d9.pth", tmp_path / "ms.pt"
+    meta = {"mmdet_version": "2.1.0", "config": CAFFE_TEXT, "CLASSES": ("cat", "dog"), "epoch": 12,
+            "hook_msgs": {"last_ckpt": "work_dirs/epoch_12.pth"}}
+    torch.save({"state_dict": ms_rcnn, "meta": meta}, src)
+    assert cli_main(["convert", "--from", "mmdet", str(src), str(dst)]) == 0
+    printed = capsys.readouterr().out
+    assert "MS R-CNN R-50-FPN (MMDetection)" in printed and "num_classes: 2" in printed
+    assert f"converted:   {sum(not k.endswith('num_batches_tracked') for k in ms_rcnn)} tensors" in printed
+    assert "style from the checkpoint's config" in printed and "not represented: mask scores" in printed
+    payload = load_checkpoint(dst)  # the converter loaded the tensors strictly into the built model
+    assert payload["config"]["name"] == "ms_rcnn_r50_caffe_fpn_mmdet"
+    assert payload["config"]["input"]["channel_order"] == "BGR"
+    assert checkpoint_categories(payload, 2) == ([1, 2], ["cat", "dog"])
+    loaded = payload["model"]
+    for name in ("backbone.layer3.5.bn2.running_var", "neck.fpn_convs.2.conv.weight", "rpn_head.rpn_cls.bias",
+                 "roi_head.mask_iou_head.fcs.1.weight", "roi_head.bbox_head.fc_cls.bias"):
+        assert torch.equal(loaded[expected_our_name(name)], ms_rcnn[name]), name
+    # --style reaches the converter (here contradicting the config text), and only for mmdet
+    assert cli_main(["convert", "--from", "mmdet", "--style", "pytorch", str(src), str(tmp_path / "p.pt")]) == 2
+    assert "config says style='caffe'" in capsys.readouterr().err
+    assert cli_main(["convert", "--from", "yolact", "--style", "caffe", str(src), str(tmp_path / "p.pt")]) == 2
+    assert "--style applies to --from mmdet only" in capsys.readouterr().err
+    # without a config text nor a published name, the style must be given
+    torch.save({"state_dict": ms_rcnn, "meta": {"CLASSES": ("cat", "dog")}}, tmp_path / "model.pth")
+    assert cli_main(["convert", "--from", "mmdet", str(tmp_path / "model.pth"), str(tmp_path / "p.pt")]) == 2
+    assert "--style pytorch|caffe" in capsys.readouterr().err
+    assert not (tmp_path / "p.pt").exists()
 
 
 # ------------------------------------------- YOLACT detections against MMDetection's inference path
