@@ -397,12 +397,14 @@ _NOT_REPRESENTED = {
         "instaseg interpolates the float image (pixels differ by about one grey level)",
         "MMDetection also clamps box deltas dw, dh from below at -log(1000/16); instaseg only from above "
         "(differs for boxes shrunk more than 60x)",
-        "float rounding only: anchors, the FPN level of a RoI and the boxes' rescaling to the image are "
-        "computed in another order (differences near 1e-6)",
     ),
+    "rcnn": ("float rounding only: anchors, the FPN level of a RoI and the boxes' rescaling to the image are "
+             "computed in another order (differences near 1e-6)",),
     "ms_rcnn": ("mask scores: MMDetection multiplies the class score by the raw predicted MaskIoU; instaseg "
                 "clamps it to [0, 1] first",),
     "yolact": (
+        "float rounding only: anchors and the boxes' rescaling to the image are computed in another order "
+        "(differences near 1e-6)",
         "candidates: MMDetection keeps the 1000 best anchors of each level (nms_pre) before Fast NMS; "
         "instaseg every anchor with a class score above the threshold",
         "masks: binarized at > 0.5 in MMDetection, >= 0.5 in instaseg",
@@ -417,7 +419,7 @@ def _notes(layout: MMDetLayout, meta: MMDetMeta, style_source: str, normalizatio
     notes = [f"written by {meta.version}"] if meta.version else []
     notes.append(f"backbone style from {style_source}")
     notes.append("normalization from the checkpoint's config" if normalization else
-                 "normalization: MMDetection's for this backbone and style (the meta has no config text)")
+                 "normalization: MMDetection's usual one for this backbone and style (no config text states it)")
     if meta.classes is not None and classes is None:
         notes.append(f"meta lists {len(meta.classes)} classes for a {layout.num_classes}-class model: ignored")
     elif classes is not None:
@@ -425,7 +427,8 @@ def _notes(layout: MMDetLayout, meta: MMDetMeta, style_source: str, normalizatio
     if layout.segm_prefix:
         notes.append("semantic-segmentation conv (training only) rolled by one channel: MMDetection trained "
                      "class k into channel k - 1")
-    missing = _NOT_REPRESENTED["common"] + _NOT_REPRESENTED.get(layout.arch, ())
+    rcnn = _NOT_REPRESENTED["rcnn"] if layout.arch != "yolact" else ()
+    missing = _NOT_REPRESENTED["common"] + rcnn + _NOT_REPRESENTED.get(layout.arch, ())
     return notes + [f"not represented: {n}" for n in missing]
 
 
