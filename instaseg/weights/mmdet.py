@@ -25,7 +25,8 @@ Names, from open-mmlab/mmdetection ``mmdet/models`` (mmcv's ``ConvModule`` keeps
 
 MMDetection's YOLACT differs from the reference YOLACT in ways the config carries: its FPN has no
 ReLU and computes P6 from C5 (``add_extra_convs='on_input'``), its anchors are not square and come
-in the order w/h = 2, 1, 0.5. Its semantic-segmentation targets put class k in channel k - 1
+in the order w/h = 2, 1, 0.5, its boxes are clipped before Fast NMS, which keeps only scores above
+the threshold (``model.conventions``). Its semantic-segmentation targets put class k in channel k - 1
 (``segm_targets[gt_labels - 1]``), so that conv's channels are rolled by one into ours (the head
 only trains; inference does not read it).
 """
@@ -42,7 +43,7 @@ import torch
 from torch import Tensor
 
 from instaseg.backbones.resnet import RESNET_PRESETS
-from instaseg.config.presets import get_preset
+from instaseg.config.presets import PUBLISHER_DETECTIONS, get_preset
 from instaseg.config.schema import (
     IMAGENET_MEAN_RGB,
     IMAGENET_STD_RGB,
@@ -50,6 +51,7 @@ from instaseg.config.schema import (
     YOLACT_STD_RGB,
     Config,
     MaskIoUConfig,
+    YolactConventions,
 )
 from instaseg.errors import CheckpointError
 from instaseg.weights.mmdet_meta import MMDetMeta, Normalization, category_ids_for, read_mmdet_meta
@@ -328,13 +330,17 @@ def _rcnn_config(layout: MMDetLayout, caffe: bool) -> Config:
         m,
         num_classes=layout.num_classes,
         backbone=replace(m.backbone, name=layout.backbone, stride_in_1x1=caffe),
-        # AnchorGenerator(scales=[8], ratios=[0.5, 1, 2], strides 4..64), center_offset 0, unrounded
-        rpn=replace(m.rpn, anchor_convention="detectron2", anchor_strides="fixed"),
         # mmcv RoIAlign(aligned=True) with sampling_ratio=0 (adaptive), 7x7 boxes, 14x14 masks
         box_head=replace(m.box_head, aligned=True, sampling_ratio=0),
         # FCNMaskHead._do_paste_mask: grid_sample at pixel centres, mask_thr_binary 0.5 (>=)
         mask_head=replace(m.mask_head, paste="centres", class_agnostic=layout.class_agnostic_mask),
         maskiou=MaskIoUConfig() if layout.arch == "ms_rcnn" else None,
+        # AnchorGenerator(scales=[8], ratios=[0.5, 1, 2], strides 4..64), center_offset 0, unrounded;
+        # test_cfg: rpn nms_pre=1000 per level, max_per_img=1000, NMS 0.7; rcnn score_thr=0.05, NMS 0.5,
+        # max_per_img=100
+        rpn=replace(m.rpn, anchor_convention="detectron2", anchor_strides="fixed", pre_nms_topk_test=1000,
+                    post_nms_topk_test=1000, nms_thresh=0.7),
+        inference=replace(m.inference, score_thresh=0.05, nms_thresh=0.5, detections_per_image=PUBLISHER_DETECTIONS),
     )
     # Resize(img_scale=(1333, 800), keep_ratio=True) -> mmcv.rescale_size; Pad(size_divisor=32)
     inputs = replace(base.input, min_size_test=800, max_size_test=1333, size_divisibility=32,
@@ -351,9 +357,16 @@ def _yolact_config(layout: MMDetLayout, caffe: bool) -> Config:
     head = replace(m.head, anchor_scales=((24.0,), (48.0,), (96.0,), (192.0,), (384.0,)),
                    aspect_ratios=(2.0, 1.0, 0.5), square_anchors=False, num_prototypes=layout.num_prototypes,
                    semantic_seg=bool(layout.segm_prefix))
+    # YOLACTHead._get_bboxes_single decodes with max_shape (boxes clipped before Fast NMS);
+    # fast_nms keeps scores > score_thr only; YOLACTProtonet.crop compares pixel indices.
+    conventions = YolactConventions(box_clip="before_nms", crop="pixel_index", fast_nms_fill="none")
+    # test_cfg: score_thr=0.05, iou_thr=0.5, top_k=200, max_per_img=100
+    inference = replace(m.inference, nms="fast_nms", score_thresh=0.05, nms_thresh=0.5,
+                        detections_per_image=PUBLISHER_DETECTIONS)
     model = replace(m, num_classes=layout.num_classes,
                     backbone=replace(m.backbone, name=layout.backbone, stride_in_1x1=caffe),
-                    fpn=replace(m.fpn, extra_from="input", relu_outputs=False), head=head)
+                    fpn=replace(m.fpn, extra_from="input", relu_outputs=False), head=head, conventions=conventions,
+                    nms_top_k=200, inference=inference)
     name = f"yolact_{layout.short_backbone}{'_caffe' if caffe else ''}_550_mmdet"
     return replace(base, name=name, model=model)
 
@@ -408,8 +421,6 @@ _NOT_REPRESENTED = {
         "candidates: MMDetection keeps the 1000 best anchors of each level (nms_pre) before Fast NMS; "
         "instaseg every anchor with a class score above the threshold",
         "masks: binarized at > 0.5 in MMDetection, >= 0.5 in instaseg",
-        "prototype crop: MMDetection keeps prototype pixels whose index is in [x1 - 1, x2 + 1), instaseg those "
-        "whose centre is (half a prototype pixel apart at the box edges)",
     ),
 }
 

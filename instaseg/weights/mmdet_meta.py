@@ -22,11 +22,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from instaseg.data.coco_categories import coco_categories
 from instaseg.errors import CheckpointError
 
 __all__ = [
-    "COCO_CLASSES",
-    "COCO_CATEGORY_IDS",
     "Normalization",
     "MMDetMeta",
     "read_mmdet_meta",
@@ -34,23 +33,6 @@ __all__ = [
     "config_normalization",
     "category_ids_for",
 ]
-
-# MMDetection's CocoDataset.CLASSES: COCO's 80 category names in category-id order, and their ids.
-COCO_CLASSES = (
-    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
-    "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog", "horse", "sheep", "cow",
-    "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella", "handbag", "tie", "suitcase", "frisbee",
-    "skis", "snowboard", "sports ball", "kite", "baseball bat", "baseball glove", "skateboard", "surfboard",
-    "tennis racket", "bottle", "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple",
-    "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch",
-    "potted plant", "bed", "dining table", "toilet", "tv", "laptop", "mouse", "remote", "keyboard",
-    "cell phone", "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock", "vase",
-    "scissors", "teddy bear", "hair drier", "toothbrush",
-)
-COCO_CATEGORY_IDS = (
-    *range(1, 12), *range(13, 26), 27, 28, *range(31, 45), *range(46, 66), 67, 70, *range(72, 83),
-    *range(84, 91),
-)
 
 _STYLES = ("pytorch", "caffe")
 _STYLE = re.compile(r"(?<![\w.])style\s*=\s*['\"](\w+)['\"]")
@@ -179,8 +161,7 @@ def read_mmdet_meta(meta: Any) -> MMDetMeta:
 
 
 def category_ids_for(classes: Sequence[str]) -> list[int]:
-    """Dataset category ids in label order: COCO's ids for COCO's 80 classes (MMDetection's
-    CocoDataset maps its labels to them by name), else ``1..C``."""
-    if tuple(classes) == COCO_CLASSES:
-        return list(COCO_CATEGORY_IDS)
-    return list(range(1, len(classes) + 1))
+    """Dataset category ids in label order: COCO's ids for COCO's 80 classes in COCO's order
+    (MMDetection's CocoDataset.CLASSES, mapped to the ids by name), else ``1..C``."""
+    ids, names = coco_categories("coco80")
+    return ids if list(classes) == names else list(range(1, len(classes) + 1))

@@ -44,13 +44,8 @@ from instaseg.weights.mmdet import (
     mmdet_config,
     to_mmdet_state_dict,
 )
-from instaseg.weights.mmdet_meta import (
-    COCO_CATEGORY_IDS,
-    COCO_CLASSES,
-    Normalization,
-    category_ids_for,
-    read_mmdet_meta,
-)
+from instaseg.data.coco_categories import coco_categories
+from instaseg.weights.mmdet_meta import Normalization, category_ids_for, read_mmdet_meta
 
 NORM = ("weight", "bias", "running_mean", "running_var")
 BLOCKS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
@@ -266,6 +261,7 @@ def test_class_rows_keep_their_order(mask_rcnn, yolact) -> None:
 
 @pytest.mark.parametrize("arch, depth, groups, width, backbone", [
     ("mask_rcnn", 101, 1, 4, "resnet101"), ("ms_rcnn", 101, 32, 8, "resnext101_32x8d"),
+    ("ms_rcnn", 101, 32, 4, "resnext101_32x4d"), ("ms_rcnn", 101, 64, 4, "resnext101_64x4d"),
     ("yolact", 101, 1, 4, "resnet101")])
 def test_other_depths_and_widths(arch: str, depth: int, groups: int, width: int, backbone: str) -> None:
     state = meta_state(mmdet_shapes(arch, 4, depth, groups, width))
@@ -277,10 +273,9 @@ def test_other_depths_and_widths(arch: str, depth: int, groups: int, width: int,
     assert {k: tuple(v.shape) for k, v in ours.items()} == model_shapes(config)
 
 
-@pytest.mark.parametrize("groups, width", [(32, 4), (64, 4)])
-def test_resnext_widths_instaseg_lacks_are_named(groups: int, width: int) -> None:
-    state = meta_state(mmdet_shapes("ms_rcnn", 80, 101, groups, width))
-    with pytest.raises(CheckpointError, match=rf"ResNeXt-101 {groups}x{width}d: not an instaseg backbone"):
+def test_resnext_widths_instaseg_lacks_are_named() -> None:
+    state = meta_state(mmdet_shapes("mask_rcnn", 80, 50, 32, 8))
+    with pytest.raises(CheckpointError, match=r"ResNeXt-50 32x8d: not an instaseg backbone \(instaseg has resnext1"):
         detect_mmdet_layout(state)
 
 
@@ -306,6 +301,9 @@ def test_config_carries_mmdetections_rcnn_conventions(ms_rcnn) -> None:
     assert model.box_head.aligned and model.box_head.sampling_ratio == 0
     assert model.box_head.box_weights == (10.0, 10.0, 5.0, 5.0)  # target_stds [0.1, 0.1, 0.2, 0.2]
     assert model.mask_head.paste == "centres" and model.inference.mask_threshold == 0.5
+    assert (model.rpn.pre_nms_topk_test, model.rpn.post_nms_topk_test, model.rpn.nms_thresh) == (1000, 1000, 0.7)
+    assert (model.inference.score_thresh, model.inference.nms_thresh, model.inference.detections_per_image) == (
+        0.05, 0.5, 100)
     assert (inputs.channel_order, inputs.pixel_mean, inputs.pixel_std) == (
         "RGB", (123.675, 116.28, 103.53), (58.395, 57.12, 57.375))
     assert (inputs.min_size_test, inputs.max_size_test, inputs.size_divisibility) == (800, 1333, 32)
@@ -334,6 +332,8 @@ def test_config_carries_mmdetections_yolact_conventions(yolact) -> None:
     inf = config.model.inference
     assert (inf.nms, inf.score_thresh, inf.nms_thresh, inf.detections_per_image, config.model.nms_top_k) == (
         "fast_nms", 0.05, 0.5, 100, 200)
+    conventions = config.model.conventions  # clipped before Fast NMS, no fill, crop by pixel index
+    assert (conventions.box_clip, conventions.fast_nms_fill, conventions.crop) == ("before_nms", "none", "pixel_index")
     assert any("MMEngine 0.7.0" in n for n in result.notes) and any("nms_pre" in n for n in result.notes)
 
 
@@ -425,8 +425,8 @@ def test_meta_config_text() -> None:
 
 
 def test_category_ids() -> None:
-    assert category_ids_for(COCO_CLASSES) == list(COCO_CATEGORY_IDS)
-    assert COCO_CATEGORY_IDS[:12] == (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13) and COCO_CATEGORY_IDS[-1] == 90
+    ids, names = coco_categories("coco80")  # MMDetection's CocoDataset.CLASSES are these names
+    assert category_ids_for(tuple(names)) == ids and ids[11] == 13 and ids[-1] == 90
     assert category_ids_for(("a", "b")) == [1, 2]
 
 
@@ -514,14 +514,10 @@ def _sensible_state(shapes: dict[str, tuple[int, ...]], background_bias: float) 
 
 
 def _mmdet_yolact_detections(w: dict[str, torch.Tensor], c3: torch.Tensor, c4: torch.Tensor, c5: torch.Tensor,
-                             size: int = 550, nms_pre: int = 1000, crop_at_centres: bool = False
-                             ) -> dict[str, torch.Tensor]:
+                             size: int = 550, nms_pre: int = 1000) -> dict[str, torch.Tensor]:
     """MMDetection 2.x YOLACT.simple_test on backbone features, one image, no rescaling, written from
     necks/fpn.py, dense_heads/yolact_head.py (YOLACTHead._get_bboxes_single, YOLACTProtonet.forward,
-    crop, get_seg_masks), core/post_processing/bbox_nms.py fast_nms, DeltaXYWHBBoxCoder.decode.
-
-    ``crop`` compares prototype pixel indices with the padded box (``rows >= x1``); with
-    ``crop_at_centres`` it compares their centres (index + 0.5), as instaseg does."""
+    crop, get_seg_masks), core/post_processing/bbox_nms.py fast_nms, DeltaXYWHBBoxCoder.decode."""
     def conv(x, name, stride=1):
         weight = w[f"{name}.weight"]
         return F.conv2d(x, weight, w[f"{name}.bias"], stride=stride, padding=weight.shape[-1] // 2)
@@ -575,8 +571,6 @@ def _mmdet_yolact_detections(w: dict[str, torch.Tensor], c3: torch.Tensor, c4: t
     x1, x2 = (rel[:, 0] * w_ - 1).clamp(min=0), (rel[:, 2] * w_ + 1).clamp(max=w_)  # sanitize_coordinates
     y1, y2 = (rel[:, 1] * h - 1).clamp(min=0), (rel[:, 3] * h + 1).clamp(max=h)
     cols, rows = torch.arange(w_, dtype=x1.dtype)[None, :, None], torch.arange(h, dtype=x1.dtype)[:, None, None]
-    if crop_at_centres:
-        cols, rows = cols + 0.5, rows + 0.5
     crop = (cols >= x1) & (cols < x2) & (rows >= y1) & (rows < y2)
     masks = (masks * crop).permute(2, 0, 1)
     result["masks"] = F.interpolate(masks[None], (size, size), mode="bilinear", align_corners=False)[0] > 0.5
@@ -585,8 +579,7 @@ def _mmdet_yolact_detections(w: dict[str, torch.Tensor], c3: torch.Tensor, c4: t
 
 def test_yolact_detections_are_mmdetections() -> None:
     """An image through the converted model and through MMDetection's YOLACT inference, re-written
-    here on the same backbone features: the same boxes, scores and labels; masks equal but for
-    MMDetection's crop rule (prototype pixel index vs pixel centre: half a prototype pixel apart).
+    here on the same backbone features: the same boxes, scores, labels and masks.
 
     At 128 px to keep the test fast: MMDetection's config spells its anchors for 550 (strides 550 /
     [69, 35, 18, 9, 5], centres half a stride in), the same rule as 128 / [16, 8, 4, 2, 1] here;
@@ -606,15 +599,9 @@ def test_yolact_detections_are_mmdetections() -> None:
     model.backbone.register_forward_hook(lambda module, args, output: features.update(output))
     with torch.no_grad():
         ours = model.predict([image])[0]  # one forward: the backbone's features are shared with the re-write
-        c3, c4, c5 = features["res3"], features["res4"], features["res5"]
-        theirs = _mmdet_yolact_detections(state, c3, c4, c5, size)
-        at_centres = _mmdet_yolact_detections(state, c3, c4, c5, size, crop_at_centres=True)["masks"]
+        theirs = _mmdet_yolact_detections(state, features["res3"], features["res4"], features["res5"], size)
     assert 20 <= len(ours) <= 100 and len(set(ours.labels.tolist())) > 1, ours.labels
     torch.testing.assert_close(ours.boxes, theirs["boxes"], rtol=0, atol=1e-3)
     torch.testing.assert_close(ours.scores, theirs["scores"], rtol=0, atol=1e-5)
     assert torch.equal(ours.labels, theirs["labels"])
-    assert torch.equal(ours.masks, at_centres)
-    # MMDetection's own crop keeps half a prototype pixel (2 px here) more on the right and bottom
-    # edges and less on the left and top ones: a note of the conversion, not a config value
-    agree = (ours.masks == theirs["masks"]).float().mean(dim=(1, 2))
-    assert agree.min() > 0.9 and not torch.equal(ours.masks, theirs["masks"])
+    assert torch.equal(ours.masks, theirs["masks"])
