@@ -17,7 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("instaseg.cli.data", "synthetic dataset, dataset statistics and ground-truth overlays"),
     "presets": ("instaseg.cli.presets", "list the model presets"),
     "weights": ("instaseg.cli.weights", "published pretrained weights: list, fetch, info"),
-    "convert": ("instaseg.cli.convert", "torchvision / Detectron2 weights -> instaseg checkpoint"),
+    "convert": ("instaseg.cli.convert", "torchvision, Detectron2, YOLACT, MMDetection weights -> instaseg"),
     "export": ("instaseg.cli.export", "a checkpoint as ONNX (or a torch.export program), post-processing included"),
     "bench": ("instaseg.cli.bench", "inference or training-step speed, peak memory, stage times and GFLOPs"),
 }

@@ -99,6 +99,8 @@ def _mask_rcnn(config: Config) -> MaskRCNN:
             model.fpn.out_channels,
             extra=model.fpn.extra,
             num_extra=model.fpn.num_extra,
+            extra_from=model.fpn.extra_from,
+            relu_outputs=bool(model.fpn.relu_outputs),  # None: no ReLU, R-CNN's FPN
         )
         shapes = neck.output_shape()
         res = model.box_head.pooler_resolution
@@ -153,10 +155,12 @@ def _yolact(config: Config) -> Yolact:
     model = config.model
     backbone = _backbone(model, model.backbone.out_features)
     in_shapes = backbone.output_shape()
-    # The reference FPN: bilinear upsampling, ReLU'd outputs, P6/P7 by stride-2 convs on P5/P6.
+    # The reference FPN: bilinear upsampling, ReLU'd outputs, P6/P7 by stride-2 convs on P5/P6;
+    # MMDetection's: no ReLU, P6 from C5 (fpn.relu_outputs=False, fpn.extra_from="input").
+    relu_outputs = True if model.fpn.relu_outputs is None else model.fpn.relu_outputs
     neck = FPN([s.channels for s in in_shapes.values()], [s.stride for s in in_shapes.values()],
-               model.fpn.out_channels, extra="convs", num_extra=model.fpn.num_extra, extra_from="output",
-               upsample_mode="bilinear", relu_outputs=True)
+               model.fpn.out_channels, extra="convs", num_extra=model.fpn.num_extra,
+               extra_from=model.fpn.extra_from, upsample_mode="bilinear", relu_outputs=relu_outputs)
     head = model.head
     num_anchors = {len(scales) * len(head.aspect_ratios) for scales in head.anchor_scales}
     if len(num_anchors) != 1 or len(head.anchor_scales) != len(neck.output_shape()):
