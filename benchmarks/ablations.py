@@ -1,14 +1,16 @@
 """The papers' ablation tables, reproduced in miniature (issue #9).
 
-    python benchmarks/ablations.py [--blocks maskrcnn,msrcnn,yolact] [--seeds 3] [--iterations N]
+    python benchmarks/ablations.py [--blocks maskrcnn,msrcnn,msrcnn_demo,yolact] [--seeds 3] [--iterations N]
         [--images N] [--variant standard|hard] [--models tiny|r50]
         [--train-json J --train-images D --val-json J --val-images D] [--device cpu|cuda]
-        [--set KEY=VALUE ...] [--out FILE] [--work DIR] [--dry-run]
+        [--set KEY=VALUE ...] [--out FILE] [--work DIR] [--retrain TRAININGS] [--dry-run]
 
 Trains small presets on the built-in synthetic dataset (or on a COCO-format dataset given by
 path) with one fixed schedule per run and several seeds, and writes markdown tables in the layout
 of the papers' tables (Mask R-CNN Table 2(b)-(e), MS R-CNN vs Mask R-CNN and Soft-NMS, YOLACT
-Table 2(a)-(b), YOLACT++ re-scoring and DCN), our mean ± std beside the paper's figures, to
+Table 2(a)-(b), YOLACT++ re-scoring and DCN; block ``msrcnn_demo``: MS R-CNN vs Mask R-CNN
+and the MaskIoU head's correlation with the true mask IoU on the demo's recipe, 1600 iterations on
+600 images), our mean ± std beside the paper's figures, to
 ``--out`` (default ``benchmarks/results/ablations.md``) and prints them; every run's metrics go
 to the same name with ``.json``.
 
@@ -20,6 +22,8 @@ MaskIoU / re-scoring head), which are evaluated on the trained weights, never re
 Resumable: each (training, seed) writes ``<work>/<training>-s<seed>/result.json`` when done and is
 skipped after that; an interrupted training resumes from its last checkpoint. Run the same
 command again to continue. Checkpoints are deleted once a run is evaluated (``--keep-checkpoints``).
+``--retrain NAMES`` trains those trainings (e.g. after a fix) and takes every other run from the
+JSON beside ``--out``, so that only their rows change.
 """
 
 from __future__ import annotations
