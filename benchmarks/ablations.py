@@ -87,6 +87,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "--work are reused as usual (resumable): delete their folders to train them anew")
     parser.add_argument("--progress", action="store_true", help="progress bars while training")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and the estimate, train nothing")
+    parser.add_argument("--report-only", action="store_true",
+                        help="write the tables from the runs finished so far (and, with --retrain, the previous "
+                             "JSON's), train nothing")
     args = parser.parse_args(argv)
     args.blocks = tuple(b.strip() for b in args.blocks.split(",") if b.strip())
     args.retrain = tuple(t.strip() for t in args.retrain.split(",") if t.strip())
@@ -241,6 +244,10 @@ def main(argv: list[str] | None = None) -> int:
         iterations = schedule.iterations_for(training, family)
         if (training.name, seed, iterations) in previous:
             results.append(previous[(training.name, seed, iterations)])
+            continue
+        if args.report_only:
+            done = read_result(root / run_name(training, iterations, seed))
+            results.extend([done] if done is not None else [])
             continue
         if root not in datasets:
             root.mkdir(parents=True, exist_ok=True)

@@ -185,6 +185,14 @@ def test_retrain_takes_every_other_run_from_the_previous_json(tmp_path):
     assert ablations.previous_runs(ablations.parse_args(["--out", str(out), "--device", "cpu"])) == {}
     with pytest.raises(SystemExit):
         ablations.parse_args(["--retrain", "nope"])
+    # --report-only writes the tables from those runs and trains nothing (no dataset generated).
+    work = tmp_path / "work"
+    assert ablations.main(["--retrain", "mrcnn_softmax", "--report-only", "--blocks", "maskrcnn", "--out", str(out),
+                           "--work", str(work), "--device", "cpu"]) == 0
+    assert not work.exists()
+    text = out.read_text()
+    assert "| per-class sigmoid (ours: default) | 32.0 ± 2.0 (3) |" in text
+    assert "| multinomial softmax | - |" in text
 
 
 def test_single_seed_gives_no_verdict():
