@@ -166,6 +166,10 @@ def _overlay(image: np.ndarray, items: Sequence[dict[str, Any]], names: Sequence
                           list(names))
 
 
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
 def _val_predictions(run_dir: Path, out: Path) -> list[Path] | None:
     from instaseg.viz.overlay import add_title, side_by_side
 
@@ -178,9 +182,10 @@ def _val_predictions(run_dir: Path, out: Path) -> list[Path] | None:
     written = []
     for sample in samples:
         kept = [p for p in sample.predictions if p["score"] >= SCORE_THRESH]
-        truth = add_title(_overlay(sample.image, sample.gt, names, False), f"ground truth: {len(sample.gt)} objects")
+        truth = add_title(_overlay(sample.image, sample.gt, names, False),
+                          f"ground truth: {_count(len(sample.gt), 'object')}")
         found = add_title(_overlay(sample.image, kept, names, True),
-                          f"prediction: {len(kept)} scoring >= {SCORE_THRESH:.2f}")
+                          f"prediction: {_count(len(kept), 'detection')} scoring >= {SCORE_THRESH:.2f}")
         written.append(folder / f"{sample.image_id}.png")
         side_by_side(truth, found, gap=8).save(written[-1])
     return written
@@ -200,7 +205,7 @@ def _train_batches(run_dir: Path, out: Path) -> list[Path] | None:
             image, masks, boxes = _enlarge(p.image, p.masks, p.boxes)
             picture = draw_instances(image, torch.from_numpy(boxes), torch.from_numpy(p.labels),
                                      torch.from_numpy(masks), class_names=names)
-            tiles.append(add_title(picture, f"image {p.image_id}: {len(p.labels)} objects", size=12))
+            tiles.append(add_title(picture, f"image {p.image_id}: {_count(len(p.labels), 'object')}", size=12))
         mosaic = tile_pictures(tiles, columns=math.ceil(math.sqrt(len(tiles))), gap=6)
         written.append(out / f"train_batch_{b}.png")
         add_title(mosaic, f"training batch {b} after augmentation, with its targets").save(written[-1])

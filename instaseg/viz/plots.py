@@ -168,7 +168,7 @@ def plot_pr_curves(curves: PRCurves, path: str | Path) -> Path:
                     label=f"all classes {'AP50' if iou else 'AP'} {mean_ap(curves, iou):.3f}")
         ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="recall", ylabel="precision", title=title)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="lower left")
+        ax.legend(fontsize=8, loc="best", framealpha=0.85)
     kind = IOU_NAMES.get(curves.iou_type, curves.iou_type)
     figure.suptitle(f"{kind} precision-recall: COCO 101-point interpolated precision, {curves.num_images} images, "
                     f"up to {curves.max_dets} detections per image", fontsize=11)
@@ -179,10 +179,12 @@ def plot_pr_curves(curves: PRCurves, path: str | Path) -> Path:
 def plot_confidence_curves(curves: PRCurves, path: str | Path, iou: float = 0.5) -> Path:
     """``f1_curves_{box,mask}.png``: precision, recall and F1 against the score threshold at IoU
     ``iou``, per class and for all classes, read off pycocotools' 101 recall points (precision is
-    COCO's interpolated precision at the recall reached). The title gives the best F1's threshold."""
+    COCO's interpolated precision at the recall reached; undefined, so not drawn, where no detection
+    scores that high, and the "all classes" precision is the mean over the classes that have one).
+    The title gives the threshold of the best mean F1."""
     grid, precision, recall = confidence_curves(curves, iou)
     with np.errstate(invalid="ignore", divide="ignore"):
-        f1 = 2 * precision * recall / (precision + recall)
+        f1 = np.where(recall == 0, 0.0, 2 * precision * recall / (precision + recall))  # nothing kept: F1 0
     figure = _figure(15, 4.8)
     axes = figure.subplots(1, 3)
     best = ""
@@ -202,7 +204,7 @@ def plot_confidence_curves(curves: PRCurves, path: str | Path, iou: float = 0.5)
         ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="score threshold", ylabel=name, title=f"{name} (IoU {iou:.2f})")
         ax.grid(alpha=0.3)
     if axes[2].get_legend_handles_labels()[0]:
-        axes[2].legend(fontsize=8, loc="lower left")
+        axes[2].legend(fontsize=8, loc="best", framealpha=0.85)
     kind = IOU_NAMES.get(curves.iou_type, curves.iou_type)
     figure.suptitle(f"{kind} precision, recall and F1 against the score threshold{best}", fontsize=11)
     figure.subplots_adjust(left=0.05, right=0.98, top=0.87, bottom=0.12, wspace=0.2)
@@ -241,10 +243,11 @@ def plot_confusion_matrix(matrix: ConfusionMatrix, path: str | Path) -> Path:
                             fontsize=fontsize, color="white" if value > 0.55 * top else "black")
         figure.colorbar(image, ax=ax, fraction=0.046, pad=0.03)
     kind = IOU_NAMES.get(matrix.iou_type, matrix.iou_type)
-    figure.suptitle(f"confusion matrix: detections scoring >= {matrix.score_thresh:.2f} matched to objects at "
-                    f"{kind} IoU >= {matrix.iou_thresh:.2f}\nbackground column: objects missed; background row: "
-                    "detections of nothing", fontsize=10)
-    figure.subplots_adjust(left=0.1, right=0.97, top=0.86, bottom=0.16, wspace=0.35)
+    objects, kept = int(matrix.counts[:-1].sum()), int(matrix.counts[:, :-1].sum())
+    figure.suptitle(f"confusion matrix: {kept} detections scoring >= {matrix.score_thresh:.2f} matched to {objects} "
+                    f"objects at {kind} IoU >= {matrix.iou_thresh:.2f}\nbackground column: objects missed; "
+                    "background row: detections of nothing", fontsize=10)
+    figure.subplots_adjust(left=0.1, right=0.97, top=0.86, bottom=0.16, wspace=0.45)
     return _save(figure, path)
 
 
