@@ -203,30 +203,40 @@ def draw_instances(
         x1, y1, x2, y2 = boxes_np[i]
         draw.rectangle([x1, y1, max(x1, x2 - 1), max(y1, y2 - 1)], outline=tuple(int(c) for c in outlines[i]),
                        width=thickness)
-    if not show_labels or n == 0:
-        return picture
+    if show_labels and n:
+        _draw_labels(picture, boxes_np, labels_np, None if scores is None else scores.detach().cpu().numpy(),
+                     class_names, coverage, max_labels, label_budget)
+    return picture
+
+
+def _draw_labels(picture: Image.Image, boxes: np.ndarray, labels: np.ndarray, scores: np.ndarray | None,
+                 class_names: Sequence[str] | None, coverage: np.ndarray, max_labels: int, budget: float) -> None:
+    """Labels where :func:`plan_labels` finds room (best score, else largest box, first); a legend
+    when any is left out. ``coverage (H, W)``: where objects are, for the legend to avoid."""
+    height, width = coverage.shape
+    draw = ImageDraw.Draw(picture)
     size = int(np.clip(round(min(height, width) / 32), 9, 22))
     font = font_of_size(size)
+
     def name(k: int) -> str:
         return class_names[k] if class_names and 0 <= k < len(class_names) else str(k)
 
-    names = [name(k) for k in labels_np.tolist()]
-    texts = [f"{name} {float(scores[i]):.2f}" if scores is not None else name for i, name in enumerate(names)]
+    texts = [name(k) if scores is None else f"{name(k)} {float(scores[i]):.2f}" for i, k in enumerate(labels.tolist())]
     text_sizes = [(int(draw.textlength(t, font=font)) + 4, size + 4) for t in texts]
-    priority = (np.argsort(-scores.detach().cpu().numpy(), kind="stable") if scores is not None
-                else np.argsort(-(boxes_np[:, 2] - boxes_np[:, 0]) * (boxes_np[:, 3] - boxes_np[:, 1]), kind="stable"))
-    placed = plan_labels((height, width), boxes_np, text_sizes, priority.tolist(), max_labels, label_budget)
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    priority = np.argsort(-(scores if scores is not None else areas), kind="stable")
+    placed = plan_labels((height, width), boxes, text_sizes, priority.tolist(), max_labels, budget)
+    colours = class_colours(labels)
     for i, (x0, y0, x1, y1) in placed.items():
-        draw.rectangle([x0, y0, x1 - 1, y1 - 1], fill=tuple(int(c) for c in outlines[i]))
-        draw.text((x0 + 2, y0 + 1), texts[i], fill=_text_colour(outlines[i]), font=font)
-    if len(placed) < n:
+        draw.rectangle([x0, y0, x1 - 1, y1 - 1], fill=tuple(int(c) for c in colours[i]))
+        draw.text((x0 + 2, y0 + 1), texts[i], fill=_text_colour(colours[i]), font=font)
+    if len(placed) < len(labels):
+        coverage = coverage.copy()
         for x0, y0, x1, y1 in placed.values():  # the legend avoids the labels above all
             coverage[y0:y1, x0:x1] = 4.0
-        counts = Counter(labels_np.tolist())
-        entries = [(k, f"{name(k)} {c}") for k, c in counts.most_common()]
+        entries = [(k, f"{name(k)} {c}") for k, c in Counter(labels.tolist()).most_common()]
         small = max(9, size - 2)  # the legend a little smaller than the labels: it stands for many of them
         _legend(draw, picture, coverage, entries, font_of_size(small), small + 4)
-    return picture
 
 
 def side_by_side(left: Image.Image, right: Image.Image, gap: int = 4) -> Image.Image:

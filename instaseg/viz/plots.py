@@ -264,57 +264,70 @@ def _plain_number_formatter(minor: bool = False) -> Any:
     return FuncFormatter(text)
 
 
-def plot_label_stats(stats: LabelStats, path: str | Path) -> Path:
-    """``labels.png``: instances per class, box width against height (COCO's small / medium / large
-    limits dashed), box aspect ratios and instances per image."""
-    figure = _figure(12, 9)
-    (classes, sizes), (aspects, per_image) = figure.subplots(2, 2)
+def _class_counts_panel(ax: Any, stats: LabelStats) -> None:
     counts = np.bincount(stats.labels, minlength=stats.num_classes)[:stats.num_classes]
-    bars = classes.bar(np.arange(stats.num_classes), counts, color=[_colour(k) for k in range(stats.num_classes)])
+    bars = ax.bar(np.arange(stats.num_classes), counts, color=[_colour(k) for k in range(stats.num_classes)])
     if stats.num_classes <= 30:
-        classes.set_xticks(np.arange(stats.num_classes), stats.class_names, rotation=30, ha="right",
-                           rotation_mode="anchor", fontsize=8)
-        classes.bar_label(bars, fontsize=8)
-    classes.set(ylabel="instances", title="instances per class")
-    classes.yaxis.get_major_locator().set_params(integer=True)
+        ax.set_xticks(np.arange(stats.num_classes), stats.class_names, rotation=30, ha="right",
+                      rotation_mode="anchor", fontsize=8)
+        ax.bar_label(bars, fontsize=8)
+    ax.set(ylabel="instances", title="instances per class")
+    ax.yaxis.get_major_locator().set_params(integer=True)
+
+
+def _box_panels(sizes: Any, aspects: Any, stats: LabelStats) -> None:
+    """Box width against height (log-log, COCO's area limits drawn) and the aspect-ratio histogram."""
     widths, heights = stats.box_sizes[:, 0], stats.box_sizes[:, 1]
     ok = (widths > 0) & (heights > 0)
-    if ok.any():
-        many = stats.num_classes > _MANY_CLASSES
-        colours = "#4c72b0" if many else [_colour(k) for k in stats.labels[ok]]
-        count = int(ok.sum())
-        sizes.scatter(widths[ok], heights[ok], s=14 if count < 500 else 4, alpha=min(0.8, max(0.05, 300 / count)),
-                      c=colours, linewidths=0)
-        sizes.set(xscale="log", yscale="log")
-        low, high = min(widths[ok].min(), heights[ok].min()) * 0.8, max(widths[ok].max(), heights[ok].max()) * 1.25
-        line = np.geomspace(low, high, 50)
-        for side, style in ((32, "--"), (96, ":")):
-            sizes.plot(line, side * side / line, linestyle=style, color="#555555", linewidth=1,
-                       label=f"area {side}² px")
-        sizes.set(xlim=(low, high), ylim=(low, high))
-        sizes.legend(fontsize=8, loc="upper left")
-        for axis in (sizes.xaxis, sizes.yaxis):
-            axis.set_major_formatter(_plain_number_formatter())
-            axis.set_minor_formatter(_plain_number_formatter(minor=True))
-        ratio = np.log2(widths[ok] / heights[ok])
-        span = max(1.0, float(np.ceil(np.abs(ratio).max())))
-        aspects.hist(ratio, bins=np.linspace(-span, span, 41), color="#4c72b0")
-        ticks = np.arange(-span, span + 1)
-        aspects.set_xticks(ticks, [f"1:{2 ** int(-t)}" if t < 0 else f"{2 ** int(t)}:1" for t in ticks], fontsize=8)
-    sizes.set(xlabel="box width (px)", ylabel="box height (px)", title="box sizes (COCO: small < 32² <= medium < 96² <= large)")
+    sizes.set(xlabel="box width (px)", ylabel="box height (px)",
+              title="box sizes (COCO: small < 32² <= medium < 96² <= large)")
     aspects.set(xlabel="width : height", ylabel="instances", title="box aspect ratio")
-    per = stats.instances_per_image
-    if per.size:
-        top = int(per.max())
-        per_image.hist(per, bins=np.arange(-0.5, top + 1.5, max(1, (top + 1) // 40)), color="#4c72b0")
-        per_image.axvline(per.mean(), color=_ALL_COLOUR, linestyle=":", label=f"mean {per.mean():.1f}, max {top}")
-        per_image.legend(fontsize=8)
-        per_image.yaxis.get_major_locator().set_params(integer=True)
-        per_image.xaxis.get_major_locator().set_params(integer=True)
-    per_image.set(xlabel="instances in the image", ylabel="images", title="instances per image")
+    if not ok.any():
+        return
+    count = int(ok.sum())
+    colours = "#4c72b0" if stats.num_classes > _MANY_CLASSES else [_colour(k) for k in stats.labels[ok]]
+    sizes.scatter(widths[ok], heights[ok], s=14 if count < 500 else 4, alpha=min(0.8, max(0.05, 300 / count)),
+                  c=colours, linewidths=0)
+    sizes.set(xscale="log", yscale="log")
+    low, high = min(widths[ok].min(), heights[ok].min()) * 0.8, max(widths[ok].max(), heights[ok].max()) * 1.25
+    line = np.geomspace(low, high, 50)
+    for side, style in ((32, "--"), (96, ":")):
+        sizes.plot(line, side * side / line, linestyle=style, color="#555555", linewidth=1, label=f"area {side}² px")
+    sizes.set(xlim=(low, high), ylim=(low, high))
+    sizes.legend(fontsize=8, loc="upper left")
+    for axis in (sizes.xaxis, sizes.yaxis):
+        axis.set_major_formatter(_plain_number_formatter())
+        axis.set_minor_formatter(_plain_number_formatter(minor=True))
+    ratio = np.log2(widths[ok] / heights[ok])
+    span = max(1.0, float(np.ceil(np.abs(ratio).max())))
+    aspects.hist(ratio, bins=np.linspace(-span, span, 41), color="#4c72b0")
+    ticks = np.arange(-span, span + 1)
+    aspects.set_xticks(ticks, [f"1:{2 ** int(-t)}" if t < 0 else f"{2 ** int(t)}:1" for t in ticks], fontsize=8)
+
+
+def _per_image_panel(ax: Any, per: np.ndarray) -> None:
+    ax.set(xlabel="instances in the image", ylabel="images", title="instances per image")
+    if not per.size:
+        return
+    top = int(per.max())
+    ax.hist(per, bins=np.arange(-0.5, top + 1.5, max(1, (top + 1) // 40)), color="#4c72b0")
+    ax.axvline(per.mean(), color=_ALL_COLOUR, linestyle=":", label=f"mean {per.mean():.1f}, max {top}")
+    ax.legend(fontsize=8)
+    ax.yaxis.get_major_locator().set_params(integer=True)
+    ax.xaxis.get_major_locator().set_params(integer=True)
+
+
+def plot_label_stats(stats: LabelStats, path: str | Path) -> Path:
+    """``labels.png``: instances per class, box width against height (COCO's small / medium / large
+    limits drawn), box aspect ratios and instances per image."""
+    figure = _figure(12, 9)
+    (classes, sizes), (aspects, per_image) = figure.subplots(2, 2)
+    _class_counts_panel(classes, stats)
+    _box_panels(sizes, aspects, stats)
+    _per_image_panel(per_image, stats.instances_per_image)
     for ax in (classes, sizes, aspects, per_image):
         ax.grid(alpha=0.3)
-    figure.suptitle(f"labels: {len(per)} images, {len(stats.labels)} instances, {stats.num_classes} classes",
-                    fontsize=11)
+    figure.suptitle(f"labels: {len(stats.instances_per_image)} images, {len(stats.labels)} instances, "
+                    f"{stats.num_classes} classes", fontsize=11)
     figure.subplots_adjust(left=0.07, right=0.98, top=0.93, bottom=0.08, wspace=0.22, hspace=0.35)
     return _save(figure, path)
