@@ -74,7 +74,7 @@ def evaluate_model(
         results_path: also write the COCO results json there (main process).
         curves: add ``"curves"`` (:class:`~instaseg.evaluation.curves.PRCurves`) to each iou type.
         plots_dir: also store what the run folder's evaluation pictures are drawn from (PR arrays,
-            confusion counts, the first few images with their predictions) in
+            confusion counts, the first few images holding objects, with their predictions) in
             ``plots_dir/plot_data`` (main process; see :mod:`instaseg.engine.run_report`).
 
     Returns:
@@ -97,9 +97,11 @@ def evaluate_model(
         seen.update(batch.image_ids)
         if keep:
             evaluator.process([batch.image_ids[i] for i in keep], net.predict([batch.images[i] for i in keep]))
-        if plots_dir is not None and main:
-            for i in keep[:NUM_VAL_SAMPLES - len(sample_images)]:
-                sample_images[int(batch.image_ids[i])] = _as_uint8_image(batch.images[i])
+        if plots_dir is not None and main:  # the first few images that hold objects
+            for i in keep:
+                image_id = int(batch.image_ids[i])
+                if len(sample_images) < NUM_VAL_SAMPLES and evaluator.coco_gt.getAnnIds(imgIds=[image_id], iscrowd=False):
+                    sample_images[image_id] = _as_uint8_image(batch.images[i])
     if distributed:
         shards = all_gather_objects((evaluator.results, evaluator.image_ids))
         if main:

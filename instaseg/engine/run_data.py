@@ -137,13 +137,17 @@ def val_samples(images: dict[int, np.ndarray], coco_gt: Any, results: Sequence[d
     """Samples of the images in ``images`` ({image id: (H, W, 3) uint8}) from the ground truth
     (pycocotools ``COCO``, crowd regions left out) and COCO results (dataset category ids)."""
     label_of = {int(c): k for k, c in enumerate(category_ids)}
+    wanted: dict[int, list[dict[str, Any]]] = {int(i): [] for i in images}
+    for r in results:
+        if int(r["image_id"]) in wanted and "segmentation" in r and "bbox" in r:
+            wanted[int(r["image_id"])].append(r)
     samples = []
     for image_id, image in images.items():
         gt = [{"label": label_of[a["category_id"]], "bbox": _xyxy(a["bbox"]), "segmentation": _rle_str(coco_gt.annToRLE(a))}
               for a in coco_gt.imgToAnns.get(image_id, []) if not a.get("iscrowd", 0) and a["category_id"] in label_of]
         predictions = [{"label": label_of[int(r["category_id"])], "bbox": _xyxy(r["bbox"]), "score": float(r["score"]),
                         "segmentation": _rle_str(r["segmentation"])}
-                       for r in results if int(r["image_id"]) == image_id and "segmentation" in r and "bbox" in r]
+                       for r in wanted[int(image_id)]]
         samples.append(ValSample(int(image_id), image, gt, predictions))
     return samples
 

@@ -9,7 +9,7 @@ What each picture shows (README, "What a run folder holds")::
     per_class.csv                  images, instances, box and mask AP / AP50 of each class
     labels.png                     the training labels: classes, box sizes and shapes, crowding
     train_batch_<k>.png            the first training batches after augmentation, with targets
-    val_predictions/<id>.png       a few fixed validation images: ground truth | prediction
+    val_predictions/<id>.png       the first validation images holding objects: ground truth | prediction
 
 Training calls :func:`record_training_data` once (labels and first batches) and
 :func:`refresh_run_folder` after each evaluation and at the end; evaluation stores its part with

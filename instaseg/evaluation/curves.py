@@ -66,13 +66,16 @@ def curves_from_cocoeval(coco_eval: Any, coco_gt: Any, iou_type: str) -> PRCurve
     area = list(p.areaRngLbl).index("all")
     image_ids = set(p.imgIds)
     category_ids = np.asarray(p.catIds, dtype=np.int64)
+    label_of = {c: k for k, c in enumerate(category_ids.tolist())}
     instances = np.zeros(len(category_ids), dtype=np.int64)
-    images = np.zeros(len(category_ids), dtype=np.int64)
-    for k, cat_id in enumerate(category_ids.tolist()):
-        anns = [a for a in coco_gt.loadAnns(coco_gt.getAnnIds(imgIds=list(image_ids), catIds=[cat_id]))
-                if not a.get("iscrowd", 0)]
-        instances[k] = len(anns)
-        images[k] = len({a["image_id"] for a in anns})
+    holding: list[set[int]] = [set() for _ in label_of]
+    for image_id in image_ids:  # one pass over the evaluated images' annotations
+        for ann in coco_gt.imgToAnns.get(image_id, []):
+            k = label_of.get(ann["category_id"])
+            if k is not None and not ann.get("iscrowd", 0):
+                instances[k] += 1
+                holding[k].add(image_id)
+    images = np.array([len(h) for h in holding], dtype=np.int64)
     names = tuple(str(coco_gt.cats[c].get("name", c)) for c in category_ids.tolist())
     return PRCurves(
         iou_type=iou_type,

@@ -286,7 +286,7 @@ def _box_panels(sizes: Any, aspects: Any, stats: LabelStats) -> None:
         return
     count = int(ok.sum())
     colours = "#4c72b0" if stats.num_classes > _MANY_CLASSES else [_colour(k) for k in stats.labels[ok]]
-    sizes.scatter(widths[ok], heights[ok], s=14 if count < 500 else 4, alpha=min(0.8, max(0.05, 300 / count)),
+    sizes.scatter(widths[ok], heights[ok], s=14 if count < 500 else 6, alpha=min(0.8, max(0.05, 300 / count)),
                   c=colours, linewidths=0)
     sizes.set(xscale="log", yscale="log")
     low, high = min(widths[ok].min(), heights[ok].min()) * 0.8, max(widths[ok].max(), heights[ok].max()) * 1.25
