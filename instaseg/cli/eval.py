@@ -71,7 +71,8 @@ def run(args: argparse.Namespace) -> int:
         from instaseg.engine.run_report import render_run_folder
 
         written = render_run_folder(out, parts=("evaluation",), sort=args.sort)
-        print(f"wrote {', '.join(sorted({p.name if p.parent == out else p.parent.name + '/' for p in written}))} "
+        pictures = sum(path.suffix == ".png" for path in written)
+        print(f"wrote per_class.csv and {pictures} pictures (PR and F1 curves, confusion matrix, val_predictions/) "
               f"in {out}")
     return 0
 
