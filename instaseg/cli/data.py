@@ -17,8 +17,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--size", type=int, default=128, help="image side in pixels (default 128)")
     synth.add_argument("--val-fraction", type=float, default=0.2)
-    synth.add_argument("--difficulty", choices=["standard", "hard"], default="standard",
-                       help="'hard': thin structures, heavy occlusion, many small objects")
+    synth.add_argument("--difficulty", choices=["standard", "hard", "crowded"], default="standard",
+                       help="'hard': thin structures, heavy occlusion, many small objects; "
+                            "'crowded': 200-300 small objects per image")
     for name, text in (("stats", "counts per class and sizes"), ("show", "PNG overlays of the ground truth")):
         p = sub.add_parser(name, help=text)
         p.add_argument("--json", required=True, help="COCO instances json")
@@ -26,8 +27,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         p.add_argument("--skip-bad", action="store_true",
                        help="skip bad annotations/images (counted and reported) instead of stopping")
         if name == "show":
-            p.add_argument("--out", required=True, help="folder for the PNG overlays")
-            p.add_argument("--max-images", type=int, default=16)
+            p.add_argument("--out", required=True,
+                           help="folder for the PNG overlays, named as the images (sub-folders kept)")
+            p.add_argument("--max-images", type=int, default=16, metavar="N",
+                           help="draw the first N images of the json (default 16)")
+            p.add_argument("--no-labels", action="store_true", help="masks and boxes only, no class names")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -50,7 +54,8 @@ def run(args: argparse.Namespace) -> int:
     if args.data_command == "show":
         ensure_writable_dir(args.out)
     dataset = CocoDataset(args.json, args.images, skip_bad=args.skip_bad)
-    code = _stats(dataset) if args.data_command == "stats" else _show(dataset, Path(args.out), args.max_images)
+    code = _stats(dataset) if args.data_command == "stats" else \
+        _show(dataset, Path(args.out), args.max_images, labels=not args.no_labels)
     if args.skip_bad:
         print(f"{args.json}: {dataset.skipped_summary}")  # after show, also the images found unreadable
     return code
@@ -68,14 +73,23 @@ def _stats(dataset) -> int:
     return 0
 
 
-def _show(dataset, out: Path, max_images: int) -> int:
+def _show(dataset, out: Path, max_images: int, labels: bool = True) -> int:
     from instaseg.viz.overlay import draw_instances
 
     out.mkdir(parents=True, exist_ok=True)
-    for index in range(min(max_images, len(dataset))):
+    count = min(max_images, len(dataset))
+    written: set[Path] = set()
+    for index in range(count):
         sample = dataset[index]
         t = sample.targets
-        picture = draw_instances(sample.image, t.boxes, t.labels, t.masks, class_names=dataset.category_names)
-        picture.save(out / f"{sample.image_id:06d}.png")
-    print(f"wrote {min(max_images, len(dataset))} overlays to {out}")
+        picture = draw_instances(sample.image, t.boxes, t.labels, t.masks, class_names=dataset.category_names,
+                                 show_labels=labels)
+        target = out / Path(dataset.file_name(index)).with_suffix(".png")  # x.jpg -> x.png, sub-folders kept
+        if target in written:  # x.jpg and x.png side by side
+            target = target.with_name(f"{target.stem}_{sample.image_id}.png")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        picture.save(target)
+        written.add(target)
+    print(f"wrote {count} overlays to {out}" + (f" (the first {count} of {len(dataset)}: --max-images N for more)"
+                                                if count < len(dataset) else ""))
     return 0

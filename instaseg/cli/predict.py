@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
+import math
+import sys
 from pathlib import Path
 from typing import Any
 
-from instaseg.cli._common import add_model_options, ensure_writable_dir
+from instaseg.cli._common import add_model_options, ensure_writable_dir, warn
 from instaseg.data.image_io import IMAGE_EXTENSIONS
 from instaseg.errors import InstasegError
 
@@ -24,6 +25,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-overlays", action="store_true", help="only write results.json")
     parser.add_argument("--allow-partial", action="store_true",
                         help="load only the checkpoint tensors that fit the model (the rest stay untrained)")
+    parser.add_argument("--json", metavar="DATASET_JSON",
+                        help="COCO json listing the images: results.json then uses its image and category "
+                             "ids, so that `instaseg eval --results` can score it (default: images 1..N)")
+    parser.add_argument("--skip-bad", action=argparse.BooleanOptionalAction, default=True,
+                        help="skip unreadable images and list them at the end (the default); --no-skip-bad "
+                             "stops at the first one, keeping the results written so far")
     add_model_options(parser)
 
 
@@ -45,12 +52,9 @@ def collect_inputs(inputs: list[str]) -> tuple[list[Path], list[Path]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from instaseg.engine.checkpoint import checkpoint_categories, load_checkpoint
-    from instaseg.engine.predictor import Predictor, as_image_tensor
-    from instaseg.evaluation import instances_to_coco_results
-    from instaseg.viz.overlay import draw_instances
+    from instaseg.engine.predictor import Predictor
+    from instaseg.evaluation.results_writer import JsonListWriter
 
     images, videos = collect_inputs(args.inputs)
     out = ensure_writable_dir(args.out)
@@ -58,24 +62,86 @@ def run(args: argparse.Namespace) -> int:
                                           allow_partial=args.allow_partial, overrides=args.overrides,
                                           max_detections=args.max_detections)
     category_ids, names = checkpoint_categories(load_checkpoint(args.checkpoint), predictor.model.num_classes)
-    results, files = [], []
-    for image_id, path in enumerate(tqdm(images, desc="predict", unit="img", disable=not images), start=1):
-        image = as_image_tensor(path)
+    image_ids = list(range(1, len(images) + 1))
+    if args.json:
+        image_ids, category_ids, names = _dataset_ids(args.json, images, names)
+    # written image by image: a stop (a bad file, Ctrl-C) keeps what was done, as valid JSON
+    with JsonListWriter(out / "results.json") as results, JsonListWriter(out / "images.json") as files:
+        bad = _predict_images(predictor, list(zip(image_ids, images)), category_ids, names, out, args,
+                              results, files)
+    best_score = predictor.best_score  # of the images (the videos' detections are not in results.json)
+    for video in videos:
+        _predict_video(predictor, video, out / f"{video.stem}_overlay.mp4", names)
+    print(f"{files.count} images, {results.count} detections -> {out / 'results.json'}"
+          + ("" if args.no_overlays else f", overlays in {out}") + (f", {len(videos)} videos" if videos else ""))
+    if files.count and results.count == 0:
+        print(_nothing_kept_hint(best_score, args.score_threshold))
+    if bad:
+        listed = "; ".join(bad[:10]) + (f"; and {len(bad) - 10} more" if len(bad) > 10 else "")
+        print(f"skipped {len(bad)} unreadable image(s): {listed}")
+    return 0
+
+
+def _predict_images(predictor, items: list[tuple[int, Path]], category_ids: list[int], names: list[str],
+                    out: Path, args: argparse.Namespace, results, files) -> list[str]:
+    """Predict ``(image_id, path)`` items, appending to the ``results`` and ``files`` writers;
+    returns the messages of the unreadable images skipped."""
+    from tqdm import tqdm
+
+    from instaseg.engine.predictor import as_image_tensor
+    from instaseg.errors import DatasetError
+    from instaseg.evaluation import instances_to_coco_results
+    from instaseg.viz.overlay import draw_instances
+
+    bad: list[str] = []
+    for image_id, path in tqdm(items, desc="predict", unit="img", disable=not items):
+        try:
+            image = as_image_tensor(path)
+        except DatasetError as error:
+            if not args.skip_bad:
+                done = f"{files.count} image{'' if files.count == 1 else 's'} done"
+                raise InstasegError(f"{error}. Stopped with {done} (in {out / 'results.json'} and images.json); "
+                                    "--skip-bad (the default) skips unreadable images") from None
+            bad.append(str(error))
+            tqdm.write(f"warning: skipping {error}", file=sys.stderr)
+            continue
         instances = predictor(image)
-        for item in instances_to_coco_results(instances, image_id, category_ids):
-            item["file_name"] = path.name
-            results.append(item)
+        found = instances_to_coco_results(instances, image_id, category_ids)
+        results.extend({**item, "file_name": path.name} for item in found)
         files.append({"id": image_id, "file_name": str(path), "height": image.shape[1], "width": image.shape[2]})
         if not args.no_overlays:
             picture = draw_instances(image, instances.boxes, instances.labels, instances.masks, instances.scores, names)
             picture.save(out / f"{path.stem}.png")
-    for video in videos:
-        _predict_video(predictor, video, out / f"{video.stem}_overlay.mp4", names)
-    (out / "results.json").write_text(json.dumps(results))
-    (out / "images.json").write_text(json.dumps(files, indent=1))
-    print(f"{len(images)} images, {len(results)} detections -> {out / 'results.json'}"
-          + ("" if args.no_overlays else f", overlays in {out}") + (f", {len(videos)} videos" if videos else ""))
-    return 0
+    return bad
+
+
+def _dataset_ids(json_path: str, images: list[Path], names: list[str]) -> tuple[list[int], list[int], list[str]]:
+    """Image ids of ``images`` and the category ids / names of labels 0..C-1 from a COCO json (the
+    label order of training on it). Images the json does not list are refused before any work."""
+    from instaseg.data.coco import CocoDataset
+
+    dataset = CocoDataset(json_path, Path(json_path).parent, skip_bad=True)  # annotations do not matter here
+    if dataset.num_classes != len(names):
+        raise InstasegError(f"the checkpoint predicts {len(names)} classes but {json_path} has {dataset.num_classes}")
+    if list(dataset.category_names) != list(names) and not all(n.startswith("class_") for n in names):
+        warn(f"the checkpoint's classes ({', '.join(names)}) are not named as {json_path}'s "
+             f"({', '.join(dataset.category_names)}); label k is given the json's k-th category id")
+    ids = dataset.image_ids_of_files(images)
+    missing = [str(path) for path, image_id in zip(images, ids) if image_id is None]
+    if missing:
+        raise InstasegError(f"{len(missing)} image(s) are not in {json_path} (matched by file_name): "
+                            f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
+    return ids, list(dataset.category_ids), list(dataset.category_names)
+
+
+def _nothing_kept_hint(best_score: float | None, threshold: float) -> str:
+    """What to do when no detection passed ``--score-threshold``."""
+    if best_score is None:
+        return ("the model detected nothing at all, whatever the score (its own floor is "
+                "model.inference.score_thresh: --set model.inference.score_thresh=0.01 lowers it)")
+    suggestion = math.floor(best_score * 100) / 100
+    return (f"no detection scored >= --score-threshold {threshold:g}; the best score was {best_score:.3f}: "
+            f"lower the threshold, e.g. --score-threshold {suggestion:g}")
 
 
 def _predict_video(predictor, source: Path, target: Path, names: list[str]) -> None:

@@ -1,7 +1,9 @@
 """Config <-> plain dict / YAML, and ``--set a.b=c`` overrides, all checked against the schema.
 
 Every value is checked against the dataclass field's annotated type, so a typo or a wrong type
-fails with a message that names the key and lists the valid ones, instead of being ignored.
+fails with a message that names the key and lists the valid ones, instead of being ignored. A
+single value where a list of any length is expected is a list of one (``train.steps=500`` is
+``(500,)``); a fixed-length list (``input.pixel_std``) must be given whole.
 """
 
 from __future__ import annotations
@@ -75,10 +77,13 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         return _dataclass_from_dict(hint, value, key)
     origin = typing.get_origin(hint)
     if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
         args = typing.get_args(hint)
-        if len(args) == 2 and args[1] is Ellipsis:
+        free_length = len(args) == 2 and args[1] is Ellipsis
+        if free_length and not isinstance(value, (list, tuple, dict)):
+            value = [value]  # --set input.min_size_train=320 means (320,)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list of {len(args)} values, got {value!r}")
+        if free_length:
             return tuple(_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
         if len(args) != len(value):
             raise ConfigError(f"{key}: expected {len(args)} values, got {len(value)}: {value!r}")

@@ -22,6 +22,7 @@ import math
 import os
 import warnings
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -316,6 +317,29 @@ class CocoDataset:
     def image_ids(self) -> list[int]:
         return [r.image_id for r in self._records]
 
+    def image_ids_of_files(self, paths: Sequence[str | Path]) -> list[int | None]:
+        """The image id of each file in ``paths``, None for a file the json does not list.
+
+        A path matches the ``file_name`` equal to its longest trailing part (``a/b/x.png`` matches
+        ``b/x.png``, then ``x.png``), else the one ``file_name`` with its base name (none when
+        several share it), so images found in any copy of the image folder are known.
+        """
+        by_name = {Path(r.file_name).as_posix(): r.image_id for r in self._records}
+        by_base: dict[str, int | None] = {}
+        for r in self._records:
+            base = Path(r.file_name).name
+            by_base[base] = None if base in by_base else r.image_id  # ambiguous: no match
+        found = []
+        for path in paths:
+            parts = Path(path).parts
+            suffixes = ("/".join(parts[k:]) for k in range(len(parts)))
+            found.append(next((by_name[s] for s in suffixes if s in by_name), by_base.get(Path(path).name)))
+        return found
+
+    def file_name(self, index: int) -> str:
+        """Item ``index``'s ``file_name`` in the json (relative to the image folder)."""
+        return self._records[index].file_name
+
     def describe(self, index: int) -> str:
         """``"image id 7, <image_dir>/x.png"``: how messages name item ``index``."""
         record = self._records[index]
@@ -412,29 +436,30 @@ class CocoDataset:
         detection cap must let through (:mod:`instaseg.config.budget`)."""
         return max((sum(not a.iscrowd for a in r.annotations) for r in self._records), default=0)
 
-    def size_stats(self) -> dict[str, float]:
+    def size_stats(self) -> dict[str, int | float]:
         """Image sizes, instances per image and box sizes (COCO's small < 32^2 <= medium < 96^2
-        pixels <= large, measured here on the bbox area since masks are not decoded at load)."""
-        heights = np.array([r.height for r in self._records], dtype=np.float64)
-        widths = np.array([r.width for r in self._records], dtype=np.float64)
-        per_image = np.array([sum(not a.iscrowd for a in r.annotations) for r in self._records], np.float64)
+        pixels <= large, measured here on the bbox area since masks are not decoded at load).
+        Counts, minima and maxima are ints; means are floats."""
+        heights = np.array([r.height for r in self._records], dtype=np.int64)
+        widths = np.array([r.width for r in self._records], dtype=np.int64)
+        per_image = np.array([sum(not a.iscrowd for a in r.annotations) for r in self._records], np.int64)
         areas = np.array([(a.box_xyxy[2] - a.box_xyxy[0]) * (a.box_xyxy[3] - a.box_xyxy[1])
                           for r in self._records for a in r.annotations if not a.iscrowd], np.float64)
         crowds = sum(a.iscrowd for r in self._records for a in r.annotations)
         empty = not len(self._records)
 
-        def summary(name: str, values: np.ndarray) -> dict[str, float]:
+        def summary(name: str, values: np.ndarray) -> dict[str, int | float]:
             if empty:
-                return {f"{name}_min": 0.0, f"{name}_mean": 0.0, f"{name}_max": 0.0}
-            return {f"{name}_min": float(values.min()), f"{name}_mean": float(values.mean()),
-                    f"{name}_max": float(values.max())}
+                return {f"{name}_min": 0, f"{name}_mean": 0.0, f"{name}_max": 0}
+            return {f"{name}_min": int(values.min()), f"{name}_mean": float(values.mean()),
+                    f"{name}_max": int(values.max())}
 
         return {
-            "images": float(len(self._records)), "negatives": float((per_image == 0).sum()),
+            "images": len(self._records), "negatives": int((per_image == 0).sum()),
             **summary("height", heights), **summary("width", widths), **summary("instances", per_image),
-            "crowd_regions": float(crowds), "boxes_small": float((areas < _COCO_SMALL).sum()),
-            "boxes_medium": float(((areas >= _COCO_SMALL) & (areas < _COCO_MEDIUM)).sum()),
-            "boxes_large": float((areas >= _COCO_MEDIUM).sum()),
+            "crowd_regions": int(crowds), "boxes_small": int((areas < _COCO_SMALL).sum()),
+            "boxes_medium": int(((areas >= _COCO_SMALL) & (areas < _COCO_MEDIUM)).sum()),
+            "boxes_large": int((areas >= _COCO_MEDIUM).sum()),
         }
 
     def __repr__(self) -> str:

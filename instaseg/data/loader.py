@@ -18,6 +18,11 @@ iteration ``k`` gives exactly the batches ``k, k+1, ...`` of an uninterrupted ru
    workers; each worker's global RNGs (torch, numpy, random) are also seeded from
    ``(seed, start epoch, rank, worker id)`` for code outside the transforms that uses them.
 
+Signals: worker processes ignore SIGINT and SIGTERM. Ctrl-C, ``timeout`` and SLURM signal every
+process of the job, and the main process owns shutdown (it stops at an iteration boundary and
+writes a checkpoint, reading from live workers until then); it ends the workers itself, by
+PyTorch's shutdown and, for one that does not exit, SIGKILL.
+
 Failures name the culprit: an error while loading an item becomes a one-line :class:`DatasetError`
 naming the dataset index and image (not PyTorch's worker traceback), and a worker process that dies
 (killed for memory, a crash in native code) raises :class:`DataWorkerError` naming the items the
@@ -36,6 +41,7 @@ import functools
 import math
 import multiprocessing
 import random
+import signal
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
@@ -176,7 +182,18 @@ class _Augmented(Dataset):
         return Sample(image, targets, sample.image_id, targets.crowd_boxes, dict(getattr(sample, "skipped", {})))
 
 
+def _ignore_stop_signals(worker_id: int = 0) -> None:
+    """In a worker process: leave SIGINT / SIGTERM to the main process (see the module docstring).
+
+    PyTorch's own SIGTERM handler in workers would end the worker, and the main process would then
+    fail wherever it is ("DataLoader worker ... is killed by signal: Terminated").
+    """
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)
+
+
 def _seed_worker(worker_id: int, seed: int, epoch: int, rank: int) -> None:
+    _ignore_stop_signals()
     state = np.random.SeedSequence([seed, epoch, rank, worker_id]).generate_state(2, dtype=np.uint32)
     torch.manual_seed((int(state[0]) << 32) | int(state[1]))
     np.random.seed(int(state[0]))
@@ -245,6 +262,12 @@ class _NamingDataLoader(DataLoader):
 
     def __iter__(self) -> Iterator[Batch]:
         iterator = super().__iter__()
+        try:
+            yield from self._batches(iterator)
+        finally:
+            _end_workers(iterator)
+
+    def _batches(self, iterator: Iterator[Batch]) -> Iterator[Batch]:
         while True:
             try:
                 batch = next(iterator)
@@ -265,6 +288,19 @@ class _NamingDataLoader(DataLoader):
                     "exhaust memory) or set train.num_workers=0 to see the error in this process") from None
             self._count_skipped(batch)
             yield batch
+
+
+def _end_workers(iterator: Iterator[Batch]) -> None:
+    """PyTorch's worker shutdown (a stop event, then SIGTERM), and SIGKILL for a worker still alive:
+    workers ignore SIGTERM, and one stuck in native code would otherwise outlive its loader."""
+    shutdown = getattr(iterator, "_shutdown_workers", None)
+    if shutdown is None:  # no worker processes
+        return
+    shutdown()
+    for worker in getattr(iterator, "_workers", ()):
+        if worker.is_alive():
+            worker.kill()
+            worker.join(timeout=1)
 
 
 def _original_message(error: BaseException) -> str:
@@ -291,4 +327,5 @@ def build_test_loader(dataset: Dataset, num_workers: int, batch_size: int = 1, d
     rank, world_size = _rank_and_world_size(distributed, rank, world_size)
     indices = list(range(rank, len(dataset), world_size))
     return _NamingDataLoader(dataset, batch_size=batch_size, sampler=indices, num_workers=num_workers,
-                             collate_fn=collate, shuffle=False)
+                             collate_fn=collate, shuffle=False,
+                             worker_init_fn=_ignore_stop_signals if num_workers else None)

@@ -29,6 +29,8 @@ What the data looks like (and why):
 - ``difficulty="standard"``: 1-6 objects per image, sizes 12%-50% of the shorter image side.
   ``difficulty="hard"``: 4-15 objects clustered for heavy occlusion, sizes 5%-20% of the side, and
   thin structures (1-2 px rings, frames and cross arms).
+  ``difficulty="crowded"``: 240-320 small objects per image (3%-5% of the side, about 200-300
+  left visible on a 320 px image), to measure what the detection caps cost.
 
 Each image has its own random stream seeded by ``(seed, image_id)``; the same arguments give
 identical JSON and PNG bytes.
@@ -99,6 +101,7 @@ class _Difficulty:
 _DIFFICULTIES = {
     "standard": _Difficulty(1, 6, 0.12, 0.50, thin=False, clustered=False),
     "hard": _Difficulty(4, 15, 0.05, 0.20, thin=True, clustered=True),
+    "crowded": _Difficulty(240, 320, 0.03, 0.05, thin=False, clustered=False),
 }
 
 
@@ -444,7 +447,7 @@ def generate_synthetic_dataset(
         seed: non-negative seed; the same arguments give identical JSON and PNG bytes.
         image_size: side, or ``(height, width)``, in pixels.
         val_fraction: share of the images in the validation split, in [0, 1).
-        difficulty: ``"standard"`` or ``"hard"`` (see the module docstring).
+        difficulty: ``"standard"``, ``"hard"`` or ``"crowded"`` (see the module docstring).
         progress: show a tqdm progress bar.
         crowd: add one ``iscrowd=1`` region to about 5% of the training images.
 

@@ -93,7 +93,7 @@ class MetricsWriter:
     """Appends JSON lines to ``path``; mirrors scalars to TensorBoard when it is installed.
 
     TensorBoard is optional: when ``torch.utils.tensorboard`` does not import, only the JSON lines
-    are written. ``truncate_after(iteration)`` (used when resuming) drops lines of iterations
+    are written, and the logger says so once, when the writer is made (the start of training). ``truncate_after(iteration)`` (used when resuming) drops lines of iterations
     that the resumed run will redo, so the file never holds one iteration twice.
     """
 
@@ -107,10 +107,15 @@ class MetricsWriter:
         if tensorboard_dir is not None:
             try:
                 from torch.utils.tensorboard import SummaryWriter
-            except Exception:  # tensorboard not installed: JSON lines only
-                SummaryWriter = None
-            if SummaryWriter is not None:
-                self._tb = SummaryWriter(str(tensorboard_dir))
+            except ImportError:
+                get_logger().info(f"TensorBoard is not installed (pip install tensorboard): metrics go to "
+                                  f"{self.path.name} only")
+                return
+            except Exception as error:  # noqa: BLE001 - a broken install must not stop training
+                get_logger().warning(f"TensorBoard is unavailable ({type(error).__name__}: {error}): metrics go "
+                                     f"to {self.path.name} only")
+                return
+            self._tb = SummaryWriter(str(tensorboard_dir))
 
     def truncate_after(self, iteration: int) -> None:
         """Keep only lines whose ``iteration`` is <= ``iteration`` (and lines that do not parse out)."""

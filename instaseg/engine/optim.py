@@ -22,7 +22,11 @@ from torch import nn
 from instaseg.config.schema import TrainConfig
 from instaseg.errors import ConfigError
 
-__all__ = ["build_optimizer", "parameter_groups", "LRSchedule", "resolve_schedule"]
+__all__ = ["build_optimizer", "parameter_groups", "LRSchedule", "resolve_schedule", "check_resumed_schedule"]
+
+# the TrainConfig keys that shape the learning rate of each iteration
+SCHEDULE_KEYS = ("lr", "schedule", "max_iter", "steps", "max_epochs", "step_epochs", "gamma", "warmup_iters",
+                 "warmup_factor")
 
 _NORM_TYPES: tuple[type[nn.Module], ...] = (
     nn.modules.batchnorm._NormBase,  # BatchNorm1d/2d/3d, SyncBatchNorm, InstanceNorm
@@ -161,3 +165,47 @@ class LRSchedule:
         for group in optimizer.param_groups:
             group["lr"] = lr
         return lr
+
+
+def check_resumed_schedule(saved: TrainConfig, saved_max_iter: int, current: TrainConfig, dataset_len: int,
+                           iteration: int, source: str) -> str | None:
+    """The rule for ``--resume`` with another schedule: accepted when the learning rate of every
+    iteration done, and of the next one (``0..iteration``), stays the same (e.g. a longer
+    ``max_iter`` under a step schedule); refused otherwise, since the LR would jump and the run would
+    follow no one schedule (e.g. another ``max_iter`` under cosine decay, another ``lr``).
+
+    ``saved`` / ``saved_max_iter`` are the checkpoint's; returns a line to log when an accepted
+    change was made, None when nothing changed.
+
+    Raises:
+        ConfigError: naming the changed keys with their old and new values, the first iteration
+            whose learning rate would change, and the ``--set`` values that resume as saved.
+    """
+    changed = {k: (getattr(saved, k), getattr(current, k)) for k in SCHEDULE_KEYS
+               if getattr(saved, k) != getattr(current, k)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the saved schedule's warnings were given when it was made
+        old = LRSchedule(saved, saved_max_iter, resolve_schedule(saved, dataset_len)[1])
+        new = LRSchedule(current, *resolve_schedule(current, dataset_len))
+    if not changed and old.max_iter == new.max_iter and old.steps == new.steps:
+        return None
+    described = ", ".join(f"train.{k} {_show(a)} -> {_show(b)}" for k, (a, b) in changed.items()) or \
+        f"the schedule train.max_epochs resolves to with this dataset ({old.max_iter} -> {new.max_iter} iterations)"
+    for i in range(iteration + 1):
+        before, after = old.lr_at(i), new.lr_at(i)
+        if not math.isclose(before, after, rel_tol=1e-9, abs_tol=1e-15):
+            keep = " ".join(f"--set train.{k}={_show(a)}" for k, (a, _) in changed.items())
+            raise ConfigError(
+                f"{source} was trained with another learning-rate schedule: {described}. The learning rate of "
+                f"iteration {i} would change from {before:.4g} to {after:.4g}, so the resumed run would follow no one "
+                f"schedule. Resume with the checkpoint's values{' (' + keep + ')' if keep else ''}, or train a new "
+                "run into another --out folder. (A change that keeps the learning rate of every iteration done, "
+                "such as a longer train.max_iter under a step schedule, is accepted.)")
+    return f"resuming with {described}: the learning rates of the {iteration} iterations done are unchanged"
+
+
+def _show(value: object) -> str:
+    """A config value as ``--set`` takes it."""
+    if isinstance(value, (tuple, list)):
+        return "[" + ",".join(str(v) for v in value) + "]"
+    return str(value)

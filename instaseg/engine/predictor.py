@@ -53,6 +53,8 @@ class Predictor:
     """``Predictor.from_checkpoint(path)(image) -> Instances`` in original image coordinates.
 
     ``predictor([img1, img2])`` returns a list; ``score_threshold`` drops weaker detections.
+    ``best_score`` is the highest score of any detection so far, before the threshold (None until
+    there is one): what to tell someone whose threshold kept nothing.
     """
 
     def __init__(self, model: nn.Module, config: Config, device: str | torch.device = "cpu",
@@ -61,6 +63,7 @@ class Predictor:
         self.config = config
         self.device = torch.device(device)
         self.score_threshold = score_threshold
+        self.best_score: float | None = None
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu",
@@ -82,6 +85,9 @@ class Predictor:
         single = not isinstance(images, (list, tuple))
         batch = [as_image_tensor(img).to(self.device) for img in ([images] if single else images)]
         results = self.model.predict(batch)
+        top = [float(r.scores.max()) for r in results if len(r)]
+        if top:
+            self.best_score = max(top if self.best_score is None else [*top, self.best_score])
         if self.score_threshold > 0:
             results = [r[r.scores >= self.score_threshold] for r in results]
         return results[0] if single else results

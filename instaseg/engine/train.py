@@ -2,7 +2,9 @@
 
 Per iteration ``i`` (0-based; ``iteration`` below counts completed iterations):
 
-1. at the boundary, stop if SIGTERM / Ctrl-C asked for it (all ranks agree), then snapshot RNGs;
+1. at the boundary, stop if SIGTERM / Ctrl-C asked for it (all ranks agree), then snapshot RNGs
+   (data loader workers ignore those signals; if they die anyway after a stop request, the
+   loader's RuntimeError is caught and the last exact boundary state is saved);
 2. set the LR to ``LRSchedule.lr_at(i)``;
 3. for each of ``accumulate`` micro-batches: forward through the (DDP-wrapped) model, loss,
    backward of ``loss / accumulate`` (DDP syncs gradients on the last micro-batch only);
@@ -40,7 +42,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from instaseg.config.io import save_yaml
+from instaseg.config.io import config_from_dict, save_yaml
 from instaseg.config.schema import Config
 from instaseg.detectors.build import build_from_config
 from instaseg.engine.checkpoint import (load_checkpoint, load_state_dict_checked, point_last_at, rotate_checkpoints,
@@ -52,11 +54,11 @@ from instaseg.config.budget import coco_max_dets
 from instaseg.engine.evaluate import evaluate_model, write_metrics_json
 from instaseg.engine.logging import (LossMeter, MetricsWriter, format_losses, get_logger, progress_bar,
                                      setup_logger, teardown_logger)
-from instaseg.engine.optim import LRSchedule, build_optimizer, resolve_schedule
+from instaseg.engine.optim import LRSchedule, build_optimizer, check_resumed_schedule, resolve_schedule
 from instaseg.engine.rng import capture_rng_state, restore_rng_state, seed_everything
 from instaseg.engine.run_report import record_training_data, refresh_run_folder
 from instaseg.errors import ConfigError, InstasegError
-from instaseg.evaluation.coco_eval import summary_keys
+from instaseg.evaluation.coco_eval import format_ap, summary_keys
 
 __all__ = ["train", "train_on_dataset", "NonFiniteLossError", "CheckpointWriteError", "TrainLoaderFn", "TestLoaderFn"]
 
@@ -250,7 +252,7 @@ def _setup(config: Config, dataset: Any, out_dir: Path, val_dataset: Any, resume
                val_dataset=val_dataset, test_loader_fn=test_loader_fn, progress=progress,
                log_period=max(1, log_period), note=note, categories=_categories(dataset))
     run.amp_dtype, run.scaler = _amp(cfg.amp, device)
-    rng_states = _resume(run, last, logger) if resume and last.is_file() else None
+    rng_states = _resume(run, last, logger, len(dataset)) if resume and last.is_file() else None
     if resume and not last.is_file():
         logger.warning(f"--resume: no checkpoint in {last.parent}; starting from scratch")
     run.ddp_model = wrap_model(model, device)
@@ -280,9 +282,23 @@ def _write_config(config: Config, path: Path, note: str | None) -> None:
         path.write_text(f"# overrides: {note}\n" + path.read_text())
 
 
-def _resume(run: _Run, path: Path, logger: Any) -> list[dict[str, Any]] | None:
-    """Load ``path`` into the run; return the saved RNG states (one per rank) to restore later."""
+def _resume(run: _Run, path: Path, logger: Any, dataset_len: int) -> list[dict[str, Any]] | None:
+    """Load ``path`` into the run; return the saved RNG states (one per rank) to restore later.
+
+    A changed learning-rate schedule is accepted only when it keeps the learning rate of every
+    iteration done (:func:`~instaseg.engine.optim.check_resumed_schedule`).
+    """
     payload = load_checkpoint(path)
+    if "iteration" in payload and isinstance(payload.get("config"), dict):
+        try:
+            saved = config_from_dict(payload["config"]).train
+        except ConfigError as error:  # written by another version of the schema: nothing to compare
+            logger.warning(f"{path}: its config does not parse ({error}); its learning-rate schedule is not checked")
+        else:
+            note = check_resumed_schedule(saved, int(payload.get("max_iter", saved.max_iter)), run.config.train,
+                                          dataset_len, int(payload["iteration"]), str(path))
+            if note:
+                logger.info(note)
     load_state_dict_checked(run.model, payload["model"], source=str(path))
     if "optimizer" not in payload or "iteration" not in payload:
         raise InstasegError(f"{path} holds weights only (no optimizer state / iteration): it cannot be resumed")
@@ -317,8 +333,16 @@ def _train(run: _Run) -> dict[str, Any]:
         with run.stop:
             status = _loop(run)
             if status == "interrupted":
-                path = _save(run, run.iteration, all_gather_objects(capture_rng_state()))
+                with _worker_deaths_ignored():
+                    path = _save(run, run.iteration, all_gather_objects(capture_rng_state()))
     except KeyboardInterrupt:
+        status, path = "interrupted", _save_after_keyboard_interrupt(run)
+    except RuntimeError as error:
+        if not run.stop.requested:
+            raise
+        # The stop signal also reached the data loader's workers (a custom loader's, or workers
+        # killed outright) and PyTorch raised where the main process was: save all the same.
+        get_logger().warning(f"after the stop request: {(str(error).strip().splitlines() or [repr(error)])[0]}")
         status, path = "interrupted", _save_after_keyboard_interrupt(run)
     finally:
         run.bar.close()
@@ -493,7 +517,8 @@ def _evaluate(run: _Run) -> None:
     write_metrics_json(metrics, run.out_dir / "metrics.json")
     summary = {t: {k: metrics[t][k] for k in summary_keys(metrics[t], True)} for t in ("bbox", "segm") if t in metrics}
     run.writer.write({"iteration": run.iteration, "eval": summary})
-    get_logger().info(f"eval at {run.iteration}: bbox AP {metrics['bbox']['AP']:.4f} segm AP {segm_ap:.4f}")
+    get_logger().info(f"eval at {run.iteration}: bbox AP {format_ap(metrics['bbox']['AP'])} "
+                      f"segm AP {format_ap(segm_ap)}")
     if improved:
         save_checkpoint(run.ckpt_dir / "best.pt", run.model, run.config, iteration=run.iteration, metrics=summary,
                         categories=run.categories)
@@ -555,4 +580,20 @@ def _save_after_keyboard_interrupt(run: _Run) -> Path | None:
         rng = capture_rng_state()
     else:
         return None
-    return _save(run, run.iteration, [rng], sync=False)
+    with _worker_deaths_ignored():
+        return _save(run, run.iteration, [rng], sync=False)
+
+
+@contextlib.contextmanager
+def _worker_deaths_ignored() -> Iterator[None]:
+    """Default SIGCHLD handling while a stopped run saves: PyTorch's handler raises RuntimeError
+    wherever the main process is when a data loader worker dies, which would cut the save short."""
+    sigchld = getattr(signal, "SIGCHLD", None)
+    if sigchld is None or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(sigchld, signal.SIG_DFL)
+    try:
+        yield
+    finally:
+        signal.signal(sigchld, previous)

@@ -3,6 +3,7 @@
 from instaseg.evaluation.coco_eval import (
     COCOEvaluator,
     evaluate_coco,
+    format_ap,
     format_metrics_table,
     format_per_category_table,
     instances_to_coco_results,
@@ -17,6 +18,7 @@ __all__ = [
     "PRCurves",
     "confusion_from_coco",
     "evaluate_coco",
+    "format_ap",
     "format_metrics_table",
     "format_per_category_table",
     "instances_to_coco_results",

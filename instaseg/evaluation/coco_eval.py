@@ -44,6 +44,7 @@ from instaseg.structures.instances import Instances
 __all__ = [
     "COCOEvaluator",
     "evaluate_coco",
+    "format_ap",
     "format_metrics_table",
     "format_per_category_table",
     "instances_to_coco_results",
@@ -161,7 +162,8 @@ def _check_results(coco_gt: COCO, results: list[dict[str, Any]], iou_types: Sequ
     fields = result_fields(results)  # every result has its keys, bbox / segmentation all or none
     bad_images = {r["image_id"] for r in results} - set(coco_gt.getImgIds())
     if bad_images:
-        raise ValueError(f"results refer to image ids not in the ground truth: {sorted(bad_images)[:10]}")
+        raise ValueError(f"results refer to image ids not in the ground truth: {sorted(bad_images)[:10]} "
+                         "(`instaseg predict` writes the dataset's ids when given --json DATASET_JSON)")
     bad_cats = {r["category_id"] for r in results} - set(coco_gt.getCatIds())
     if bad_cats:
         raise ValueError(
@@ -370,24 +372,27 @@ def _classic_table(metrics: dict[str, Any], max_dets: Sequence[int]) -> str:
     return "\n".join(line.format(*row) for row in rows)
 
 
-def _percent(value: float) -> str:
-    return "-" if value != value else f"{100.0 * value:.1f}"  # NaN -> "-"
+def format_ap(value: float | None) -> str:
+    """An AP or AR as every output gives it: a fraction in [0, 1] with 3 decimals, as in
+    ``metrics.json`` and pycocotools' summary (``0.545``, not ``54.5``); NaN / None -> ``"-"``."""
+    return "-" if value is None or value != value else f"{value:.3f}"
 
 
 def format_metrics_table(metrics: dict[str, dict[str, Any]]) -> str:
-    """Markdown table of ``evaluate_coco``'s output: one row per iou type, AP and AR columns in %."""
+    """Markdown table of ``evaluate_coco``'s output: one row per iou type, AP and AR columns as
+    fractions (:func:`format_ap`)."""
     keys = summary_keys(next(iter(metrics.values()))) if metrics else list(AP_KEYS)
     header = "| type | " + " | ".join(keys) + " |"
     rule = "|------|" + "|".join("-" * (len(k) + 2) for k in keys) + "|"
     rows = [
-        f"| {iou_type} | " + " | ".join(_percent(values.get(k, float("nan"))) for k in keys) + " |"
+        f"| {iou_type} | " + " | ".join(format_ap(values.get(k, float("nan"))) for k in keys) + " |"
         for iou_type, values in metrics.items()
     ]
     return "\n".join([header, rule, *rows])
 
 
 def format_per_category_table(metrics: dict[str, dict[str, Any]]) -> str:
-    """Markdown table of per-category AP (in %): one row per category, one column per iou type.
+    """Markdown table of per-category AP (fractions): one row per category, one column per iou type.
 
     ``metrics`` is ``evaluate_coco(..., per_category=True)``'s output.
     """
@@ -399,7 +404,7 @@ def format_per_category_table(metrics: dict[str, dict[str, Any]]) -> str:
     rule = "|----------|" + "|".join("-" * (len(t) + 5) for t in iou_types) + "|"
     rows = [
         f"| {name} | "
-        + " | ".join(_percent(metrics[t]["per_category"].get(name, float("nan"))) for t in iou_types)
+        + " | ".join(format_ap(metrics[t]["per_category"].get(name, float("nan"))) for t in iou_types)
         + " |"
         for name in names
     ]

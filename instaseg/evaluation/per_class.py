@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import astuple, dataclass, fields
 from pathlib import Path
 
+from instaseg.evaluation.coco_eval import format_ap
 from instaseg.evaluation.curves import PRCurves, class_ap, mean_ap
 
 __all__ = ["ClassRow", "SORT_KEYS", "per_class_rows", "summary_row", "sort_rows", "format_per_class_table",
@@ -78,20 +79,17 @@ def sort_rows(rows: Sequence[ClassRow], by: str = "ap") -> list[ClassRow]:
     raise ValueError(f"sort by one of {', '.join(SORT_KEYS)}, got {by!r}")
 
 
-def _cell(value: float) -> str:
-    return "-" if math.isnan(value) else f"{100.0 * value:.1f}"
-
-
 def format_per_class_table(rows: Sequence[ClassRow], total: ClassRow | None = None) -> str:
-    """An aligned text table (AP in %), the ``total`` row first, then ``rows`` in the order given."""
+    """An aligned text table (AP as fractions, :func:`~instaseg.evaluation.coco_eval.format_ap`), the
+    ``total`` row first, then ``rows`` in the order given."""
     items = ([total] if total is not None else []) + list(rows)
     width = max([len(r.name) for r in items] + [5])
     header = (f"{'class':<{width}}  {'images':>7}  {'instances':>9}  {'box AP':>7}  {'AP50':>6}  "
               f"{'mask AP':>7}  {'AP50':>6}")
     lines = [header]
     for r in items:
-        lines.append(f"{r.name:<{width}}  {r.images:>7d}  {r.instances:>9d}  {_cell(r.box_ap):>7}  "
-                     f"{_cell(r.box_ap50):>6}  {_cell(r.mask_ap):>7}  {_cell(r.mask_ap50):>6}")
+        lines.append(f"{r.name:<{width}}  {r.images:>7d}  {r.instances:>9d}  {format_ap(r.box_ap):>7}  "
+                     f"{format_ap(r.box_ap50):>6}  {format_ap(r.mask_ap):>7}  {format_ap(r.mask_ap50):>6}")
     return "\n".join(lines)
 
 

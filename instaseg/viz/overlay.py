@@ -170,8 +170,8 @@ def draw_instances(
     scores: Tensor | None = None,
     class_names: list[str] | None = None,
     alpha: float = 0.3,
-    *,
     show_labels: bool = True,
+    *,
     max_labels: int = 40,
     label_budget: float = 0.15,
 ) -> Image.Image:
@@ -179,7 +179,7 @@ def draw_instances(
 
     ``boxes (N, 4)`` xyxy absolute pixels, ``labels (N,)`` in ``[0, C)``, ``masks (N, H, W)`` bool
     (or float, thresholded at 0.5), ``scores (N,)`` optional. See the module docstring for what is
-    drawn; ``show_labels=False`` draws neither labels nor legend.
+    drawn; ``show_labels=False`` draws neither labels nor legend (masks and outlines only).
     """
     canvas = _as_array(image).astype(np.float32)
     height, width = canvas.shape[:2]

@@ -50,9 +50,12 @@ def test_train_writes_checkpoints_metrics_and_resumes(trained, capsys):
     assert set(metrics) >= {"bbox", "segm"} and set(metrics["segm"]) >= {"AP", "AP50", "AP75", "APs", "APm", "APl"}
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert lines and all("iteration" in line for line in lines)
-    # resuming a finished run continues to a longer schedule from where it stopped
-    assert main([a if a != "train.max_iter=4" else "train.max_iter=6" for a in args] + ["--resume"]) == 0
-    assert "iteration 6/6" in capsys.readouterr().out
+    # another max_iter under cosine decay would change the learning rates done: refused, naming both values
+    capsys.readouterr()
+    assert main([a if a != "train.max_iter=4" else "train.max_iter=6" for a in args] + ["--resume"]) == 2
+    assert "train.max_iter 4 -> 6" in capsys.readouterr().err
+    assert main(args + ["--resume"]) == 0  # the same schedule: a finished run stays finished
+    assert "iteration 4/4" in capsys.readouterr().out
 
 
 def test_eval_checkpoint_and_results_file(trained, dataset, tmp_path, capsys):

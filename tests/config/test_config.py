@@ -52,7 +52,7 @@ def test_overrides_are_typed_and_nested():
         ("model.rpn.nms_tresh=0.6", "nms_tresh"),
         ("model.num_classes=three", "expected an integer"),
         ("model.num_classes=2.5", "expected an integer"),
-        ("train.steps=5", "expected a list"),
+        ("input.pixel_std=1", "expected a list of 3 values"),
         ("input.pixel_std=[1, 1]", "expected 3 values"),
         ("model.box_head.aligned=maybe", "expected true or false"),
         ("model.num_classes", "key=value"),
@@ -62,6 +62,12 @@ def test_overrides_are_typed_and_nested():
 def test_bad_overrides_name_the_key(override, message):
     with pytest.raises(ConfigError, match=message):
         apply_overrides(Config(), [override])
+
+
+def test_a_scalar_is_a_one_element_tuple_where_the_length_is_free():
+    config = apply_overrides(Config(), ["input.min_size_train=320", "train.steps=500"])
+    assert config.input.min_size_train == (320,) and config.train.steps == (500,)
+    assert apply_overrides(Config(), ["train.steps=[]"]).train.steps == ()
 
 
 def test_setting_a_field_of_an_optional_part_switches_it_on():

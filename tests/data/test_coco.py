@@ -375,3 +375,13 @@ def test_exif_orientation_is_applied(tmp_path: Path) -> None:
     out = _load_single(tmp_path, image, "rot.png", 6, 4, exif=exif.tobytes())
     turned = np.rot90(pixels, k=-1)  # clockwise
     assert np.array_equal(out.permute(1, 2, 0).numpy(), turned)
+
+
+def test_image_ids_of_files_match_the_longest_trailing_part(tmp_path: Path) -> None:
+    doc = _base_doc()
+    doc["images"] += [{"id": 3, "file_name": "other/b.png", "height": H, "width": W},
+                      {"id": 4, "file_name": "train/d.png", "height": H, "width": W}]
+    ds = _load(tmp_path, doc)
+    found = ds.image_ids_of_files([tmp_path / "copy" / "a.png", "x/sub/b.png", "/data/other/b.png", "c.png",
+                                   "b.png", "images/d.png"])
+    assert found == [1, 2, 3, None, None, 4]  # b.png alone is ambiguous; d.png's base name is unique

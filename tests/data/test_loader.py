@@ -203,3 +203,34 @@ def test_test_loader_counts_worker_skips_too(tmp_path: Path) -> None:
     # items 1 and 2 read as 3 (two and one bad files met), item 4 drops its bad RLE
     assert [i for b in batches for i in b.image_ids] == [10, 13, 13, 13, 14, 15]
     assert dict(dataset.skipped) == {"bad image file": 3, "bad segmentation": 1}
+
+
+class _SignalledInWorker(torch.utils.data.Dataset):
+    """Sends SIGINT and SIGTERM to the process loading item 1, as Ctrl-C, ``timeout`` and SLURM do
+    to every process of the job."""
+
+    def __init__(self, dataset: CocoDataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        import os
+        import signal
+
+        if index == 1 and torch.utils.data.get_worker_info() is not None:
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return self.dataset[index]
+
+
+@pytest.mark.parametrize("which", ["train", "test"])
+def test_workers_leave_stop_signals_to_the_main_process(dataset: CocoDataset, which: str) -> None:
+    signalled = _SignalledInWorker(dataset)
+    if which == "train":
+        loader = build_train_loader(signalled, _identity, batch_size=2, num_workers=1, seed=0)
+        batches = _take(loader, 8)  # 16 items: the shuffled order reaches item 1
+    else:
+        batches = list(build_test_loader(signalled, num_workers=1))
+    assert len(batches) == 8 if which == "train" else len(batches) == len(dataset)

@@ -10,6 +10,7 @@ import json
 import math
 import os
 import signal
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 from typing import NamedTuple
@@ -224,6 +225,31 @@ def test_keyboard_interrupt_mid_iteration_leaves_an_exact_checkpoint(reference, 
     assert_same_state(load_checkpoint(tmp_path / "checkpoints" / "last.pt")["model"], reference.weights)
 
 
+def test_a_worker_death_after_sigterm_still_leaves_an_exact_checkpoint(reference, toy_data, tmp_path, monkeypatch):
+    def loss(original, call, model, raw, targets):
+        if call == 6:  # SIGTERM reached the whole process group: PyTorch's SIGCHLD handler raises mid-forward
+            os.kill(os.getpid(), signal.SIGTERM)
+            raise RuntimeError("DataLoader worker (pid 1234) is killed by signal: Terminated. ")
+        return original(raw, targets)
+
+    wrap_loss(monkeypatch, loss)
+    summary = run_training(reference.config, tmp_path, toy_data)
+    assert summary["status"] == "interrupted" and summary["iteration"] == 6
+    assert load_checkpoint(tmp_path / "checkpoints" / "last.pt")["iteration"] == 6
+    monkeypatch.undo()
+    run_training(reference.config, tmp_path, toy_data, resume=True)
+    assert_same_state(load_checkpoint(tmp_path / "checkpoints" / "last.pt")["model"], reference.weights)
+
+
+def test_a_runtime_error_without_a_stop_request_is_raised(toy_data, tmp_path, monkeypatch):
+    def loss(original, call, model, raw, targets):
+        raise RuntimeError("a genuine bug")
+
+    wrap_loss(monkeypatch, loss)
+    with pytest.raises(RuntimeError, match="a genuine bug"):
+        run_training(tiny_config(), tmp_path, toy_data)
+
+
 def signals_inside_the_step(monkeypatch, at_step: int, signals: list[int]) -> list[dict]:
     """Every optimizer the trainer builds steps in two halves (the parameters are independent under
     SGD, so this equals one step) and, on call ``at_step`` (0-based: iteration ``at_step``), sends
@@ -327,7 +353,7 @@ def test_validation_writes_metrics_json_and_best_checkpoint(toy_data, tmp_path):
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert set(metrics) == {"bbox", "segm"}
     for values in metrics.values():
-        assert set(values) == {"AP", "AP50", "AP75", "APs", "APm", "APl"}
+        assert set(values) == {"AP", "AP50", "AP75", "APs", "APm", "APl", "AR@1", "AR@10", "AR@100", "ARs", "ARm", "ARl"}
         assert all(v is None or 0.0 <= v <= 1.0 for v in values.values())
     assert set(summary["metrics"]) >= {"bbox", "segm"}
     evals = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -420,7 +446,7 @@ def test_write_metrics_json_format(tmp_path):
             for t in ("bbox", "segm")}
     write_metrics_json(full, tmp_path / "metrics.json")
     data = json.loads((tmp_path / "metrics.json").read_text())  # strict JSON: NaN is written as null
-    assert data["segm"] == {"AP": 0.5, "AP50": 0.7, "AP75": 0.4, "APs": 0.1, "APm": 0.2, "APl": None}
+    assert data["segm"] == {"AP": 0.5, "AP50": 0.7, "AP75": 0.4, "APs": 0.1, "APm": 0.2, "APl": None, "AR@100": 0.9}
     back = read_metrics_json(tmp_path / "metrics.json")
     assert np.isnan(back["bbox"]["APl"]) and back["bbox"]["AP"] == 0.5
 
@@ -453,3 +479,40 @@ def test_train_from_coco_files_with_the_real_loader_resumes_exactly(tmp_path, mo
     train(config, *files, tmp_path / "split", resume=True, progress=False)
     assert_same_state(load_checkpoint(tmp_path / "split" / "checkpoints" / "last.pt")["model"],
                       load_checkpoint(tmp_path / "full" / "checkpoints" / "last.pt")["model"])
+
+
+def test_resume_refuses_a_schedule_that_changes_the_learning_rates_done(toy_data, tmp_path):
+    run_training(tiny_config("train.max_iter=4", "train.warmup_iters=2"), tmp_path, toy_data)  # cosine decay
+    with pytest.raises(ConfigError) as info:
+        run_training(tiny_config("train.max_iter=6", "train.warmup_iters=2"), tmp_path, toy_data, resume=True)
+    message = str(info.value)
+    assert "train.max_iter 4 -> 6" in message and "--set train.max_iter=4" in message
+    assert "iteration 1 would change" in message  # the first whose learning rate differs (cosine)
+    assert load_checkpoint(tmp_path / "checkpoints" / "last.pt")["iteration"] == 4  # nothing trained
+
+
+def test_resume_accepts_a_longer_step_schedule_that_keeps_the_learning_rates_done(toy_data, tmp_path):
+    step = ("train.schedule=step", "train.steps=[3]", "train.warmup_iters=2")
+    run_training(tiny_config("train.max_iter=4", *step), tmp_path, toy_data)
+    summary = run_training(tiny_config("train.max_iter=6", *step), tmp_path, toy_data, resume=True)
+    assert summary["status"] == "finished" and summary["iteration"] == 6
+    lrs = {r["iteration"]: r["lr"] for r in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines())}
+    assert lrs[6] == pytest.approx(0.01 * 0.1)  # after the step, as before the resume
+
+
+def test_training_says_once_at_the_start_that_tensorboard_is_missing(toy_data, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as when tensorboard is not installed
+    run_training(tiny_config("train.max_iter=2"), tmp_path, toy_data)
+    lines = (tmp_path / "log.txt").read_text().splitlines()
+    said = [i for i, line in enumerate(lines) if "TensorBoard" in line]
+    assert len(said) == 1 and "pip install tensorboard" in lines[said[0]] and "metrics.jsonl" in lines[said[0]]
+    assert said[0] < next(i for i, line in enumerate(lines) if "training " in line)  # before the first iteration
+
+
+def test_the_train_log_gives_ap_as_the_fractions_of_metrics_json(toy_data, tmp_path):
+    val = ToyDataset(tmp_path / "val", num_images=2, first_seed=50)
+    run_training(tiny_config("train.max_iter=1"), tmp_path / "run", toy_data, val_dataset=val)
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    line = next(x for x in (tmp_path / "run" / "log.txt").read_text().splitlines() if "segm AP" in x)
+    expected = f"bbox AP {metrics['bbox']['AP']:.3f} segm AP {metrics['segm']['AP']:.3f}"
+    assert line.endswith(expected), line

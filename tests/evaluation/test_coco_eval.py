@@ -260,9 +260,9 @@ def test_per_category_ap_and_tables() -> None:
         assert m["per_category"] == pytest.approx({"cat": 1.0, "dog": 0.3})
         assert m["AP"] == pytest.approx(0.65)
     table = format_per_category_table(metrics)
-    assert "| cat | 100.0 | 100.0 |" in table and "| dog | 30.0 | 30.0 |" in table
+    assert "| cat | 1.000 | 1.000 |" in table and "| dog | 0.300 | 0.300 |" in table  # fractions, as metrics.json
     summary = format_metrics_table(metrics)
-    assert "| bbox | 65.0 | 100.0 | 50.0 | 65.0 | - | - |" in summary
+    assert "| bbox | 0.650 | 1.000 | 0.500 | 0.650 | - | - |" in summary
     assert summary.count("\n") == 3  # header, rule, bbox, segm
 
 

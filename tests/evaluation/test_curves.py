@@ -89,6 +89,6 @@ def test_per_class_rows_table_sorting_and_csv(evaluated, tmp_path):
         sort_rows(rows, "size")
     table = format_per_class_table(by_ap, total).splitlines()
     assert table[0].split()[:3] == ["class", "images", "instances"] and table[1].startswith("all")
-    assert f"{100 * total.mask_ap:.1f}" in table[1]
+    assert f"{total.mask_ap:.3f}" in table[1]  # fractions, as metrics.json and every other table
     back = read_per_class_csv(write_per_class_csv(by_ap, tmp_path / "per_class.csv", total=total))
     assert back == [total, *by_ap]

@@ -160,3 +160,69 @@ def test_a_dead_worker_is_named_and_does_not_hang():
     message = str(info.value)
     assert "worker process died" in message and "dataset item 1 (image id 101, img/1.png)" in message
     assert "train.num_workers=0" in message
+
+
+# ------------------------------------------------------------------ a signal to the whole process group
+_GROUP_TRAIN = [
+    "--set", "input.min_size_train=[32]", "--set", "input.max_size_train=32", "--set", "train.ims_per_batch=1",
+    "--set", "train.max_iter=100000", "--set", "train.checkpoint_period=0", "--set", "train.num_workers=1",
+    "--set", "train.schedule=step", "--set", "train.steps=[]",  # a shorter max_iter keeps the LRs: resumable
+    "--set", "model.backbone.freeze_at=5", "--set", "model.fpn.out_channels=16",
+    "--set", "model.box_head.fc_dim=32", "--set", "model.mask_head.conv_dim=16",
+]
+
+
+def _children(pid: int) -> list[int]:
+    """Process ids whose parent is ``pid`` (Linux /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _train_then_signal_group(args: list[str], cwd: Path) -> tuple[int, str]:
+    """Start ``instaseg train`` in a new session; once its data loader worker runs and a few
+    iterations are done, SIGTERM the whole process group (as ``timeout`` and SLURM do)."""
+    import signal
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]), OMP_NUM_THREADS="1")
+    child = subprocess.Popen([sys.executable, "-m", "instaseg", "train", *args], cwd=cwd, env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 20
+        while not _children(child.pid) and time.monotonic() < deadline and child.poll() is None:
+            time.sleep(0.05)
+        assert _children(child.pid), "the data loader worker never started"
+        time.sleep(0.5)  # some iterations, the worker busy loading
+        os.killpg(child.pid, signal.SIGTERM)
+        output, _ = child.communicate(timeout=30)
+    finally:
+        if child.poll() is None:
+            os.killpg(child.pid, signal.SIGKILL)
+            child.wait()
+    return child.returncode, output
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="needs Linux /proc to see the worker start")
+def test_sigterm_to_the_process_group_checkpoints_and_resumes(tmp_path):
+    from instaseg.cli.main import main
+    from instaseg.data.synthetic import generate_synthetic_dataset
+
+    data = generate_synthetic_dataset(tmp_path / "data", num_images=3, image_size=32, val_fraction=0.34)
+    run = tmp_path / "run"
+    args = ["--preset", "mask_rcnn_r18_fpn_tiny", "--train-json", str(data.train_annotations),
+            "--train-images", str(data.train_images), "--out", str(run), "--no-progress", *_GROUP_TRAIN]
+    code, output = _train_then_signal_group(args, tmp_path)
+    assert "is killed by signal" not in output, output
+    assert code == 130, output  # interrupted, cleanly
+    first = load_checkpoint(run / "checkpoints" / "last.pt")["iteration"]
+    more = [a if not a.startswith("train.max_iter=") else f"train.max_iter={first + 2}" for a in args]
+    assert main(["train", *more, "--resume"]) == 0  # continues from the checkpoint to the end
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["iteration"] == first + 2
