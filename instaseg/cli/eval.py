@@ -19,8 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--checkpoint", help="instaseg checkpoint to run on the dataset")
     source.add_argument("--results", help="a COCO results json made by anything, to score as is")
     parser.add_argument("--images", help="image folder (needed with --checkpoint)")
-    parser.add_argument("--out", help="folder for metrics.json, per_class.csv, the PR / F1 curves, the confusion matrix "
-                                      "(and results.json and val_predictions/ with --checkpoint)")
+    parser.add_argument("--out", help="folder for metrics.json, per_class.csv, the PR / F1 curves, the confusion "
+                                      "matrix (and results.json and val_predictions/ with --checkpoint)")
     parser.add_argument("--max-dets", type=int, nargs=3, metavar=("D1", "D2", "D3"),
                         help="COCO maxDets (default 1 10 100, the last raised to the most instances one image "
                              "of --json has, so that a crowded dataset is not clipped)")

@@ -44,7 +44,8 @@ def label_stats_from_coco(json_path: str | Path) -> LabelStats:
         class_names=tuple(str(c.get("name", c["id"])) for c in categories),
         labels=np.array([label_of[a["category_id"]] for a in anns], dtype=np.int64),
         box_sizes=np.array([a["bbox"][2:4] for a in anns], dtype=np.float64).reshape(-1, 2),
-        image_sizes=np.array([[im.get("height", 0), im.get("width", 0)] for im in images], dtype=np.int64).reshape(-1, 2),
+        image_sizes=np.array([[im.get("height", 0), im.get("width", 0)] for im in images],
+                             dtype=np.int64).reshape(-1, 2),
         instances_per_image=np.array([per_image.get(im["id"], 0) for im in images], dtype=np.int64),
     )
 

@@ -100,7 +100,8 @@ def evaluate_model(
         if plots_dir is not None and main:  # the first few images that hold objects
             for i in keep:
                 image_id = int(batch.image_ids[i])
-                if len(sample_images) < NUM_VAL_SAMPLES and evaluator.coco_gt.getAnnIds(imgIds=[image_id], iscrowd=False):
+                holds_objects = evaluator.coco_gt.getAnnIds(imgIds=[image_id], iscrowd=False)
+                if len(sample_images) < NUM_VAL_SAMPLES and holds_objects:
                     sample_images[image_id] = _as_uint8_image(batch.images[i])
     if distributed:
         shards = all_gather_objects((evaluator.results, evaluator.image_ids))
@@ -109,7 +110,8 @@ def evaluate_model(
                 evaluator.merge(results, image_ids)
     metrics = None
     if main or not distributed:
-        metrics = evaluator.evaluate(verbose=verbose, per_category=per_category, curves=curves or plots_dir is not None)
+        metrics = evaluator.evaluate(verbose=verbose, per_category=per_category,
+                                     curves=curves or plots_dir is not None)
         if results_path is not None:
             Path(results_path).parent.mkdir(parents=True, exist_ok=True)
             evaluator.save_results(results_path)

@@ -143,7 +143,8 @@ def val_samples(images: dict[int, np.ndarray], coco_gt: Any, results: Sequence[d
             wanted[int(r["image_id"])].append(r)
     samples = []
     for image_id, image in images.items():
-        gt = [{"label": label_of[a["category_id"]], "bbox": _xyxy(a["bbox"]), "segmentation": _rle_str(coco_gt.annToRLE(a))}
+        gt = [{"label": label_of[a["category_id"]], "bbox": _xyxy(a["bbox"]),
+               "segmentation": _rle_str(coco_gt.annToRLE(a))}
               for a in coco_gt.imgToAnns.get(image_id, []) if not a.get("iscrowd", 0) and a["category_id"] in label_of]
         predictions = [{"label": label_of[int(r["category_id"])], "bbox": _xyxy(r["bbox"]), "score": float(r["score"]),
                         "segmentation": _rle_str(r["segmentation"])}
@@ -210,7 +211,8 @@ def train_pictures(batch: Any, max_side: int = 512) -> list[TrainPicture]:
             masks = torch.nn.functional.interpolate(masks[None].float(), size=size, mode="nearest")[0] > 0.5
         pictures.append(TrainPicture(
             int(image_id), image.clamp(0, 255).round().to(torch.uint8).permute(1, 2, 0).numpy(),
-            (target.boxes.detach().cpu().float() * scale).numpy(), target.labels.detach().cpu().numpy().astype(np.int64),
+            (target.boxes.detach().cpu().float() * scale).numpy(),
+            target.labels.detach().cpu().numpy().astype(np.int64),
             masks.bool().numpy()))
     return pictures
 

@@ -62,7 +62,8 @@ def test_results_csv_equals_metrics_jsonl(run):
     assert sorted(rows) == sorted({r["iteration"] for r in records}) == [2, 4]
     for record in records:
         row = rows[record["iteration"]]
-        for key, value in {**record.get("losses", {}), **{k: record[k] for k in ("lr", "total_loss") if k in record}}.items():
+        logged = {**record.get("losses", {}), **{k: record[k] for k in ("lr", "total_loss") if k in record}}
+        for key, value in logged.items():
             assert float(row[key]) == value
         for iou_type, values in record.get("eval", {}).items():
             for key, value in values.items():
@@ -87,7 +88,8 @@ def test_report_redraws_every_picture_from_the_files(run, tmp_path, capsys):
     assert main(["report", str(run), "--out", str(tmp_path / "again")]) == 0
     for name in PICTURES + ["results.csv", "per_class.csv"]:
         assert (tmp_path / "again" / name).is_file(), name
-    assert len(list((tmp_path / "again" / "val_predictions").glob("*.png"))) == len(list((run / "val_predictions").glob("*.png")))
+    redrawn = list((tmp_path / "again" / "val_predictions").glob("*.png"))
+    assert len(redrawn) == len(list((run / "val_predictions").glob("*.png")))
     assert (tmp_path / "again" / "results.csv").read_text() == (run / "results.csv").read_text()
     assert "files in" in capsys.readouterr().out
     (tmp_path / "empty").mkdir()

@@ -76,7 +76,8 @@ def test_label_stats_and_an_empty_dataset(tmp_path):
     stats = LabelStats(("nucleus", "cell"), rng.integers(0, 2, 500), rng.uniform(3, 90, size=(500, 2)),
                        np.full((20, 2), 256), rng.integers(0, 50, 20))
     assert_png(plot_label_stats(stats, tmp_path / "labels.png"), 800, 600)
-    empty = LabelStats(("a",), np.zeros(0, np.int64), np.zeros((0, 2)), np.zeros((0, 2), np.int64), np.zeros(0, np.int64))
+    empty = LabelStats(("a",), np.zeros(0, np.int64), np.zeros((0, 2)), np.zeros((0, 2), np.int64),
+                       np.zeros(0, np.int64))
     assert_png(plot_label_stats(empty, tmp_path / "empty.png"))
 
 
