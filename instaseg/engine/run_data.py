@@ -8,7 +8,7 @@ A run folder (``instaseg train --out``, ``instaseg eval --out``) holds, besides 
     plot_data/pr_mask.npz
     plot_data/confusion.json       confusion counts (instaseg.evaluation.confusion)
     plot_data/labels.npz           the training labels' statistics (instaseg.data.label_stats)
-    plot_data/train_batches.npz    the first training batches after augmentation, with their targets
+    plot_data/train_batch_<k>.npz  training batch k (k < 3) after augmentation, with its targets
     plot_data/val_samples.json     a few validation images' ground truth and predictions (RLE masks)
     plot_data/val_samples/*.png    those images
 
@@ -36,8 +36,8 @@ import torch
 from PIL import Image
 
 __all__ = ["PLOT_DATA", "results_table", "write_results_csv", "read_results_csv", "ValSample", "val_samples",
-           "save_val_samples", "load_val_samples", "TrainPicture", "train_pictures", "save_train_batches",
-           "load_train_batches"]
+           "save_val_samples", "load_val_samples", "decode_masks", "TrainPicture", "train_pictures",
+           "save_train_batch", "load_train_batch"]
 
 PLOT_DATA = "plot_data"
 _TRAIN_FIELDS = ("lr", "total_loss")
@@ -217,34 +217,30 @@ def train_pictures(batch: Any, max_side: int = 512) -> list[TrainPicture]:
     return pictures
 
 
-def save_train_batches(batches: Sequence[Sequence[TrainPicture]], class_names: Sequence[str], path: str | Path) -> Path:
-    """One compressed ``.npz``: batch ``b`` image ``i`` as ``b{b}_{i}_{image,boxes,labels,masks,id}``
-    (masks bit-packed)."""
+def save_train_batch(pictures: Sequence[TrainPicture], class_names: Sequence[str], path: str | Path) -> Path:
+    """One batch as a compressed ``.npz``: image ``i`` as ``{i}_image``, ``{i}_boxes``, ``{i}_labels``,
+    ``{i}_masks`` (bit-packed) and ``{i}_id``, with the class names."""
     arrays: dict[str, np.ndarray] = {"class_names": np.array(list(class_names), dtype=str),
-                                     "batch_sizes": np.array([len(b) for b in batches], dtype=np.int64)}
-    for b, batch in enumerate(batches):
-        for i, p in enumerate(batch):
-            key = f"b{b}_{i}_"
-            arrays.update({key + "image": p.image, key + "boxes": p.boxes, key + "labels": p.labels,
-                           key + "masks": np.packbits(p.masks.reshape(-1)), key + "id": np.array(p.image_id)})
+                                     "size": np.array(len(pictures))}
+    for i, p in enumerate(pictures):
+        arrays.update({f"{i}_image": p.image, f"{i}_boxes": p.boxes, f"{i}_labels": p.labels,
+                       f"{i}_masks": np.packbits(p.masks.reshape(-1)), f"{i}_id": np.array(p.image_id)})
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as handle:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as handle:
         np.savez_compressed(handle, **arrays)
+    os.replace(tmp, path)
     return path
 
 
-def load_train_batches(path: str | Path) -> tuple[list[list[TrainPicture]], list[str]]:
-    """The batches and class names :func:`save_train_batches` wrote."""
+def load_train_batch(path: str | Path) -> tuple[list[TrainPicture], list[str]]:
+    """The pictures and class names :func:`save_train_batch` wrote."""
     with np.load(path, allow_pickle=False) as data:
-        batches = []
-        for b, size in enumerate(data["batch_sizes"].tolist()):
-            batch = []
-            for i in range(size):
-                key = f"b{b}_{i}_"
-                image, labels = data[key + "image"], data[key + "labels"]
-                shape = (len(labels), *image.shape[:2])
-                masks = np.unpackbits(data[key + "masks"], count=int(np.prod(shape))).reshape(shape).astype(bool)
-                batch.append(TrainPicture(int(data[key + "id"]), image, data[key + "boxes"], labels, masks))
-            batches.append(batch)
-        return batches, [str(n) for n in data["class_names"]]
+        pictures = []
+        for i in range(int(data["size"])):
+            image, labels = data[f"{i}_image"], data[f"{i}_labels"]
+            shape = (len(labels), *image.shape[:2])
+            masks = np.unpackbits(data[f"{i}_masks"], count=int(np.prod(shape))).reshape(shape).astype(bool)
+            pictures.append(TrainPicture(int(data[f"{i}_id"]), image, data[f"{i}_boxes"], labels, masks))
+        return pictures, [str(n) for n in data["class_names"]]

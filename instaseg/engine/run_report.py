@@ -11,7 +11,8 @@ What each picture shows (README, "What a run folder holds")::
     train_batch_<k>.png            the first training batches after augmentation, with targets
     val_predictions/<id>.png       the first validation images holding objects: ground truth | prediction
 
-Training calls :func:`record_training_data` once (labels and first batches) and
+Training calls :func:`record_label_stats` once, :func:`record_train_batch` for its first
+``NUM_TRAIN_BATCHES`` iterations (the first micro-batch of each, as the loop received it) and
 :func:`refresh_run_folder` after each evaluation and at the end; evaluation stores its part with
 :func:`save_evaluation_data`; ``instaseg report`` calls :func:`render_run_folder`. A picture that
 cannot be drawn (matplotlib missing, a broken file) is skipped with a warning: pictures never stop
@@ -21,8 +22,7 @@ a training run.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import replace
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,16 +31,15 @@ import torch
 
 from instaseg.data.label_stats import label_stats_from_coco, load_label_stats, save_label_stats
 from instaseg.engine.logging import get_logger
-from instaseg.engine.rng import capture_rng_state, restore_rng_state
-from instaseg.engine.run_data import (PLOT_DATA, ValSample, decode_masks, load_train_batches, load_val_samples,
-                                      save_train_batches, save_val_samples, train_pictures, write_results_csv,
-                                      read_results_csv)
+from instaseg.engine.run_data import (PLOT_DATA, ValSample, decode_masks, load_train_batch, load_val_samples,
+                                      read_results_csv, save_train_batch, save_val_samples, train_pictures,
+                                      write_results_csv)
 from instaseg.evaluation.confusion import ConfusionMatrix, load_confusion, save_confusion
 from instaseg.evaluation.curves import PRCurves, load_curves, save_curves
 from instaseg.evaluation.per_class import per_class_rows, sort_rows, summary_row, write_per_class_csv
 
-__all__ = ["SCORE_THRESH", "NUM_VAL_SAMPLES", "NUM_TRAIN_BATCHES", "save_evaluation_data", "record_training_data",
-           "refresh_run_folder", "render_run_folder", "PARTS"]
+__all__ = ["SCORE_THRESH", "NUM_VAL_SAMPLES", "NUM_TRAIN_BATCHES", "save_evaluation_data", "record_label_stats",
+           "record_train_batch", "refresh_run_folder", "render_run_folder", "PARTS"]
 
 SCORE_THRESH = 0.5  # the operating point of the confusion matrix and the prediction pictures (predict's default)
 NUM_VAL_SAMPLES = 4
@@ -64,35 +63,36 @@ def save_evaluation_data(folder: str | Path, curves: dict[str, PRCurves], confus
         save_val_samples(samples, class_names, data)
 
 
-def record_training_data(out_dir: str | Path, dataset: Any, config: Any,
-                         loader_fn: Callable[[Any, Any, int, int, bool], Iterable[Any]], micro_batch: int,
-                         distributed: bool) -> None:
-    """Store (once per run folder) the training labels' statistics and the first
-    ``NUM_TRAIN_BATCHES`` micro-batches this process trains on, then draw them.
-
-    The batches are read from a second stream of ``loader_fn`` (the training stream is a pure
-    function of seed and position, so they are the very batches the loop will get), with the
-    global RNGs set aside and no worker processes.
-    """
-    out_dir, data = Path(out_dir), Path(out_dir) / PLOT_DATA
-    names = list(getattr(dataset, "category_names", None) or [str(k) for k in range(config.model.num_classes)])
-    try:
-        json_path = getattr(dataset, "json_path", None)
-        if json_path is not None and not (data / "labels.npz").is_file():
-            save_label_stats(label_stats_from_coco(json_path), data / "labels.npz")
-        if not (data / "train_batches.npz").is_file():
-            state = capture_rng_state()
-            try:
-                quiet = replace(config, train=replace(config.train, num_workers=0))
-                stream = iter(loader_fn(dataset, quiet, micro_batch, 0, distributed))
-                batches = [train_pictures(next(stream)) for _ in range(NUM_TRAIN_BATCHES)]
-            finally:
-                restore_rng_state(state)
-            save_train_batches(batches, names, data / "train_batches.npz")
-    except Exception as error:  # noqa: BLE001 - pictures never stop a training run
-        get_logger().warning(f"run folder pictures: could not record the training data ({error})")
+def record_label_stats(out_dir: str | Path, dataset: Any) -> None:
+    """Store (once per run folder) the statistics of the training labels and draw ``labels.png``;
+    nothing for a dataset without a COCO ``json_path``."""
+    path = Path(out_dir) / PLOT_DATA / "labels.npz"
+    json_path = getattr(dataset, "json_path", None)
+    if json_path is None or path.is_file():
         return
-    render_run_folder(out_dir, parts=("data",))
+    try:
+        save_label_stats(label_stats_from_coco(json_path), path)
+    except Exception as error:  # noqa: BLE001 - pictures never stop a training run
+        get_logger().warning(f"run folder pictures: could not read the label statistics of {json_path} ({error})")
+        return
+    written: list[Path] = []
+    _attempt(written, "labels.png", lambda: _labels(Path(out_dir), Path(out_dir)))
+
+
+def record_train_batch(out_dir: str | Path, index: int, batch: Any, class_names: Sequence[str] | None) -> None:
+    """Store training batch ``index`` as the loop received it (after augmentation; ``images``
+    (3, H, W) float, ``targets``, ``image_ids``) and draw ``train_batch_<index>.png``. Without
+    ``class_names`` the pictures show label numbers."""
+    out_dir = Path(out_dir)
+    try:
+        pictures = train_pictures(batch)
+        save_train_batch(pictures, list(class_names or []), out_dir / PLOT_DATA / f"train_batch_{index}.npz")
+    except Exception as error:  # noqa: BLE001 - pictures never stop a training run
+        get_logger().warning(f"run folder pictures: could not store training batch {index} ({error})")
+        return
+    written: list[Path] = []
+    path = out_dir / PLOT_DATA / f"train_batch_{index}.npz"
+    _attempt(written, f"train_batch_{index}.png", lambda: _train_batch(path, out_dir))
 
 
 def refresh_run_folder(out_dir: str | Path) -> list[Path]:
@@ -191,25 +191,26 @@ def _val_predictions(run_dir: Path, out: Path) -> list[Path] | None:
     return written
 
 
-def _train_batches(run_dir: Path, out: Path) -> list[Path] | None:
+def _train_batch(path: Path, out: Path) -> Path:
+    """``train_batch_<k>.png`` from ``plot_data/train_batch_<k>.npz``: the batch's images as a grid."""
     from instaseg.viz.overlay import add_title, draw_instances, tile_pictures
 
-    path = run_dir / PLOT_DATA / "train_batches.npz"
-    if not path.is_file():
-        return None
-    batches, names = load_train_batches(path)
-    written = []
-    for b, batch in enumerate(batches):
-        tiles = []
-        for p in batch:
-            image, masks, boxes = _enlarge(p.image, p.masks, p.boxes)
-            picture = draw_instances(image, torch.from_numpy(boxes), torch.from_numpy(p.labels),
-                                     torch.from_numpy(masks), class_names=names)
-            tiles.append(add_title(picture, f"image {p.image_id}: {_count(len(p.labels), 'object')}", size=12))
-        mosaic = tile_pictures(tiles, columns=math.ceil(math.sqrt(len(tiles))), gap=6)
-        written.append(out / f"train_batch_{b}.png")
-        add_title(mosaic, f"training batch {b} after augmentation, with its targets").save(written[-1])
-    return written
+    pictures, names = load_train_batch(path)
+    tiles = []
+    for p in pictures:
+        image, masks, boxes = _enlarge(p.image, p.masks, p.boxes)
+        picture = draw_instances(image, torch.from_numpy(boxes), torch.from_numpy(p.labels), torch.from_numpy(masks),
+                                 class_names=names)
+        tiles.append(add_title(picture, f"image {p.image_id}: {_count(len(p.labels), 'object')}", size=12))
+    index = path.stem.rsplit("_", 1)[-1]
+    mosaic = tile_pictures(tiles, columns=math.ceil(math.sqrt(len(tiles))), gap=6)
+    target = out / f"train_batch_{index}.png"
+    add_title(mosaic, f"training batch {index} after augmentation, with its targets").save(target)
+    return target
+
+
+def _train_batches(run_dir: Path, out: Path) -> list[Path]:
+    return [_train_batch(path, out) for path in sorted((run_dir / PLOT_DATA).glob("train_batch_*.npz"))]
 
 
 def _labels(run_dir: Path, out: Path) -> Path | None:

@@ -56,7 +56,7 @@ from instaseg.engine.logging import (LossMeter, MetricsWriter, format_losses, ge
                                      setup_logger, teardown_logger)
 from instaseg.engine.optim import LRSchedule, build_optimizer, check_resumed_schedule, resolve_schedule
 from instaseg.engine.rng import capture_rng_state, restore_rng_state, seed_everything
-from instaseg.engine.run_report import record_training_data, refresh_run_folder
+from instaseg.engine.run_report import NUM_TRAIN_BATCHES, record_label_stats, record_train_batch, refresh_run_folder
 from instaseg.errors import ConfigError, InstasegError
 from instaseg.evaluation.coco_eval import format_ap, summary_keys
 
@@ -264,8 +264,8 @@ def _setup(config: Config, dataset: Any, out_dir: Path, val_dataset: Any, resume
         seed_everything(cfg.seed + get_rank() + 7919 * run.iteration)
     if main:
         _write_config(config, out_dir / "config.yaml", note)
-    if main and cfg.plots:  # the labels and first batches, drawn once: run_report
-        record_training_data(out_dir, dataset, config, loader_fn, run.micro_batch, distributed)
+    if main and cfg.plots:  # labels.png, once per run folder: run_report
+        record_label_stats(out_dir, dataset)
     run.writer = MetricsWriter(out_dir / "metrics.jsonl", enabled=main, tensorboard_dir=out_dir / "tensorboard")
     run.writer.truncate_after(run.iteration)
     logger.info(f"training {config.name}: {max_iter} iterations of {cfg.ims_per_batch} images "
@@ -412,6 +412,8 @@ def _compute_gradients(run: _Run) -> tuple[dict[str, float] | None, float]:
         started = time.perf_counter()
         batch = _next_batch(run)
         data_time += time.perf_counter() - started
+        if micro == 0 and run.main and run.config.train.plots and run.iteration < NUM_TRAIN_BATCHES:
+            record_train_batch(run.out_dir, run.iteration, batch, (run.categories or {}).get("names"))
         if not finite:
             continue
         targets = [t.to(run.device) for t in batch.targets]

@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from instaseg.engine.run_data import (ValSample, load_train_batches, load_val_samples, read_results_csv,
-                                      results_table, save_train_batches, save_val_samples, train_pictures,
-                                      write_results_csv)
+from instaseg.engine.run_data import (ValSample, load_train_batch, load_val_samples, read_results_csv, results_table,
+                                      save_train_batch, save_val_samples, train_pictures, write_results_csv)
 from instaseg.engine.run_report import render_run_folder
 from instaseg.structures.masks import bitmap_to_rle
 from instaseg.structures.instances import Targets
@@ -60,11 +59,11 @@ def test_train_batches_round_trip_and_shrink(tmp_path):
     pictures = train_pictures(batch, max_side=30)  # shrunk by 2
     assert pictures[0].image.shape == (20, 30, 3) and pictures[0].masks.shape == (2, 20, 30)
     np.testing.assert_allclose(pictures[0].boxes[0], [2.5, 2.5, 15, 10])
-    loaded, names = load_train_batches(save_train_batches([pictures, pictures], ["a", "b"], tmp_path / "b.npz"))
+    loaded, names = load_train_batch(save_train_batch(pictures * 2, ["a", "b"], tmp_path / "b.npz"))
     assert names == ["a", "b"] and len(loaded) == 2
     for name in ("image", "boxes", "labels", "masks"):
-        np.testing.assert_array_equal(getattr(loaded[1][0], name), getattr(pictures[0], name))
-    assert loaded[0][0].image_id == 7
+        np.testing.assert_array_equal(getattr(loaded[1], name), getattr(pictures[0], name))
+    assert loaded[0].image_id == 7
 
 
 def test_val_samples_round_trip(tmp_path):
@@ -93,10 +92,11 @@ def test_training_fills_the_run_folder_with_the_batches_it_trained_on(toy_run):
                  "confusion_matrix.png", "per_class.csv", "labels.png", "train_batch_0.png", "train_batch_2.png"):
         assert (toy_run / name).is_file(), name
     assert len(list((toy_run / "val_predictions").glob("*.png"))) == 2
-    batches, names = load_train_batches(toy_run / "plot_data" / "train_batches.npz")
+    batches = [load_train_batch(toy_run / "plot_data" / f"train_batch_{k}.npz") for k in range(3)]
     # the toy stream's micro-batch k (1 image) is sample k: images 100, 101, 102
-    assert [[p.image_id for p in batch] for batch in batches] == [[100], [101], [102]]
-    assert names == ["0", "1", "2"]  # the toy dataset has no category names
+    assert [[p.image_id for p in pictures] for pictures, _ in batches] == [[100], [101], [102]]
+    assert not (toy_run / "plot_data" / "train_batch_3.npz").exists()
+    assert batches[0][1] == []  # the toy dataset has no category names: the pictures show label numbers
 
 
 def test_plots_false_draws_nothing(tmp_path):
