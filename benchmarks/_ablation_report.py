@@ -27,13 +27,24 @@ def collect(results: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str], dict[
     return out
 
 
+# Metrics kept as they are (milliseconds, a correlation), read from the run's "default" evaluation
+# where the row's own evaluation lacks them (the MaskIoU correlation is measured once per model).
+_PLAIN_METRICS = ("ms_per_image", "suppress_ms_per_image", "maskiou_pearson")
+
+
 def _values(runs: RunMetrics, row: Row, metric: str, iou_type: str = "segm") -> dict[int, float]:
-    """Per-seed values in percent (AP keys) or milliseconds (time keys); missing ones left out."""
+    """Per-seed values in percent (AP keys), milliseconds (time keys) or as measured (Pearson r);
+    missing ones left out."""
     out = {}
+    plain = metric in _PLAIN_METRICS
+    defaults = runs.get((row.training, "default"), {})
     for seed, metrics in runs.get((row.training, row.evaluation), {}).items():
-        value = metrics.get(metric) if metric.endswith("per_image") else metrics.get(iou_type, {}).get(metric)
+        if plain:
+            value = metrics.get(metric, defaults.get(seed, {}).get(metric) if metric == "maskiou_pearson" else None)
+        else:
+            value = metrics.get(iou_type, {}).get(metric)
         if value is not None and math.isfinite(float(value)):
-            out[seed] = float(value) if metric.endswith("per_image") else 100.0 * float(value)
+            out[seed] = float(value) if plain else 100.0 * float(value)
     return out
 
 
@@ -101,6 +112,8 @@ def render_table(table: Table, runs: RunMetrics) -> str:
               "Δ AP ours (± spread)", "Δ AP paper", "Δ AP75 ours / paper", "direction"]
     if table.timed:
         header += ["ms/img", "NMS ms/img", "paper ms/img"]
+    if table.maskiou:
+        header += ["MaskIoU Pearson r"]
     lines = []
     for row in table.rows:
         cells = [row.label, _summary(runs, row, "AP", with_n=True), _summary(runs, row, "AP50"),
@@ -118,6 +131,8 @@ def render_table(table: Table, runs: RunMetrics) -> str:
         if table.timed:
             cells += [_summary(runs, row, "ms_per_image"), _summary(runs, row, "suppress_ms_per_image", digits=2),
                       "-" if row.paper_ms is None else f"{row.paper_ms:.1f}"]
+        if table.maskiou:
+            cells += [_summary(runs, row, "maskiou_pearson", digits=2)]
         lines.append(cells)
     return f"### {table.title}\n\n{table.note}\n\n{markdown_table(header, lines)}\n"
 
@@ -151,7 +166,7 @@ def summary_json(tables: Sequence[Table], runs: RunMetrics) -> list[dict[str, An
         for row in table.rows:
             item: dict[str, Any] = {"label": row.label, "training": row.training, "evaluation": row.evaluation,
                                     "paper": list(row.paper), "paper_delta": row.paper_delta}
-            for metric in ("AP", "AP50", "AP75", "ms_per_image", "suppress_ms_per_image"):
+            for metric in ("AP", "AP50", "AP75", *_PLAIN_METRICS):
                 s: Summary = summarize(list(_values(runs, row, metric).values()))
                 item[metric] = {"mean": _none(s.mean), "std": _none(s.std), "n": s.n}
             if row.versus is not None:

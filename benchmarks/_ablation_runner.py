@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from _ablation_specs import Evaluation, Family, Training
+from ms_rcnn import mask_iou_pairs, pearson
 
 from instaseg.config.io import apply_overrides
 from instaseg.config.presets import get_preset
@@ -44,7 +45,7 @@ class Schedule:
     progress: bool = False
 
     def iterations_for(self, training: Training, family: Family) -> int:
-        return self.iterations or family.iterations_for(training.model)
+        return self.iterations or training.iterations or family.iterations_for(training.model)
 
 
 def run_name(training: Training, iterations: int, seed: int) -> str:
@@ -174,6 +175,8 @@ def run_training(training: Training, family: Family, seed: int, schedule: Schedu
     model, _ = load_model(summary["last_checkpoint"])
     model.to(device).eval()
     evaluations = {ev.name: evaluate_variant(model, config, val_set, ev, device) for ev in training.evaluations}
+    if getattr(model, "maskiou_head", None) is not None:  # how well the MaskIoU head predicts the mask IoU
+        evaluations["default"]["maskiou_pearson"] = _finite(pearson(*mask_iou_pairs(model, val_set, device)))
     result = {"training": training.name, "seed": seed, "preset": config.name, "model": training.model,
               "overrides": list(family.settings.get(training.model, ())) + list(training.overrides)
               + list(schedule.overrides),

@@ -1,14 +1,16 @@
 """The papers' ablation tables, reproduced in miniature (issue #9).
 
-    python benchmarks/ablations.py [--blocks maskrcnn,msrcnn,yolact] [--seeds 3] [--iterations N]
+    python benchmarks/ablations.py [--blocks maskrcnn,msrcnn,msrcnn_demo,yolact] [--seeds 3] [--iterations N]
         [--images N] [--variant standard|hard] [--models tiny|r50]
         [--train-json J --train-images D --val-json J --val-images D] [--device cpu|cuda]
-        [--set KEY=VALUE ...] [--out FILE] [--work DIR] [--dry-run]
+        [--set KEY=VALUE ...] [--out FILE] [--work DIR] [--retrain TRAININGS] [--dry-run]
 
 Trains small presets on the built-in synthetic dataset (or on a COCO-format dataset given by
 path) with one fixed schedule per run and several seeds, and writes markdown tables in the layout
 of the papers' tables (Mask R-CNN Table 2(b)-(e), MS R-CNN vs Mask R-CNN and Soft-NMS, YOLACT
-Table 2(a)-(b), YOLACT++ re-scoring and DCN), our mean ± std beside the paper's figures, to
+Table 2(a)-(b), YOLACT++ re-scoring and DCN; block ``msrcnn_demo``: MS R-CNN vs Mask R-CNN
+and the MaskIoU head's correlation with the true mask IoU on the demo's recipe, 1600 iterations on
+600 images), our mean ± std beside the paper's figures, to
 ``--out`` (default ``benchmarks/results/ablations.md``) and prints them; every run's metrics go
 to the same name with ``.json``.
 
@@ -20,6 +22,8 @@ MaskIoU / re-scoring head), which are evaluated on the trained weights, never re
 Resumable: each (training, seed) writes ``<work>/<training>-s<seed>/result.json`` when done and is
 skipped after that; an interrupted training resumes from its last checkpoint. Run the same
 command again to continue. Checkpoints are deleted once a run is evaluated (``--keep-checkpoints``).
+``--retrain NAMES`` trains those trainings (e.g. after a fix) and takes every other run from the
+JSON beside ``--out``, so that only their rows change.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ import torch  # noqa: E402
 
 from _ablation_report import collect, render_directions, render_table, summary_json  # noqa: E402
 from _ablation_runner import Schedule, read_result, run_name, run_training  # noqa: E402
-from _ablation_specs import BLOCKS, FAMILIES, Family, Table, Training, tables, trainings_for  # noqa: E402
+from _ablation_specs import BLOCKS, FAMILIES, Family, Table, Training, tables, trainings, trainings_for  # noqa: E402
 
 # Seconds per training iteration (4 images) of the tiny presets on a quiet 2-core CPU, for the
 # estimate printed at the start (Mask R-CNN: the demo's measured 0.3-0.4 s; others scaled by
@@ -76,14 +80,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", default=str(HERE / "results" / "ablations.md"), help="markdown table file")
     parser.add_argument("--work", default="runs/ablations", help="folder for datasets and runs")
     parser.add_argument("--keep-checkpoints", action="store_true")
+    parser.add_argument("--retrain", default="", metavar="TRAININGS",
+                        help="comma-separated trainings to train again (e.g. mrcnn_softmax after a fix): every other "
+                             "run is taken from the JSON beside --out where it is there (same training, seed and "
+                             "iterations), so only the retrained rows change. Runs of these trainings finished in "
+                             "--work are reused as usual (resumable): delete their folders to train them anew")
     parser.add_argument("--progress", action="store_true", help="progress bars while training")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and the estimate, train nothing")
+    parser.add_argument("--report-only", action="store_true",
+                        help="write the tables from the runs finished so far (and, with --retrain, the previous "
+                             "JSON's), train nothing")
     args = parser.parse_args(argv)
     args.blocks = tuple(b.strip() for b in args.blocks.split(",") if b.strip())
+    args.retrain = tuple(t.strip() for t in args.retrain.split(",") if t.strip())
     unknown = [b for b in args.blocks if b not in BLOCKS]
     coco = [args.train_json, args.train_images, args.val_json, args.val_images]
     if unknown:
         parser.error(f"unknown blocks {unknown}; choose from {', '.join(BLOCKS)}")
+    known = trainings(FAMILIES[args.models])
+    if any(t not in known for t in args.retrain):
+        parser.error(f"unknown trainings {[t for t in args.retrain if t not in known]}; choose from {', '.join(known)}")
     if any(coco) and not all(coco):
         parser.error("a COCO dataset needs --train-json, --train-images, --val-json and --val-images")
     too_few = [args.iterations is not None and args.iterations < 1, args.images is not None and args.images < 2]
@@ -95,8 +111,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def images_for(args: argparse.Namespace, family: Family, training: Training) -> int:
-    """Synthetic images (train + val) of the dataset a training uses: ``--images``, else the family's."""
-    return args.images or family.images_for(training.model)
+    """Synthetic images (train + val) of the dataset a training uses: ``--images``, else the
+    training's own (the demo's recipe), else the family's."""
+    return args.images or training.images or family.images_for(training.model)
 
 
 def work_dir(args: argparse.Namespace, images: int) -> Path:
@@ -177,11 +194,22 @@ def write_outputs(selected: list[Table], results: list[dict[str, Any]], args: ar
     return report
 
 
+def previous_runs(args: argparse.Namespace) -> dict[tuple[str, int, int], dict[str, Any]]:
+    """With ``--retrain``: the runs of the JSON beside ``--out`` by (training, seed, iterations),
+    less the trainings to retrain; without it, none (every run comes from ``--work``)."""
+    path = Path(args.out).with_suffix(".json")
+    if not args.retrain or not path.is_file():
+        return {}
+    runs = json.loads(path.read_text()).get("runs", [])
+    return {(r["training"], int(r["seed"]), int(r["iterations"])): r for r in runs if r["training"] not in args.retrain}
+
+
 def print_plan(plan: list[tuple[Training, int]], schedule: Schedule, family: Family, args: argparse.Namespace,
-               roots: dict[str, Path]) -> None:
+               roots: dict[str, Path], previous: dict[tuple[str, int, int], dict[str, Any]]) -> None:
     """The number of training runs, how many are done, and the time estimate."""
     todo = [(t, seed) for t, seed in plan
-            if read_result(roots[t.name] / run_name(t, schedule.iterations_for(t, family), seed)) is None]
+            if (t.name, seed, schedule.iterations_for(t, family)) not in previous
+            and read_result(roots[t.name] / run_name(t, schedule.iterations_for(t, family), seed)) is None]
     estimate = estimate_seconds(todo, schedule, family, args)
     trainings = len({t.name for t, _ in plan})
     print(f"{trainings} trainings x {args.seeds} seeds = {len(plan)} training runs ({len(plan) - len(todo)} "
@@ -197,10 +225,14 @@ def main(argv: list[str] | None = None) -> int:
     selected = tables(args.blocks)
     plan = [(t, seed) for seed in range(args.seeds) for t in trainings_for(selected, family)]
     schedule = Schedule(args.iterations, tuple(args.overrides), args.device, args.keep_checkpoints, args.progress)
-    args.iterations_per_model = {t.model: schedule.iterations_for(t, family) for t, _ in plan}
-    args.images_per_model = {t.model: images_for(args, family, t) for t, _ in plan}
+    # The header names each model kind's schedule; trainings with a recipe of their own (the
+    # demo's) state theirs in their tables' notes.
+    shared = [(t, seed) for t, seed in plan if t.iterations is None and t.images is None] or plan
+    args.iterations_per_model = {t.model: schedule.iterations_for(t, family) for t, _ in shared}
+    args.images_per_model = {t.model: images_for(args, family, t) for t, _ in shared}
     roots = {t.name: work_dir(args, images_for(args, family, t)) for t, _ in plan}
-    print_plan(plan, schedule, family, args, roots)
+    previous = previous_runs(args)
+    print_plan(plan, schedule, family, args, roots, previous)
     if args.dry_run:
         for training, seed in plan:
             print(f"  {training.name} seed {seed}: {family.presets[training.model]} {' '.join(training.overrides)}")
@@ -209,6 +241,14 @@ def main(argv: list[str] | None = None) -> int:
     results, start = [], time.perf_counter()
     for index, (training, seed) in enumerate(plan, 1):
         root = roots[training.name]
+        iterations = schedule.iterations_for(training, family)
+        if (training.name, seed, iterations) in previous:
+            results.append(previous[(training.name, seed, iterations)])
+            continue
+        if args.report_only:
+            done = read_result(root / run_name(training, iterations, seed))
+            results.extend([done] if done is not None else [])
+            continue
         if root not in datasets:
             root.mkdir(parents=True, exist_ok=True)
             datasets[root] = load_data(args, root, images_for(args, family, training))

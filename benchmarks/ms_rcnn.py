@@ -28,13 +28,13 @@ from instaseg.engine.checkpoint import load_model  # noqa: E402
 from instaseg.engine.train import train_on_dataset  # noqa: E402
 
 
-def mask_iou_pairs(model, dataset) -> tuple[list[float], list[float]]:
+def mask_iou_pairs(model, dataset, device: str | torch.device = "cpu") -> tuple[list[float], list[float]]:
     """(predicted MaskIoU, true IoU) of every validation detection."""
     predicted, true = [], []
     model.eval()
     for index in range(len(dataset)):
         sample = dataset[index]
-        result = model.predict([sample.image.float()])[0]
+        result = model.predict([sample.image.float().to(device)])[0].to("cpu")
         gt = sample.targets
         for k in range(len(result)):
             same = gt.labels == result.labels[k]

@@ -15,3 +15,9 @@ class DatasetError(InstasegError, ValueError):
 
 class CheckpointError(InstasegError, ValueError):
     """A checkpoint that cannot be loaded safely or does not fit the model."""
+
+
+class WeightsFetchError(InstasegError, OSError):
+    """Published weights could not be obtained: offline, refused, timed out, cut off, or a file that
+    fails its integrity check. The message names the URL, the expected file name and the folder where
+    a file downloaded by hand is picked up."""

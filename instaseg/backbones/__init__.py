@@ -14,7 +14,9 @@ from instaseg.backbones.resnet import (
     resnet101,
     resnet152,
     resnext50_32x4d,
+    resnext101_32x4d,
     resnext101_32x8d,
+    resnext101_64x4d,
 )
 
 __all__ = [
@@ -31,5 +33,7 @@ __all__ = [
     "resnet101",
     "resnet152",
     "resnext50_32x4d",
+    "resnext101_32x4d",
     "resnext101_32x8d",
+    "resnext101_64x4d",
 ]

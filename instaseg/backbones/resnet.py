@@ -35,7 +35,9 @@ __all__ = [
     "resnet101",
     "resnet152",
     "resnext50_32x4d",
+    "resnext101_32x4d",
     "resnext101_32x8d",
+    "resnext101_64x4d",
     "RESNET_PRESETS",
 ]
 
@@ -415,9 +417,19 @@ def resnext50_32x4d(**kwargs) -> ResNet:
     return ResNet(50, groups=32, width_per_group=4, **kwargs)
 
 
+def resnext101_32x4d(**kwargs) -> ResNet:
+    """ResNeXt-101 32x4d: 32 groups of width 4 in res2 (MMDetection's X-101-32x4d)."""
+    return ResNet(101, groups=32, width_per_group=4, **kwargs)
+
+
 def resnext101_32x8d(**kwargs) -> ResNet:
     """ResNeXt-101 32x8d: 32 groups of width 8 in res2."""
     return ResNet(101, groups=32, width_per_group=8, **kwargs)
+
+
+def resnext101_64x4d(**kwargs) -> ResNet:
+    """ResNeXt-101 64x4d: 64 groups of width 4 in res2 (MMDetection's X-101-64x4d)."""
+    return ResNet(101, groups=64, width_per_group=4, **kwargs)
 
 
 RESNET_PRESETS = {
@@ -427,5 +439,7 @@ RESNET_PRESETS = {
     "resnet101": resnet101,
     "resnet152": resnet152,
     "resnext50_32x4d": resnext50_32x4d,
+    "resnext101_32x4d": resnext101_32x4d,
     "resnext101_32x8d": resnext101_32x8d,
+    "resnext101_64x4d": resnext101_64x4d,
 }

@@ -1,4 +1,4 @@
-"""``instaseg convert``: peer checkpoints (torchvision, Detectron2, YOLACT) -> instaseg checkpoints."""
+"""``instaseg convert``: peer checkpoints (torchvision, Detectron2, YOLACT, MMDetection) -> instaseg checkpoints."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 
 from instaseg.errors import InstasegError
 
-SOURCES = ("torchvision", "detectron2", "yolact")
+SOURCES = ("torchvision", "detectron2", "yolact", "mmdet")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -18,11 +18,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="torchvision only: the FrozenBatchNorm eps the source model ran with "
                              "(default 0.0, as torchvision's published COCO maskrcnn_resnet50_fpn; "
                              "1e-5 for a model built without those weights)")
+    parser.add_argument("--style", choices=("pytorch", "caffe"), default=None,
+                        help="mmdet only: the backbone style (caffe: stride in the 1x1 conv, BGR input), "
+                             "needed when the checkpoint's meta has no config text and the file name is "
+                             "not an MMDetection config name")
 
 
 def run(args: argparse.Namespace) -> int:
     if args.bn_eps is not None and args.source != "torchvision":
         raise InstasegError("--bn-eps applies to --from torchvision only")
+    if args.style is not None and args.source != "mmdet":
+        raise InstasegError("--style applies to --from mmdet only")
     if args.source == "torchvision":
         from instaseg.weights.torchvision import TORCHVISION_COCO_BN_EPS, convert_torchvision_file
 
@@ -32,6 +38,10 @@ def run(args: argparse.Namespace) -> int:
         from instaseg.weights.yolact import convert_yolact_file
 
         summary = convert_yolact_file(args.src, args.dst)
+    elif args.source == "mmdet":
+        from instaseg.weights.mmdet import convert_mmdet_file
+
+        summary = convert_mmdet_file(args.src, args.dst, style=args.style)
     else:
         from instaseg.weights.detectron2 import convert_detectron2_file
 

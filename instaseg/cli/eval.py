@@ -16,7 +16,10 @@ from instaseg.evaluation.per_class import SORT_KEYS
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", required=True, help="ground-truth COCO instances json")
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--checkpoint", help="instaseg checkpoint to run on the dataset")
+    source.add_argument("--weights", metavar="NAME_OR_PATH",
+                        help="a catalogue name (`instaseg weights list`; fetched once) or an instaseg checkpoint "
+                             "to run on the dataset")
+    source.add_argument("--checkpoint", help="an instaseg checkpoint to run on the dataset (= --weights PATH)")
     source.add_argument("--results", help="a COCO results json made by anything, to score as is")
     parser.add_argument("--images", help="image folder (needed with --checkpoint)")
     parser.add_argument("--out", help="folder for metrics.json, per_class.csv, the PR / F1 curves, the confusion "
@@ -55,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
         metrics, notes = _evaluate_results_file(args, out)
     else:
         if not args.images:
-            raise InstasegError("--checkpoint needs --images (the image folder of --json)")
+            raise InstasegError(f"{'--weights' if args.weights else '--checkpoint'} needs --images (the image "
+                                "folder of --json)")
         metrics = _evaluate_checkpoint(args, out)
     print(format_metrics_table(metrics))
     for iou_type, note in notes.items():
@@ -132,9 +136,10 @@ def _evaluate_checkpoint(args: argparse.Namespace, out: Path | None) -> dict:
     from instaseg.data.coco import CocoDataset
     from instaseg.engine.checkpoint import load_model
     from instaseg.engine.evaluate import evaluate_model
+    from instaseg.zoo import resolve_checkpoint
 
-    model, config = load_model(args.checkpoint, allow_partial=args.allow_partial, overrides=args.overrides,
-                               max_detections=args.max_detections)
+    model, config = load_model(resolve_checkpoint(args.weights or args.checkpoint), allow_partial=args.allow_partial,
+                               overrides=args.overrides, max_detections=args.max_detections)
     dataset = CocoDataset(args.json, args.images, skip_bad=args.skip_bad)
     if dataset.num_classes != model.num_classes:
         raise InstasegError(f"the checkpoint predicts {model.num_classes} classes but {args.json} has "

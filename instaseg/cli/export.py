@@ -19,7 +19,10 @@ FORMATS = ("onnx", "torch_export")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, help="instaseg checkpoint")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--weights", metavar="NAME_OR_PATH",
+                        help="a catalogue name (`instaseg weights list`; fetched once) or an instaseg checkpoint")
+    source.add_argument("--checkpoint", help="an instaseg checkpoint (the same as --weights PATH)")
     parser.add_argument("--out", required=True, help="output file (.onnx, or .pt2 for torch_export)")
     parser.add_argument("--format", choices=FORMATS, default="onnx",
                         help="onnx (runs in ONNX Runtime, no instaseg needed) or torch_export (.pt2; "
@@ -40,14 +43,16 @@ def run(args: argparse.Namespace) -> int:
 
     from instaseg.engine.checkpoint import checkpoint_categories, load_checkpoint, load_model
     from instaseg.export.exporters import export_onnx, export_program, save_program
+    from instaseg.zoo import resolve_checkpoint
 
     out = Path(args.out)
     if out.is_dir():
         raise InstasegError(f"--out {out} is a folder: give a file name (e.g. model.onnx)")
     out.parent.mkdir(parents=True, exist_ok=True)
-    model, config = load_model(args.checkpoint, allow_partial=args.allow_partial, overrides=args.overrides,
+    checkpoint = resolve_checkpoint(args.weights or args.checkpoint)
+    model, config = load_model(checkpoint, allow_partial=args.allow_partial, overrides=args.overrides,
                                max_detections=args.max_detections)
-    ids, names = checkpoint_categories(load_checkpoint(args.checkpoint), model.num_classes)
+    ids, names = checkpoint_categories(load_checkpoint(checkpoint), model.num_classes)
     height, width = args.size
     start = time.perf_counter()
     if args.format == "onnx":

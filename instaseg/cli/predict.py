@@ -10,6 +10,7 @@ from typing import Any
 
 from instaseg.cli._common import add_model_options, ensure_writable_dir, warn
 from instaseg.data.image_io import IMAGE_EXTENSIONS
+from instaseg.engine.tiling import overlap_argument, tile_argument
 from instaseg.errors import InstasegError
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm")
@@ -17,7 +18,10 @@ VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders of images or videos")
-    parser.add_argument("--checkpoint", required=True, help="instaseg checkpoint")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--weights", metavar="NAME_OR_PATH",
+                        help="a catalogue name (`instaseg weights list`; fetched once) or an instaseg checkpoint")
+    source.add_argument("--checkpoint", help="an instaseg checkpoint (the same as --weights PATH)")
     parser.add_argument("--out", required=True, help="folder for overlays and results.json")
     parser.add_argument("--score-threshold", type=float, default=0.5,
                         help="keep detections scoring at least this (default 0.5)")
@@ -32,6 +36,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="skip unreadable images and list them at the end (the default); --no-skip-bad "
                              "stops at the first one, keeping the results written so far")
     add_model_options(parser)
+    parser.add_argument("--tile", type=tile_argument, metavar="SIZE",
+                        help="large images: predict on overlapping SIZE x SIZE tiles and merge (images only)")
+    parser.add_argument("--overlap", type=overlap_argument, default=0.2, metavar="FRAC",
+                        help="with --tile: fraction of a tile shared with its neighbours (default 0.2)")
 
 
 def collect_inputs(inputs: list[str]) -> tuple[list[Path], list[Path]]:
@@ -55,13 +63,15 @@ def run(args: argparse.Namespace) -> int:
     from instaseg.engine.checkpoint import checkpoint_categories, load_checkpoint
     from instaseg.engine.predictor import Predictor
     from instaseg.evaluation.results_writer import JsonListWriter
+    from instaseg.zoo import resolve_checkpoint
 
     images, videos = collect_inputs(args.inputs)
     out = ensure_writable_dir(args.out)
-    predictor = Predictor.from_checkpoint(args.checkpoint, args.device, args.score_threshold,
+    checkpoint = resolve_checkpoint(args.weights or args.checkpoint)
+    predictor = Predictor.from_checkpoint(checkpoint, args.device, args.score_threshold,
                                           allow_partial=args.allow_partial, overrides=args.overrides,
                                           max_detections=args.max_detections)
-    category_ids, names = checkpoint_categories(load_checkpoint(args.checkpoint), predictor.model.num_classes)
+    category_ids, names = checkpoint_categories(load_checkpoint(checkpoint), predictor.model.num_classes)
     image_ids = list(range(1, len(images) + 1))
     if args.json:
         image_ids, category_ids, names = _dataset_ids(args.json, images, names)
@@ -105,7 +115,7 @@ def _predict_images(predictor, items: list[tuple[int, Path]], category_ids: list
             bad.append(str(error))
             tqdm.write(f"warning: skipping {error}", file=sys.stderr)
             continue
-        instances = predictor(image)
+        instances = predictor.predict_tiled(image, args.tile, args.overlap) if args.tile else predictor(image)
         found = instances_to_coco_results(instances, image_id, category_ids)
         results.extend({**item, "file_name": path.name} for item in found)
         files.append({"id": image_id, "file_name": str(path), "height": image.shape[1], "width": image.shape[2]})

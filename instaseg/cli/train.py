@@ -9,7 +9,10 @@ from instaseg.cli._common import add_model_options, warn
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--preset", required=True, help="model preset (see `instaseg presets`)")
+    parser.add_argument("--preset", help="model preset (see `instaseg presets`); with --weights, the weights' own")
+    parser.add_argument("--weights", metavar="NAME_OR_PATH",
+                        help="start from these weights: a catalogue name (`instaseg weights list`) or an instaseg "
+                             "checkpoint; tensors sized by another number of classes are re-initialised")
     parser.add_argument("--train-json", required=True, help="COCO instances json of the training set")
     parser.add_argument("--train-images", required=True, help="image folder of the training set")
     parser.add_argument("--val-json", help="COCO json of a validation set (periodic and final evaluation)")
@@ -37,7 +40,10 @@ def run(args: argparse.Namespace) -> int:
 
     if (args.val_json is None) != (args.val_images is None):
         raise ConfigError("give both --val-json and --val-images, or neither")
-    config = get_preset(args.preset)
+    if args.preset is None and args.weights is None:
+        raise ConfigError("give --preset (train from scratch or from ImageNet backbone weights) or --weights "
+                          "(start from a whole model: `instaseg weights list`)")
+    init, config = _starting_point(args) if args.weights else (None, get_preset(args.preset))
     ensure_writable_dir(args.out, "run folder")
     train_set = CocoDataset(args.train_json, args.train_images, skip_bad=args.skip_bad)
     # num_classes comes from the data (set here, in one place), before overrides can refine it
@@ -48,14 +54,16 @@ def run(args: argparse.Namespace) -> int:
                           f"{train_set.num_classes} categories")
     if args.max_detections is not None:
         config = with_max_detections(config, args.max_detections)
+    config = _backbone_weights(config, init is not None)
     val_set = CocoDataset(args.val_json, args.val_images, skip_bad=args.skip_bad) if args.val_json else None
     for dataset, path in ((train_set, args.train_json), (val_set, args.val_json)):
         if dataset is not None and get_launch_rank() == 0:
             for message in crowding_warnings(dataset.max_instances_per_image(), config, where=path):
                 warn(message)
+    note = " ".join(([f"--weights {args.weights}"] if args.weights else []) + args.overrides) or None
     summary = train_on_dataset(config, train_set, args.out, val_dataset=val_set, resume=args.resume,
-                               overrides_note=" ".join(args.overrides) or None, progress=not args.no_progress,
-                               device=args.device)
+                               overrides_note=note, progress=not args.no_progress, device=args.device,
+                               init_weights=init)
     if get_launch_rank() == 0:  # under torchrun, rank 0 alone reports
         if args.skip_bad:  # images found bad inside DataLoader workers are counted (and warned) there
             for name, dataset in (("train", train_set), ("val", val_set)):
@@ -64,3 +72,37 @@ def run(args: argparse.Namespace) -> int:
         print(f"{summary['status']} at iteration {summary['iteration']}/{summary['max_iter']} "
               f"in {summary['seconds']:.0f} s; last checkpoint {summary['last_checkpoint']}")
     return 0 if summary["status"] == "finished" else 130
+
+
+def _starting_point(args: argparse.Namespace):
+    """``--weights``: (the instaseg checkpoint to start from, the config its model is built from).
+
+    A catalogue name is fetched and converted first; the config is the weights' own (the publisher's
+    conventions included), so --preset may only name the preset they were made for.
+    """
+    from instaseg.config.io import config_from_dict
+    from instaseg.engine.checkpoint import load_checkpoint, without_backbone_weights
+    from instaseg.zoo import config_for_weights, resolve_checkpoint
+
+    path = resolve_checkpoint(args.weights)
+    config = config_for_weights(config_from_dict(load_checkpoint(path)["config"]), args.preset,
+                                source=f"--weights {args.weights}")
+    return path, without_backbone_weights(config)
+
+
+def _backbone_weights(config, whole_model: bool):
+    """ImageNet weights in model.backbone.weights: the conventions they need, and the file fetched now
+    (before any training starts). With --weights the whole model, backbone included, comes from there."""
+    from instaseg.errors import ConfigError
+    from instaseg.zoo import apply_backbone_conventions, backbone_weights_file
+
+    if not config.model.backbone.weights:
+        return config
+    if whole_model:
+        raise ConfigError("--weights initialises the whole model, backbone included: leave model.backbone.weights "
+                          "unset")
+    config, notes = apply_backbone_conventions(config)
+    for note in notes:
+        print(f"model.backbone.weights={config.model.backbone.weights}: set {note}")
+    backbone_weights_file(config.model.backbone.weights)
+    return config

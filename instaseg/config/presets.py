@@ -56,6 +56,18 @@ def mask_rcnn_x101_32x8d_fpn() -> Config:
     return replace(base, name="mask_rcnn_x101_32x8d_fpn", model=model)
 
 
+def mask_rcnn_x101_32x4d_fpn() -> Config:
+    base = mask_rcnn_r50_fpn()
+    model = replace(base.model, backbone=replace(base.model.backbone, name="resnext101_32x4d"))
+    return replace(base, name="mask_rcnn_x101_32x4d_fpn", model=model)
+
+
+def mask_rcnn_x101_64x4d_fpn() -> Config:
+    base = mask_rcnn_r50_fpn()
+    model = replace(base.model, backbone=replace(base.model.backbone, name="resnext101_64x4d"))
+    return replace(base, name="mask_rcnn_x101_64x4d_fpn", model=model)
+
+
 def mask_rcnn_r50_c4() -> Config:
     """The C4 model: RPN and RoI pooling on res4 (stride 16), res5 as the shared RoI head."""
     model = MaskRCNNConfig(
@@ -172,6 +184,16 @@ def ms_rcnn_r101_fpn() -> Config:
 
 def ms_rcnn_x101_32x8d_fpn() -> Config:
     return _with_maskiou(mask_rcnn_x101_32x8d_fpn(), "ms_rcnn_x101_32x8d_fpn")
+
+
+def ms_rcnn_x101_32x4d_fpn() -> Config:
+    """MMDetection's published X-101-32x4d MS R-CNN (pytorch style: stride in the 3x3, RGB ImageNet statistics)."""
+    return _with_maskiou(mask_rcnn_x101_32x4d_fpn(), "ms_rcnn_x101_32x4d_fpn")
+
+
+def ms_rcnn_x101_64x4d_fpn() -> Config:
+    """MMDetection's published X-101-64x4d MS R-CNN (pytorch style)."""
+    return _with_maskiou(mask_rcnn_x101_64x4d_fpn(), "ms_rcnn_x101_64x4d_fpn")
 
 
 def ms_rcnn_r50_fpn_ablation() -> Config:
@@ -303,14 +325,18 @@ def yolact_pp_r18_tiny() -> Config:
 PRESETS: dict[str, Callable[[], Config]] = {
     "mask_rcnn_r50_fpn": mask_rcnn_r50_fpn,
     "mask_rcnn_r101_fpn": mask_rcnn_r101_fpn,
+    "mask_rcnn_x101_32x4d_fpn": mask_rcnn_x101_32x4d_fpn,
     "mask_rcnn_x101_32x8d_fpn": mask_rcnn_x101_32x8d_fpn,
+    "mask_rcnn_x101_64x4d_fpn": mask_rcnn_x101_64x4d_fpn,
     "mask_rcnn_r50_c4": mask_rcnn_r50_c4,
     "mask_rcnn_r101_c4": mask_rcnn_r101_c4,
     "mask_rcnn_r50_fpn_torchvision": mask_rcnn_r50_fpn_torchvision,
     "mask_rcnn_r18_fpn_tiny": mask_rcnn_r18_fpn_tiny,
     "ms_rcnn_r50_fpn": ms_rcnn_r50_fpn,
     "ms_rcnn_r101_fpn": ms_rcnn_r101_fpn,
+    "ms_rcnn_x101_32x4d_fpn": ms_rcnn_x101_32x4d_fpn,
     "ms_rcnn_x101_32x8d_fpn": ms_rcnn_x101_32x8d_fpn,
+    "ms_rcnn_x101_64x4d_fpn": ms_rcnn_x101_64x4d_fpn,
     "ms_rcnn_r50_fpn_ablation": ms_rcnn_r50_fpn_ablation,
     "ms_rcnn_r18_fpn_tiny": ms_rcnn_r18_fpn_tiny,
     "yolact_r50_550": yolact_r50_550,

@@ -58,19 +58,20 @@ class InputConfig:
     size_divisibility: int = 32  # pad so every FPN level lines up
     square: int = 0  # > 0: resize to square x square ignoring aspect (YOLACT); 0: shortest side
     # Publishers' test-time resize (instaseg.structures.image_list): "floor" = torchvision's size
-    # rule (floor(side * scale)), "round" = Detectron2's ResizeShortestEdge (int(x + 0.5));
+    # rule (floor(side * scale)), "round" = Detectron2's ResizeShortestEdge (int(x + 0.5)),
+    # "mmcv" = MMDetection's keep-ratio Resize (one factor, each side int(side * factor + 0.5));
     # "bilinear" = float interpolation, "pil_bilinear" = Detectron2's uint8 Pillow resize.
     resize_rounding: str = "floor"
     resize_filter: str = "bilinear"
 
     def __post_init__(self) -> None:
-        _check_choice("input.resize_rounding", self.resize_rounding, ("floor", "round"))
+        _check_choice("input.resize_rounding", self.resize_rounding, ("floor", "round", "mmcv"))
         _check_choice("input.resize_filter", self.resize_filter, ("bilinear", "pil_bilinear"))
 
 
 @dataclass(frozen=True)
 class BackboneConfig:
-    name: str = "resnet50"  # resnet18/34/50/101/152, resnext50_32x4d, resnext101_32x8d
+    name: str = "resnet50"  # resnet18/34/50/101/152, resnext50_32x4d, resnext101_32x4d/32x8d/64x4d
     norm: str = "FrozenBN"  # FrozenBN, BN, SyncBN, GN
     freeze_at: int = 2  # 0 nothing, 1 stem, 2 stem + res2, ... (Detectron2's FREEZE_AT)
     stride_in_1x1: bool = False  # True for MSRA/Caffe2 weights, False for torchvision weights
@@ -85,6 +86,15 @@ class FPNConfig:
     out_channels: int = 256
     extra: str = "maxpool"  # "maxpool": P6 by subsampling P5 (R-CNN); "convs": strided convs (YOLACT)
     num_extra: int = 1
+    # With extra="convs": the first extra conv reads P5 ("output", the YOLACT reference) or C5
+    # ("input", MMDetection's add_extra_convs='on_input', as in its YOLACT configs).
+    extra_from: str = "output"
+    # ReLU on the pyramid outputs before the extra levels; None: the detector's own default
+    # (YOLACT: True, as the reference; Mask R-CNN: False). MMDetection's YOLACT FPN has none.
+    relu_outputs: bool | None = None
+
+    def __post_init__(self) -> None:
+        _check_choice("model.fpn.extra_from", self.extra_from, ("output", "input"))
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -13,6 +15,7 @@ from instaseg.config.presets import get_preset
 from instaseg.config.schema import Config, MaskRCNNConfig, YolactConfig
 from instaseg.detectors.mask_rcnn import MaskRCNN
 from instaseg.detectors.yolact import Yolact
+from instaseg.errors import ConfigError
 from instaseg.heads.box_head import BoxPredictor, FCBoxHead, Res5Head
 from instaseg.heads.mask_head import MaskFCNHead, MaskMLPHead
 from instaseg.heads.maskiou_head import MaskIoUHead
@@ -24,6 +27,17 @@ from instaseg.targets.anchors import AnchorGenerator
 
 __all__ = ["build_model", "build_from_config", "resolve_config"]
 
+_LOG = logging.getLogger("instaseg")
+
+
+def _weights_file(value: str) -> Path:
+    """``model.backbone.weights``: a file, or a catalogue name fetched into the cache (``instaseg.zoo``)."""
+    if Path(value).expanduser().is_file():
+        return Path(value).expanduser()
+    from instaseg.zoo import backbone_weights_file
+
+    return backbone_weights_file(value)
+
 
 def _backbone(model: MaskRCNNConfig | YolactConfig, out_features: tuple[str, ...]) -> ResNet:
     cfg = model.backbone
@@ -31,7 +45,8 @@ def _backbone(model: MaskRCNNConfig | YolactConfig, out_features: tuple[str, ...
     if cfg.weights:  # ImageNet initialisation (torchvision, MSRA/Caffe2 or Detectron2 layout)
         from instaseg.weights.backbone import load_backbone_weights
 
-        load_backbone_weights(backbone, cfg.weights)
+        for line in load_backbone_weights(backbone, _weights_file(cfg.weights)):
+            _LOG.info(line)
     return backbone
 
 
@@ -41,7 +56,7 @@ def _c4_res5(model: MaskRCNNConfig) -> nn.Sequential:
     if model.backbone.weights:
         from instaseg.weights.backbone import read_backbone_weights
 
-        state, _ = read_backbone_weights(model.backbone.weights)
+        state, _ = read_backbone_weights(_weights_file(model.backbone.weights))
         res5.load_state_dict({k[len("layer4."):]: v for k, v in state.items() if k.startswith("layer4.")})
     return res5
 
@@ -84,6 +99,8 @@ def _mask_rcnn(config: Config) -> MaskRCNN:
             model.fpn.out_channels,
             extra=model.fpn.extra,
             num_extra=model.fpn.num_extra,
+            extra_from=model.fpn.extra_from,
+            relu_outputs=bool(model.fpn.relu_outputs),  # None: no ReLU, R-CNN's FPN
         )
         shapes = neck.output_shape()
         res = model.box_head.pooler_resolution
@@ -138,10 +155,12 @@ def _yolact(config: Config) -> Yolact:
     model = config.model
     backbone = _backbone(model, model.backbone.out_features)
     in_shapes = backbone.output_shape()
-    # The reference FPN: bilinear upsampling, ReLU'd outputs, P6/P7 by stride-2 convs on P5/P6.
+    # The reference FPN: bilinear upsampling, ReLU'd outputs, P6/P7 by stride-2 convs on P5/P6;
+    # MMDetection's: no ReLU, P6 from C5 (fpn.relu_outputs=False, fpn.extra_from="input").
+    relu_outputs = True if model.fpn.relu_outputs is None else model.fpn.relu_outputs
     neck = FPN([s.channels for s in in_shapes.values()], [s.stride for s in in_shapes.values()],
-               model.fpn.out_channels, extra="convs", num_extra=model.fpn.num_extra, extra_from="output",
-               upsample_mode="bilinear", relu_outputs=True)
+               model.fpn.out_channels, extra="convs", num_extra=model.fpn.num_extra,
+               extra_from=model.fpn.extra_from, upsample_mode="bilinear", relu_outputs=relu_outputs)
     head = model.head
     num_anchors = {len(scales) * len(head.aspect_ratios) for scales in head.anchor_scales}
     if len(num_anchors) != 1 or len(head.anchor_scales) != len(neck.output_shape()):
@@ -172,7 +191,14 @@ def _yolact(config: Config) -> Yolact:
 
 
 def build_from_config(config: Config) -> nn.Module:
-    """The model a :class:`Config` describes (weights freshly initialised)."""
+    """The model a :class:`Config` describes (weights freshly initialised, or the ImageNet backbone
+    weights ``model.backbone.weights`` names: a file, or a catalogue name whose conventions the config
+    must follow; see ``instaseg.zoo.apply_backbone_conventions``)."""
+    weights = config.model.backbone.weights
+    if weights and not Path(weights).expanduser().is_file():
+        from instaseg.zoo import check_backbone_conventions
+
+        check_backbone_conventions(config)
     if isinstance(config.model, MaskRCNNConfig):
         return _mask_rcnn(config)
     if isinstance(config.model, YolactConfig):
@@ -190,9 +216,39 @@ def resolve_config(preset: str | Config, num_classes: int | None = None, overrid
     return apply_overrides(config, items) if items else config
 
 
-def build_model(preset: str | Config, num_classes: int | None = None, **overrides: Any) -> nn.Module:
+def build_model(preset: str | Config | None = None, num_classes: int | None = None, weights: str | Path | None = None,
+                **overrides: Any) -> nn.Module:
     """``build_model("mask_rcnn_r50_fpn", num_classes=3, model__rpn__nms_thresh=0.6)``.
 
     Keyword overrides use ``__`` for nesting (``model__rpn__nms_thresh`` is ``model.rpn.nms_thresh``).
+    ImageNet weights named in ``model__backbone__weights`` (a file or a catalogue name) set the input
+    conventions they need.
+
+    ``weights``: a catalogue name (``instaseg weights list``; fetched and converted once) or an instaseg
+    checkpoint path. The model is built from the weights' own config (which carries the publisher's
+    conventions; ``preset``, when given, must be the one they were made for), ``num_classes`` and the
+    overrides applied, and initialised from them: with another ``num_classes`` the class-sized tensors
+    keep their fresh initialisation, ready for fine-tuning (``build_model(weights="maskrcnn_r50_fpn_3x_coco_d2",
+    num_classes=3)``).
     """
-    return build_from_config(resolve_config(preset, num_classes, **overrides))
+    from instaseg.zoo import apply_backbone_conventions
+
+    if weights is None:
+        if preset is None:
+            raise ConfigError("build_model needs a preset, or weights=NAME_OR_PATH")
+        config, notes = apply_backbone_conventions(resolve_config(preset, num_classes, **overrides))
+        for note in notes:
+            _LOG.info(f"model.backbone.weights: {note}")
+        return build_from_config(config)
+    from instaseg.config.io import config_from_dict
+    from instaseg.engine.checkpoint import load_checkpoint, load_pretrained_weights, without_backbone_weights
+    from instaseg.zoo import config_for_weights, resolve_checkpoint
+
+    path = resolve_checkpoint(weights)
+    payload = load_checkpoint(path)
+    base = config_for_weights(config_from_dict(payload["config"]), preset, source=str(weights))
+    config = without_backbone_weights(resolve_config(base, num_classes, **overrides))
+    model = build_from_config(config)
+    for line in load_pretrained_weights(model, config, payload, str(path)):
+        _LOG.info(line)
+    return model

@@ -270,13 +270,25 @@ class MaskRCNN(Detector):
 
     # ------------------------------------------------------------------------------ results
     def class_mask_probabilities(self, logits: Tensor, labels: Tensor) -> Tensor:
-        """``(N, M, M)`` mask probabilities of class ``labels (N,)`` from ``logits (N, K, M, M)``."""
+        """``(N, M, M)`` mask probabilities of class ``labels (N,)`` from ``logits (N, K, M, M)``.
+
+        Softmax (multinomial) masks: the probability that a pixel is not background. The loss labels
+        the pixels inside a RoI's mask with the RoI's class, so the object is every non-background
+        pixel; the split of that probability over the C classes is the mask head's own class guess
+        (the box branch gives the detection's class). Its share for ``labels`` alone is at most
+        ``1 - p_bg`` and near ``(1 - p_bg) / C`` while the mask head cannot tell the classes apart.
+        Measured on the tiny preset after 400 iterations (6 classes, seed 0 of the ablation runs):
+        the mask head named the right class at 28% of the ground-truth boxes (chance 17%); inside
+        the masks the class's share averaged 0.17 and ``1 - p_bg`` 0.68; thresholding the share gave
+        mask AP 0.2, thresholding ``1 - p_bg`` 13.3 (per-class sigmoid: 15.9).
+        """
         mode = self._mask_mode()
         if mode == "agnostic":
             return logits[:, 0].sigmoid()
-        index = torch.arange(labels.numel(), device=labels.device)
         if mode == "softmax":
-            return logits.softmax(dim=1)[index, labels]
+            # 1 - p_bg = sigmoid(logsumexp(class logits) - background logit); background last
+            return (logits[:, :-1].logsumexp(dim=1) - logits[:, -1]).sigmoid()
+        index = torch.arange(labels.numel(), device=labels.device)
         return logits[index, labels].sigmoid()
 
     @torch.no_grad()

@@ -15,19 +15,20 @@ from instaseg.config.schema import Config
 from instaseg.data.image_io import read_image, to_rgb_array
 from instaseg.engine.checkpoint import load_model
 from instaseg.errors import InstasegError
-from instaseg.structures.instances import Instances
+from instaseg.structures.instances import CroppedInstances, Instances
 
 __all__ = ["Predictor", "as_image_tensor"]
 
 ImageInput = Union[str, Path, Image.Image, np.ndarray, Tensor]
 
 
-def as_image_tensor(image: ImageInput) -> Tensor:
+def as_image_tensor(image: ImageInput, keep_uint8: bool = False) -> Tensor:
     """Any supported input -> ``(3, H, W)`` float32 RGB in [0, 255].
 
     Accepts a file path, a PIL image, an ``(H, W, 3)`` uint8 RGB array (or ``(H, W)`` gray), or a
     ``(3, H, W)`` tensor (uint8, or float in [0, 255]; a float tensor whose values are all within
-    [0, 1] is taken to be in [0, 1] and scaled).
+    [0, 1] is taken to be in [0, 1] and scaled). ``keep_uint8``: uint8 inputs stay uint8 (a
+    quarter of the memory, for large images cut into tiles later).
     """
     if isinstance(image, (str, Path)):
         image = read_image(image)
@@ -38,19 +39,21 @@ def as_image_tensor(image: ImageInput) -> Tensor:
             image = np.repeat(image[..., None], 3, axis=2)
         if image.ndim != 3 or image.shape[2] != 3:
             raise InstasegError(f"expected an (H, W, 3) RGB array, got shape {image.shape}")
-        return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float()
+        tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+        return tensor if keep_uint8 and tensor.dtype == torch.uint8 else tensor.float()
     if isinstance(image, Tensor):
         if image.dim() != 3 or image.shape[0] != 3:
             raise InstasegError(f"expected a (3, H, W) tensor, got shape {tuple(image.shape)}")
         if image.dtype == torch.uint8:
-            return image.float()
+            return image if keep_uint8 else image.float()
         image = image.float()
         return image * 255.0 if image.numel() and float(image.max()) <= 1.0 else image
     raise InstasegError(f"unsupported image input of type {type(image).__name__}")
 
 
 class Predictor:
-    """``Predictor.from_checkpoint(path)(image) -> Instances`` in original image coordinates.
+    """``Predictor.from_checkpoint(path)(image) -> Instances`` in original image coordinates
+    (``Predictor.from_pretrained(name)`` for published weights).
 
     ``predictor([img1, img2])`` returns a list; ``score_threshold`` drops weaker detections.
     ``best_score`` is the highest score of any detection so far, before the threshold (None until
@@ -80,14 +83,48 @@ class Predictor:
                                    max_detections=max_detections)
         return cls(model, config, device, score_threshold)
 
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | Path, device: str | torch.device = "cpu",
+                        score_threshold: float = 0.0, overrides: Sequence[str] = (),
+                        max_detections: int | None = None) -> "Predictor":
+        """``Predictor.from_pretrained("maskrcnn_r50_fpn_3x_coco_d2")``: published weights by catalogue name
+        (``instaseg weights list``; fetched, checked and converted once, then read from the cache), or an
+        instaseg checkpoint path; ``overrides`` and ``max_detections`` as :meth:`from_checkpoint`."""
+        from instaseg.zoo import resolve_checkpoint
+
+        return cls.from_checkpoint(resolve_checkpoint(name_or_path), device, score_threshold, overrides=overrides,
+                                   max_detections=max_detections)
+
     @torch.no_grad()
     def __call__(self, images: ImageInput | list[ImageInput]) -> Instances | list[Instances]:
         single = not isinstance(images, (list, tuple))
         batch = [as_image_tensor(img).to(self.device) for img in ([images] if single else images)]
-        results = self.model.predict(batch)
-        top = [float(r.scores.max()) for r in results if len(r)]
-        if top:
-            self.best_score = max(top if self.best_score is None else [*top, self.best_score])
+        results = self.predict(batch)
         if self.score_threshold > 0:
             results = [r[r.scores >= self.score_threshold] for r in results]
         return results[0] if single else results
+
+    @torch.no_grad()
+    def predict(self, images: list[Tensor]) -> list[Instances]:
+        """The model's ``predict`` on ``(3, H, W)`` float tensors, recording ``best_score``; no threshold."""
+        results = self.model.predict([img.to(self.device) for img in images])
+        top = [float(r.scores.max()) for r in results if len(r)]
+        if top:
+            self.best_score = max(top if self.best_score is None else [*top, self.best_score])
+        return results
+
+    @torch.no_grad()
+    def predict_tiled(self, image: ImageInput, tile: int, overlap: float = 0.2,
+                      batch_size: int = 4) -> CroppedInstances:
+        """Sliced inference on one large image: overlapping ``tile`` px tiles, ``batch_size`` per forward.
+
+        ``overlap`` is the fraction of a tile shared with each neighbour (in [0, 1)). Detections
+        seen by several tiles are merged (rule: :mod:`instaseg.engine.tile_merge`). Returns
+        :class:`CroppedInstances` in image coordinates with masks kept as crops:
+        ``.to_instances()`` makes full ``(N, H, W)`` masks, ``.masks.to_rles()`` COCO RLEs.
+        ``score_threshold`` applies to each tile's detections (``best_score`` sees them all).
+        """
+        from instaseg.engine.tiling import sliced_predict
+
+        return sliced_predict(self, as_image_tensor(image, keep_uint8=True), tile, overlap,
+                              batch_size=batch_size, score_threshold=self.score_threshold, device=self.device)

@@ -45,8 +45,8 @@ from torch import nn
 from instaseg.config.io import config_from_dict, save_yaml
 from instaseg.config.schema import Config
 from instaseg.detectors.build import build_from_config
-from instaseg.engine.checkpoint import (load_checkpoint, load_state_dict_checked, point_last_at, rotate_checkpoints,
-                                       save_checkpoint)
+from instaseg.engine.checkpoint import (load_checkpoint, load_pretrained_weights, load_state_dict_checked,
+                                       point_last_at, rotate_checkpoints, save_checkpoint)
 from instaseg.engine.distributed import (all_gather_objects, any_across_ranks, barrier, destroy_distributed,
                                          get_local_rank, get_rank, get_world_size, init_distributed,
                                          is_distributed, wrap_model)
@@ -154,7 +154,7 @@ class _Run:
 def train(config: Config, train_json: str | Path, train_images: str | Path, out_dir: str | Path,
           val_json: str | Path | None = None, val_images: str | Path | None = None, resume: bool = False,
           overrides_note: str | None = None, progress: bool = True, *, log_period: int = 20,
-          device: str | None = None) -> dict[str, Any]:
+          device: str | None = None, init_weights: str | Path | None = None) -> dict[str, Any]:
     """Train ``config``'s model on a COCO dataset; see :func:`train_on_dataset` for the rest.
 
     ``train_json`` / ``val_json`` are COCO instance annotation files, ``*_images`` their image
@@ -167,20 +167,24 @@ def train(config: Config, train_json: str | Path, train_images: str | Path, out_
     train_set = CocoDataset(train_json, train_images)
     val_set = CocoDataset(val_json, val_images) if val_json is not None else None
     return train_on_dataset(config, train_set, out_dir, val_dataset=val_set, resume=resume,
-                            overrides_note=overrides_note, progress=progress, log_period=log_period, device=device)
+                            overrides_note=overrides_note, progress=progress, log_period=log_period, device=device,
+                            init_weights=init_weights)
 
 
 def train_on_dataset(config: Config, train_dataset: Any, out_dir: str | Path, *, val_dataset: Any = None,
                      resume: bool = False, overrides_note: str | None = None, progress: bool = True,
                      log_period: int = 20, device: str | None = None, train_loader_fn: TrainLoaderFn | None = None,
-                     test_loader_fn: TestLoaderFn | None = None) -> dict[str, Any]:
+                     test_loader_fn: TestLoaderFn | None = None,
+                     init_weights: str | Path | None = None) -> dict[str, Any]:
     """Train on dataset objects (``len()``, ``num_classes``; val: ``json_path``, ``category_ids``).
 
     Under ``torchrun`` this joins the process group and trains with DDP. ``resume`` continues from
     ``out_dir/checkpoints/last.pt`` (from scratch, with a warning, when there is none).
     ``train_loader_fn`` / ``test_loader_fn`` replace the ``instaseg.data.loader`` streams (their
     contract is :data:`TrainLoaderFn` / :data:`TestLoaderFn`); ``device`` defaults to the
-    process's GPU when CUDA is available, else the CPU.
+    process's GPU when CUDA is available, else the CPU. ``init_weights``: an instaseg checkpoint to
+    start from (fine-tuning; see ``load_pretrained_weights``: class-sized tensors are re-initialised
+    when its number of classes differs); a resumed run ignores it.
 
     Returns a summary: ``status`` ("finished" or "interrupted"), ``iteration``, ``max_iter``,
     ``last_checkpoint``, ``best_checkpoint`` (or None), ``metrics`` (last evaluation or None),
@@ -189,7 +193,7 @@ def train_on_dataset(config: Config, train_dataset: Any, out_dir: str | Path, *,
     owns_group = init_distributed()
     try:
         run = _setup(config, train_dataset, Path(out_dir), val_dataset, resume, overrides_note, progress,
-                     log_period, device, train_loader_fn, test_loader_fn)
+                     log_period, device, train_loader_fn, test_loader_fn, init_weights)
         return _train(run)
     finally:
         teardown_logger()
@@ -229,7 +233,7 @@ def _amp(amp: str, device: torch.device) -> tuple[torch.dtype | None, Any]:
 
 def _setup(config: Config, dataset: Any, out_dir: Path, val_dataset: Any, resume: bool, note: str | None,
            progress: bool, log_period: int, device_name: str | None, train_loader_fn: TrainLoaderFn | None,
-           test_loader_fn: TestLoaderFn | None) -> _Run:
+           test_loader_fn: TestLoaderFn | None, init_weights: str | Path | None = None) -> _Run:
     cfg = config.train
     num_classes = getattr(dataset, "num_classes", config.model.num_classes)
     if num_classes != config.model.num_classes:
@@ -246,6 +250,9 @@ def _setup(config: Config, dataset: Any, out_dir: Path, val_dataset: Any, resume
     max_iter, steps = resolve_schedule(cfg, len(dataset))
     micro_batch = _micro_batch_size(cfg, get_world_size())
     model = build_from_config(config).to(device)
+    if init_weights is not None and not (resume and last.is_file()):
+        for line in load_pretrained_weights(model, config, load_checkpoint(init_weights), str(init_weights)):
+            logger.info(line)
     run = _Run(config=config, model=model, ddp_model=model, optimizer=build_optimizer(model, cfg),
                schedule=LRSchedule(cfg, max_iter, steps), device=device, out_dir=out_dir,
                micro_batch=micro_batch, distributed=distributed, main=main,

@@ -39,7 +39,8 @@ from pycocotools.cocoeval import COCOeval
 
 from instaseg.evaluation.curves import curves_from_cocoeval
 from instaseg.evaluation.results_file import complete_results, result_fields
-from instaseg.structures.instances import Instances
+from instaseg.structures.instances import CroppedInstances, Instances
+from instaseg.structures.mask_crops import MaskCrops
 
 __all__ = [
     "COCOEvaluator",
@@ -72,14 +73,15 @@ _AREA_LABELS = ("all", "small", "medium", "large")
 # Instances -> COCO result dicts
 # --------------------------------------------------------------------------------------------
 def instances_to_coco_results(
-    instances: Instances, image_id: int, category_ids: Sequence[int]
+    instances: Instances | CroppedInstances, image_id: int, category_ids: Sequence[int]
 ) -> list[dict[str, Any]]:
     """One COCO result dict per detection of one image.
 
     Args:
         instances: detections in the original image frame: boxes (N, 4) xyxy absolute pixels,
             scores (N,), labels (N,) contiguous in [0, len(category_ids)), masks (N, H, W) bool
-            (float masks are thresholded at 0.5), optional mask_scores (N,).
+            (float masks are thresholded at 0.5), optional mask_scores (N,); or CroppedInstances
+            (sliced inference), whose RLEs are made from the crops without full-image masks.
         image_id: COCO id of the image.
         category_ids: dataset category id of each contiguous label (label k -> category_ids[k]).
 
@@ -114,8 +116,10 @@ def instances_to_coco_results(
     return results
 
 
-def _encode_masks(masks: torch.Tensor) -> list[dict[str, Any]]:
+def _encode_masks(masks: torch.Tensor | MaskCrops) -> list[dict[str, Any]]:
     """(N, H, W) masks -> N compressed RLEs with str counts (JSON-serializable)."""
+    if isinstance(masks, MaskCrops):
+        return masks.to_rles()
     if masks.is_floating_point():
         masks = masks >= 0.5
     # pycocotools wants (H, W, N) uint8 in Fortran order (column-major RLE). Viewing the bools as

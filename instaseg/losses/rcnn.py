@@ -67,7 +67,8 @@ def mask_loss(mask_logits: Tensor, labels: Tensor, targets: Tensor, mode: str = 
     * ``"agnostic"``: the same on a single class-agnostic channel (K = 1);
     * ``"softmax"``: the multinomial ablation — a per-pixel softmax over the C classes and
       background (K = C + 1, background last), each pixel's target being the RoI's class inside
-      the mask and background outside.
+      the mask and background outside (so at inference a pixel is in the object when it is not
+      background: ``MaskRCNN.class_mask_probabilities``).
     """
     if mask_logits.shape[0] == 0:
         return mask_logits.sum() * 0

@@ -58,7 +58,7 @@ def batch_images(images: list[Tensor], size_divisibility: int = 32, pad_value: f
     return ImageList(tensor, sizes)
 
 
-RESIZE_ROUNDINGS = ("floor", "round")
+RESIZE_ROUNDINGS = ("floor", "round", "mmcv")
 RESIZE_FILTERS = ("bilinear", "pil_bilinear")
 
 
@@ -73,7 +73,11 @@ def resized_shape(
       ``F.interpolate(scale_factor=scale, recompute_scale_factor=True)`` gives (480x640 -> 800x1066);
     - ``"round"`` (Detectron2's ``ResizeShortestEdge``): the short side becomes ``min_size`` and the
       long one ``long * min_size / short``; when that exceeds ``max_size`` both are multiplied by
-      ``max_size / long'``; each side is then ``int(x + 0.5)`` (480x640 -> 800x1067).
+      ``max_size / long'``; each side is then ``int(x + 0.5)`` (480x640 -> 800x1067);
+    - ``"mmcv"`` (MMDetection's ``Resize(keep_ratio=True)``, mmcv's ``rescale_size``): one factor
+      ``scale = min(max_size / long, min_size / short)`` and each side ``int(side * scale + 0.5)``.
+      The same sizes as ``"round"`` except where ``side * scale`` lands within float rounding of
+      ``x.5`` (22x124 -> 237x1333 here, 236x1333 by Detectron2's order of operations).
     """
     if rounding == "floor":
         scale = min(min_size / min(height, width), max_size / max(height, width))
@@ -85,6 +89,9 @@ def resized_shape(
             cap = max_size / max(new_h, new_w)
             new_h, new_w = new_h * cap, new_w * cap
         return max(int(new_h + 0.5), 1), max(int(new_w + 0.5), 1)
+    if rounding == "mmcv":
+        scale = min(max_size / max(height, width), min_size / min(height, width))
+        return max(int(height * scale + 0.5), 1), max(int(width * scale + 0.5), 1)
     raise ValueError(f"unknown resize rounding {rounding!r}: use one of {RESIZE_ROUNDINGS}")
 
 

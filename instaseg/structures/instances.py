@@ -7,7 +7,9 @@ from dataclasses import dataclass, field, fields, replace
 import torch
 from torch import Tensor
 
-__all__ = ["Instances", "Targets"]
+from instaseg.structures.mask_crops import MaskCrops
+
+__all__ = ["CroppedInstances", "Instances", "Targets"]
 
 
 @dataclass
@@ -82,6 +84,88 @@ class Instances:
             scores=torch.cat([it.scores for it in items]),
             labels=torch.cat([it.labels for it in items]),
             masks=torch.cat([it.masks for it in items]),
+            mask_scores=torch.cat([it.mask_scores for it in items]) if all(has_mask_scores) else None,
+        )
+
+
+@dataclass
+class CroppedInstances:
+    """Detections of one (large) image whose masks are kept as crops, not as full-image masks.
+
+    The result of sliced inference: the same fields as :class:`Instances` in the same image frame,
+    but ``masks`` is a :class:`MaskCrops` (each mask inside its own window), so memory grows with
+    the objects' areas rather than ``N * H * W``. ``to_instances()`` makes the full masks.
+    """
+
+    boxes: Tensor  # (N, 4) float xyxy, absolute pixels of the whole image
+    scores: Tensor  # (N,) float
+    labels: Tensor  # (N,) int64 in [0, num_classes)
+    masks: MaskCrops  # N crops of an (H, W) image
+    mask_scores: Tensor | None = None  # (N,) float or None, as in Instances
+
+    def __post_init__(self) -> None:
+        n = self.boxes.shape[0]
+        if self.boxes.dim() != 2 or self.boxes.shape[1] != 4:
+            raise ValueError(f"boxes must be (N, 4), got {tuple(self.boxes.shape)}")
+        for name, count in (("scores", self.scores.shape[0]), ("labels", self.labels.shape[0]),
+                            ("masks", len(self.masks)),
+                            ("mask_scores", n if self.mask_scores is None else self.mask_scores.shape[0])):
+            if count != n:
+                raise ValueError(f"{name} has {count} rows but boxes has {n}")
+
+    def __len__(self) -> int:
+        return self.boxes.shape[0]
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """``(H, W)`` of the image."""
+        return self.masks.image_size
+
+    def __getitem__(self, index: Tensor | slice | list[int]) -> "CroppedInstances":
+        """Select detections by a bool mask, an index tensor or list, or a slice."""
+        picked = torch.arange(len(self))[index].reshape(-1)
+        return CroppedInstances(self.boxes[picked], self.scores[picked], self.labels[picked], self.masks[picked],
+                                None if self.mask_scores is None else self.mask_scores[picked])
+
+    def to(self, device: torch.device | str) -> "CroppedInstances":
+        return CroppedInstances(self.boxes.to(device), self.scores.to(device), self.labels.to(device),
+                                self.masks.to(device),
+                                None if self.mask_scores is None else self.mask_scores.to(device))
+
+    def to_instances(self) -> Instances:
+        """The same detections with full ``(N, H, W)`` masks (``N * H * W`` bytes)."""
+        return Instances(self.boxes, self.scores, self.labels, self.masks.to_full(), self.mask_scores)
+
+    @classmethod
+    def from_instances(cls, instances: Instances, offset: tuple[int, int] = (0, 0),
+                       image_size: tuple[int, int] | None = None) -> "CroppedInstances":
+        """Detections of a region whose top-left pixel is ``offset = (x, y)`` in an ``image_size`` image.
+
+        Boxes are shifted by the offset; each mask is cut to the window of its True pixels.
+        """
+        shift = torch.tensor([offset[0], offset[1], offset[0], offset[1]], dtype=instances.boxes.dtype,
+                             device=instances.boxes.device)
+        return cls(instances.boxes + shift, instances.scores, instances.labels,
+                   MaskCrops.from_masks(instances.masks, offset, image_size), instances.mask_scores)
+
+    @classmethod
+    def empty(cls, image_size: tuple[int, int], device: torch.device | str = "cpu") -> "CroppedInstances":
+        full = Instances.empty((0, 0), device)
+        return cls(full.boxes, full.scores, full.labels, MaskCrops.empty(image_size, device))
+
+    @staticmethod
+    def cat(items: list["CroppedInstances"]) -> "CroppedInstances":
+        """Concatenate detections of the same image."""
+        if not items:
+            raise ValueError("CroppedInstances.cat needs at least one item")
+        has_mask_scores = [it.mask_scores is not None for it in items]
+        if any(has_mask_scores) and not all(has_mask_scores):
+            raise ValueError("cannot concatenate CroppedInstances with and without mask_scores")
+        return CroppedInstances(
+            boxes=torch.cat([it.boxes for it in items]),
+            scores=torch.cat([it.scores for it in items]),
+            labels=torch.cat([it.labels for it in items]),
+            masks=MaskCrops.cat([it.masks for it in items]),
             mask_scores=torch.cat([it.mask_scores for it in items]) if all(has_mask_scores) else None,
         )
 

@@ -16,11 +16,14 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
+
+from instaseg.structures.mask_crops import MaskCrops
 
 __all__ = ["PALETTE", "class_colours", "instance_colours", "draw_instances", "plan_labels", "side_by_side",
            "tile_pictures", "add_title", "font_of_size"]
@@ -75,24 +78,49 @@ def _erode(mask: np.ndarray, steps: int) -> np.ndarray:
     return mask
 
 
-def _blend_masks(canvas: np.ndarray, masks: np.ndarray, fills: np.ndarray, outlines: np.ndarray, alpha: float,
-                 thickness: int) -> np.ndarray:
-    """Fill (``alpha``) and outline each mask of ``(N, H, W)`` in place, largest first; returns the
-    ``(N,)`` bool "mask is empty". Objects under 12 outline widths across get a one-pixel outline."""
-    n = len(masks)
+def _mask_windows(masks: np.ndarray) -> list[tuple[int, int, int, int] | None]:
+    """The ``(x0, y0, x1, y1)`` extent of each ``(N, H, W)`` mask's pixels (None when it has none)."""
     rows, cols = masks.any(axis=2), masks.any(axis=1)  # (N, H), (N, W)
-    empty = ~rows.any(axis=1)
-    for i in np.argsort(-masks.reshape(n, -1).sum(1), kind="stable"):
-        if empty[i]:
+    windows: list[tuple[int, int, int, int] | None] = []
+    for r, c in zip(rows, cols):
+        y, x = np.nonzero(r)[0], np.nonzero(c)[0]
+        windows.append((int(x[0]), int(y[0]), int(x[-1]) + 1, int(y[-1]) + 1) if len(y) else None)
+    return windows
+
+
+def _as_crops(masks: Tensor | MaskCrops, size: tuple[int, int]) -> tuple[list[np.ndarray], list, np.ndarray]:
+    """Masks as (crops, their ``(x0, y0, x1, y1)`` windows or None, ``(H, W)`` bool union); float
+    masks thresholded at 0.5."""
+    if isinstance(masks, MaskCrops):
+        windows = [tuple(w) for w in masks.windows.tolist()]
+        crops = [c.detach().cpu().numpy().astype(bool) for c in masks.crops]
+    else:
+        full = masks.detach().cpu().numpy()
+        full = full >= 0.5 if full.dtype != bool else full
+        windows = _mask_windows(full)
+        crops = [full[i, w[1]:w[3], w[0]:w[2]] if w is not None else full[i, :0, :0] for i, w in enumerate(windows)]
+    union = np.zeros(size, bool)
+    for crop, w in zip(crops, windows):
+        if w is not None and crop.size:
+            union[w[1]:w[3], w[0]:w[2]] |= crop
+    return crops, windows, union
+
+
+def _blend_masks(canvas: np.ndarray, crops: Sequence[np.ndarray], windows: Sequence[Any], fills: np.ndarray,
+                 outlines: np.ndarray, alpha: float, thickness: int) -> np.ndarray:
+    """Fill (``alpha``) and outline each mask in place, largest first: ``crops[i]`` is mask ``i`` in
+    its window ``(x0, y0, x1, y1)`` of the ``(H, W, 3)`` float ``canvas``. Returns the ``(N,)`` bool
+    "mask is empty". Objects under 12 outline widths across get a one-pixel outline."""
+    areas = np.array([int(c.sum()) if w is not None else 0 for c, w in zip(crops, windows)], dtype=np.int64)
+    for i in np.argsort(-areas, kind="stable"):
+        if areas[i] == 0:
             continue
-        y = np.nonzero(rows[i])[0]
-        x = np.nonzero(cols[i])[0]
-        y0, y1, x0, x1 = y[0], y[-1] + 1, x[0], x[-1] + 1
-        region, mask = canvas[y0:y1, x0:x1], masks[i, y0:y1, x0:x1]
+        x0, y0, x1, y1 = windows[i]
+        region, mask = canvas[y0:y1, x0:x1], crops[i]
         region[mask] = (1 - alpha) * region[mask] + alpha * fills[i]
         steps = thickness if min(y1 - y0, x1 - x0) >= 12 * thickness else 1  # small objects: a thin line
         region[mask & ~_erode(mask, steps)] = outlines[i]
-    return empty
+    return areas == 0
 
 
 def _free(rect: Rect, placed: dict[int, Rect]) -> bool:
@@ -166,7 +194,7 @@ def draw_instances(
     image: np.ndarray | Tensor,
     boxes: Tensor,
     labels: Tensor,
-    masks: Tensor | None = None,
+    masks: Tensor | MaskCrops | None = None,
     scores: Tensor | None = None,
     class_names: list[str] | None = None,
     alpha: float = 0.3,
@@ -178,8 +206,9 @@ def draw_instances(
     """Overlay instances on ``image`` (``(H, W, 3)`` uint8 or ``(3, H, W)`` in [0, 255]).
 
     ``boxes (N, 4)`` xyxy absolute pixels, ``labels (N,)`` in ``[0, C)``, ``masks (N, H, W)`` bool
-    (or float, thresholded at 0.5), ``scores (N,)`` optional. See the module docstring for what is
-    drawn; ``show_labels=False`` draws neither labels nor legend (masks and outlines only).
+    (or float, thresholded at 0.5) or :class:`MaskCrops` (each mask kept in its window, for images
+    too large for a mask per detection; the same picture), ``scores (N,)`` optional. See the module
+    docstring for what is drawn; ``show_labels=False`` draws neither labels nor legend.
     """
     canvas = _as_array(image).astype(np.float32)
     height, width = canvas.shape[:2]
@@ -193,10 +222,9 @@ def draw_instances(
     without_mask = np.ones(n, bool)
     coverage = np.zeros((height, width), np.float32)
     if masks is not None and n:
-        masks_np = masks.detach().cpu().numpy()
-        masks_np = masks_np >= 0.5 if masks_np.dtype != bool else masks_np
-        without_mask = _blend_masks(canvas, masks_np, fills, outlines, alpha, thickness)
-        coverage = masks_np.any(axis=0).astype(np.float32)
+        crops, windows, union = _as_crops(masks, (height, width))
+        without_mask = _blend_masks(canvas, crops, windows, fills, outlines, alpha, thickness)
+        coverage = union.astype(np.float32)
     picture = Image.fromarray(canvas.clip(0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(picture)
     for i in np.nonzero(without_mask)[0]:

@@ -1,4 +1,5 @@
-"""Converters from peer checkpoints: torchvision and Detectron2 Mask R-CNN, YOLACT/YOLACT++, ImageNet backbones.
+"""Converters from peer checkpoints: torchvision and Detectron2 Mask R-CNN, YOLACT/YOLACT++, MMDetection
+Mask R-CNN / MS R-CNN / YOLACT, ImageNet backbones.
 
 Every file is read without running code from it (``instaseg.weights.safe_pickle``).
 """
@@ -9,6 +10,7 @@ from instaseg.weights.detectron2 import (
     convert_detectron2_maskrcnn,
     to_detectron2_maskrcnn,
 )
+from instaseg.weights.mmdet import convert_mmdet_checkpoint, convert_mmdet_file, to_mmdet_state_dict
 from instaseg.weights.safe_pickle import RestrictedUnpickler, load_weights_file, safe_load_pickle
 from instaseg.weights.torchvision import (
     ConversionSummary,
@@ -23,6 +25,8 @@ __all__ = [
     "RestrictedUnpickler",
     "convert_detectron2_file",
     "convert_detectron2_maskrcnn",
+    "convert_mmdet_checkpoint",
+    "convert_mmdet_file",
     "convert_torchvision_file",
     "convert_torchvision_maskrcnn",
     "convert_yolact_file",
@@ -32,6 +36,7 @@ __all__ = [
     "read_backbone_weights",
     "safe_load_pickle",
     "to_detectron2_maskrcnn",
+    "to_mmdet_state_dict",
     "to_torchvision_maskrcnn",
     "yolact_config_for",
 ]

@@ -10,6 +10,10 @@
 * ``detectron2``: ResNets already in Detectron2 names (``stem.conv1.weight``,
   ``res2.0.conv1.norm.weight`` ...), e.g. from Detectron2's convert-torchvision-to-d2 tool.
 
+An instaseg checkpoint (``runs/x/checkpoints/last.pt``) given as backbone weights gives its backbone
+(a C4 model's res5 head included); starting from the whole model is ``instaseg train --weights``.
+Whole-detector files of other codebases are refused with the command that converts them.
+
 MSRA weights were trained with the stride in the 1x1 conv and on BGR 0-255 images minus the
 mean (103.53, 116.28, 123.675), std 1; torchvision weights with the stride in the 3x3 and on
 RGB images normalised with ImageNet mean/std. The report says so when the backbone disagrees.
@@ -38,7 +42,11 @@ __all__ = [
     "load_backbone_weights",
 ]
 
-BACKBONE_FORMATS = ("torchvision", "msra", "detectron2")
+BACKBONE_FORMATS = ("torchvision", "msra", "detectron2", "instaseg")
+# Key prefixes of whole-detector files: (prefix, codebase, `instaseg convert --from` value)
+_DETECTORS = (("backbone.body.", "torchvision Mask R-CNN", "torchvision"),
+              ("backbone.bottom_up.", "Detectron2", "detectron2"), ("proposal_generator.", "Detectron2", "detectron2"),
+              ("backbone.layers.", "YOLACT", "yolact"))
 _CLASSIFIER = re.compile(r"^(fc\.|fc1000_|pred_|linear\.)")  # ImageNet classifier heads
 _MSRA_BN = {"s": "weight", "b": "bias", "rm": "running_mean", "riv": "running_var"}
 _MSRA_BRANCH = {"2a": "1", "2b": "2", "2c": "3"}
@@ -52,6 +60,12 @@ def detect_backbone_format(state: dict[str, Any]) -> str:
         return "msra"
     if "stem.conv1.weight" in state and any(k.startswith("res2.") for k in state):
         return "detectron2"
+    for prefix, codebase, source in _DETECTORS:
+        if any(k.startswith(prefix) for k in state):
+            raise CheckpointError(
+                f"a whole {codebase} detector, not ImageNet backbone weights: convert it (`instaseg convert --from "
+                f"{source} FILE model.pt`) and start from the whole model with `instaseg train --weights model.pt`"
+            )
     raise CheckpointError(
         f"unknown backbone weight layout (first keys: {sorted(state)[:4]}); expected torchvision "
         "(conv1.weight, layer1.*), MSRA/Caffe2 (conv1_w, res2_0_branch2a_w) or Detectron2 (stem.*, res2.*)"
@@ -134,9 +148,24 @@ def _unwrap(payload: Any, source: str) -> dict[str, Any]:
     return payload
 
 
+def _instaseg_backbone(payload: dict[str, Any]) -> dict[str, Tensor]:
+    """The ResNet of an instaseg checkpoint in ResNet names: ``backbone.*``, and a C4 model's
+    ``box_head.res5.*`` as ``layer4.*``."""
+    ours = {}
+    for name, value in payload["model"].items():
+        if name.startswith("backbone."):
+            ours[name[len("backbone."):]] = value
+        elif name.startswith("box_head.res5."):
+            ours["layer4." + name[len("box_head.res5."):]] = value
+    return {k: v for k, v in ours.items() if not k.endswith("num_batches_tracked")}
+
+
 def read_backbone_weights(path: str | Path) -> tuple[dict[str, Tensor], str]:
     """Read ImageNet ResNet weights in any supported layout -> (state in our names, format)."""
-    raw = _unwrap(load_weights_file(path), str(path))
+    payload = load_weights_file(path)
+    if isinstance(payload, dict) and payload.get("format") == "instaseg":
+        return _instaseg_backbone(payload), "instaseg"
+    raw = _unwrap(payload, str(path))
     fmt = detect_backbone_format(raw)
     if fmt == "msra":
         raw = {k: v for k, v in raw.items() if not k.endswith("_momentum")}
@@ -195,7 +224,9 @@ def load_backbone_weights(backbone: ResNet, path: str | Path) -> list[str]:
     merged.update({k: v.to(own[k].dtype) for k, v in state.items() if k in own})
     backbone.load_state_dict(merged, strict=True)
     kept = [k for k in own if k not in state]
-    report = [f"{path}: {fmt} ImageNet weights, loaded {len(state) - len(unused)} tensors"]
+    what = "the backbone of an instaseg checkpoint (the whole model: --weights)" if fmt == "instaseg" else \
+        f"{fmt} ImageNet weights"
+    report = [f"{path}: {what}, loaded {len(state) - len(unused)} tensors"]
     if unused:
         report.append(f"unused (stages this backbone does not build): {len(unused)} tensors")
     if kept:

@@ -1,4 +1,4 @@
-"""Detectron2 model-zoo Mask R-CNN weights (R-50/R-101, FPN and C4) <-> instaseg weights.
+"""Detectron2 model-zoo Mask R-CNN weights (R-50/R-101 FPN and C4, X-101-32x8d FPN) <-> instaseg weights.
 
 Detectron2 names (facebookresearch/detectron2: modeling/backbone/resnet.py, fpn.py,
 proposal_generator/rpn.py, roi_heads/{roi_heads,box_head,fast_rcnn,mask_head}.py):
@@ -53,6 +53,12 @@ __all__ = [
 # default MODEL.PIXEL_MEAN / PIXEL_STD with INPUT.FORMAT "BGR").
 DETECTRON2_PIXEL_MEAN_BGR = (103.530, 116.280, 123.675)
 DETECTRON2_PIXEL_STD_BGR = (1.0, 1.0, 1.0)
+# The FAIR Caffe2 ResNeXt the X-101-32x8d model starts from: the same mean, this std, and the stride
+# in the 3x3 conv (configs/COCO-InstanceSegmentation/mask_rcnn_X_101_32x8d_FPN_3x.yaml:
+# PIXEL_STD [57.375, 57.120, 58.395], STRIDE_IN_1X1 False).
+DETECTRON2_X101_PIXEL_STD_BGR = (57.375, 57.120, 58.395)
+# (depth, groups, width per group) of the ResNeXts in Detectron2's model zoo -> our backbone name
+_RESNEXT = {(101, 32, 8): "resnext101_32x8d"}
 _DEPTH_FROM_BLOCKS = {(3, 4, 6, 3): 50, (3, 4, 23, 3): 101}
 _NORM_PARAM = r"(weight|bias|running_mean|running_var)"
 # Same-name parts outside the ResNet (Detectron2 prefix, our prefix).
@@ -160,14 +166,23 @@ class Detectron2Layout:
     depth: int  # 50 or 101
     num_classes: int  # foreground classes (cls_score rows - 1)
     class_agnostic_mask: bool = False
+    groups: int = 1  # ResNeXt: 32 groups of width 8 (X-101-32x8d)
+    width_per_group: int = 64
+
+    @property
+    def resnext(self) -> bool:
+        return self.groups > 1
 
     @property
     def preset(self) -> str:
+        if self.resnext:
+            return f"mask_rcnn_x{self.depth}_{self.groups}x{self.width_per_group}d_fpn"
         return f"mask_rcnn_r{self.depth}_{'fpn' if self.fpn else 'c4'}"
 
     @property
     def architecture(self) -> str:
-        return f"Mask R-CNN R-{self.depth}-{'FPN' if self.fpn else 'C4'} (Detectron2)"
+        backbone = f"X-{self.depth}-{self.groups}x{self.width_per_group}d" if self.resnext else f"R-{self.depth}"
+        return f"Mask R-CNN {backbone}-{'FPN' if self.fpn else 'C4'} (Detectron2)"
 
 
 def _blocks(state: dict[str, Any], prefix: str) -> int:
@@ -193,9 +208,10 @@ def detect_detectron2_layout(state: dict[str, Any]) -> Detectron2Layout:
     if counts not in _DEPTH_FROM_BLOCKS:
         raise CheckpointError(f"unsupported ResNet: blocks per stage {counts}; supported: R-50 (3, 4, 6, 3), "
                               "R-101 (3, 4, 23, 3)")
-    conv2 = state.get(f"{body}res2.0.conv2.weight")
-    if conv2 is not None and conv2.shape[0] != conv2.shape[1]:
-        raise CheckpointError("grouped 3x3 convs (ResNeXt): not supported by this converter")
+    groups, width_per_group = _grouping(state.get(f"{body}res2.0.conv2.weight"))
+    if groups > 1 and (not fpn or (_DEPTH_FROM_BLOCKS[counts], groups, width_per_group) not in _RESNEXT):
+        raise CheckpointError(f"ResNeXt with {groups} groups of width {width_per_group} ({'FPN' if fpn else 'C4'}): "
+                              "the supported ResNeXt is Detectron2's X-101-32x8d FPN")
     if "roi_heads.box_predictor.cls_score.weight" not in state:
         raise CheckpointError("no roi_heads.box_predictor.cls_score.weight: not a Detectron2 R-CNN checkpoint")
     num_classes = int(state["roi_heads.box_predictor.cls_score.weight"].shape[0]) - 1
@@ -204,20 +220,31 @@ def detect_detectron2_layout(state: dict[str, Any]) -> Detectron2Layout:
         raise CheckpointError("class-agnostic box regression (CLS_AGNOSTIC_BBOX_REG) is not supported")
     mask_predictor = state.get("roi_heads.mask_head.predictor.weight")
     agnostic = mask_predictor is not None and mask_predictor.shape[0] == 1 and num_classes != 1
-    return Detectron2Layout(fpn, _DEPTH_FROM_BLOCKS[counts], num_classes, agnostic)
+    return Detectron2Layout(fpn, _DEPTH_FROM_BLOCKS[counts], num_classes, agnostic, groups, width_per_group)
+
+
+def _grouping(conv2: Any) -> tuple[int, int]:
+    """(groups, width per group) of res2's first 3x3 conv (out, in / groups, 3, 3); (1, 64) for a ResNet."""
+    if conv2 is None or conv2.shape[0] == conv2.shape[1]:
+        return 1, 64
+    groups = int(conv2.shape[0]) // int(conv2.shape[1])
+    return groups, int(conv2.shape[1])
 
 
 def detectron2_config(layout: Detectron2Layout, pixel_mean: tuple[float, float, float] = DETECTRON2_PIXEL_MEAN_BGR,
-                      pixel_std: tuple[float, float, float] = DETECTRON2_PIXEL_STD_BGR) -> Config:
+                      pixel_std: tuple[float, float, float] | None = None) -> Config:
     """The preset for ``layout`` with Detectron2's conventions: BGR 0-255 input, stride in the 1x1
-    (MSRA weights), aligned RoIAlign with adaptive sampling, unrounded anchors, centre paste, and
-    DefaultPredictor's resize (``int(x + 0.5)`` sizes, Pillow's bilinear filter on the uint8 image)."""
+    (MSRA ResNets; the FAIR ResNeXt has it in the 3x3 and its own std), aligned RoIAlign with
+    adaptive sampling, unrounded anchors, centre paste, and DefaultPredictor's resize (``int(x + 0.5)``
+    sizes, Pillow's bilinear filter on the uint8 image). ``pixel_std`` None: the model's default."""
+    if pixel_std is None:
+        pixel_std = DETECTRON2_X101_PIXEL_STD_BGR if layout.resnext else DETECTRON2_PIXEL_STD_BGR
     base = get_preset(layout.preset)
     m = base.model
     model = replace(
         m,
         num_classes=layout.num_classes,
-        backbone=replace(m.backbone, stride_in_1x1=True),
+        backbone=replace(m.backbone, stride_in_1x1=not layout.resnext),
         rpn=replace(m.rpn, anchor_convention="detectron2"),
         box_head=replace(m.box_head, aligned=True, sampling_ratio=0),
         mask_head=replace(m.mask_head, paste="centres", class_agnostic=layout.class_agnostic_mask),
@@ -236,13 +263,14 @@ def _is_ignored(name: str) -> bool:
     return name.endswith("num_batches_tracked") or "anchor_generator.cell_anchors" in name
 
 
-def _pixel_stats(state: dict[str, Tensor]) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def _pixel_stats(state: dict[str, Tensor]) -> tuple[tuple[float, ...], tuple[float, ...] | None]:
     # Older checkpoints saved GeneralizedRCNN's pixel_mean/pixel_std buffers (3, 1, 1): trust them.
+    # No std saved: None (the model's default, which differs for the ResNeXt).
     mean = state.pop("pixel_mean", None)
     std = state.pop("pixel_std", None)
     mean_t = DETECTRON2_PIXEL_MEAN_BGR if mean is None else tuple(float(v) for v in mean.flatten())
-    std_t = DETECTRON2_PIXEL_STD_BGR if std is None else tuple(float(v) for v in std.flatten())
-    if len(mean_t) != 3 or len(std_t) != 3:
+    std_t = None if std is None else tuple(float(v) for v in std.flatten())
+    if len(mean_t) != 3 or (std_t is not None and len(std_t) != 3):
         raise CheckpointError("pixel_mean/pixel_std must have 3 values")
     return mean_t, std_t
 
@@ -304,9 +332,10 @@ def convert_detectron2_maskrcnn(state: dict[str, Any]) -> Detectron2Conversion:
     filled = fill_missing_bn_stats(ours)
     if filled:
         notes.append(f"{filled} norm layers had no running statistics: set to the identity (mean 0, var 1 - eps)")
-    if (pixel_mean, pixel_std) != (DETECTRON2_PIXEL_MEAN_BGR, DETECTRON2_PIXEL_STD_BGR):
+    config = detectron2_config(layout, pixel_mean, pixel_std)
+    if (pixel_mean, pixel_std) != (DETECTRON2_PIXEL_MEAN_BGR, None):
         notes.append(f"pixel mean {pixel_mean} / std {pixel_std} read from the checkpoint")
-    return Detectron2Conversion(ours, detectron2_config(layout, pixel_mean, pixel_std), layout, tuple(notes))
+    return Detectron2Conversion(ours, config, layout, tuple(notes))
 
 
 def to_detectron2_maskrcnn(our_state: dict[str, Tensor], fpn: bool) -> dict[str, Tensor]:

@@ -197,9 +197,13 @@ def to_torchvision_maskrcnn(
     return theirs
 
 
-def save_converted(state: dict[str, Tensor], config: Config, dst: str | Path, source: str) -> int:
+def save_converted(state: dict[str, Tensor], config: Config, dst: str | Path, source: str,
+                   categories: dict[str, list] | None = None) -> int:
     """Build ``config``'s model, load ``state`` strictly (nothing missing, nothing unused, no shape
-    mismatch) and save an instaseg checkpoint at ``dst``. Returns the number of tensors loaded."""
+    mismatch) and save an instaseg checkpoint at ``dst``. Returns the number of tensors loaded.
+
+    ``categories`` (``{"ids": [...], "names": [...]}`` in label order), when the source names its
+    classes, is stored as ``instaseg train`` stores it (``checkpoint_categories`` reads it back)."""
     # Imported here: the builder may itself use instaseg.weights (backbone weights), and a
     # module-level import would make the two packages import each other.
     from instaseg.detectors.build import build_from_config
@@ -207,7 +211,8 @@ def save_converted(state: dict[str, Tensor], config: Config, dst: str | Path, so
 
     model = build_from_config(config)
     load_state_dict_checked(model, state, allow_partial=False, source=source)
-    save_checkpoint(dst, model.eval(), config)
+    extra = {} if categories is None else {"categories": categories}
+    save_checkpoint(dst, model.eval(), config, **extra)
     return len(state)
 
 

@@ -33,7 +33,9 @@ ARCHITECTURES = {
     "resnet101": ("bottleneck", (3, 4, 23, 3), 1, 64),
     "resnet152": ("bottleneck", (3, 8, 36, 3), 1, 64),
     "resnext50_32x4d": ("bottleneck", (3, 4, 6, 3), 32, 4),
+    "resnext101_32x4d": ("bottleneck", (3, 4, 23, 3), 32, 4),
     "resnext101_32x8d": ("bottleneck", (3, 4, 23, 3), 32, 8),
+    "resnext101_64x4d": ("bottleneck", (3, 4, 23, 3), 64, 4),
 }
 # Well-known torchvision totals minus the 1000-class fc layer (2048*1000+1000 or 512*1000+1000).
 PUBLISHED_TOTALS = {
@@ -43,7 +45,10 @@ PUBLISHED_TOTALS = {
     "resnet101": 42_500_160,
     "resnet152": 58_143_808,
     "resnext50_32x4d": 22_979_904,
+    # torchvision publishes no 32x4d; this is the formula's count (about the 44.2 M timm lists with its fc)
+    "resnext101_32x4d": 42_128_704,
     "resnext101_32x8d": 86_742_336,
+    "resnext101_64x4d": 81_406_272,  # torchvision's ResNeXt101_64X4D num_params 83,455,272 minus the fc
 }
 
 

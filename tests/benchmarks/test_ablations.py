@@ -155,6 +155,46 @@ def test_render_table_rows_and_cells():
     assert data[2]["verdict"] == "held" and data[0]["AP"]["n"] == 3
 
 
+def test_maskiou_column_reads_the_default_evaluation():
+    """The MaskIoU correlation is measured once per model (its "default" evaluation); every row of
+    that model shows it."""
+    table = Table("toy", "Scoring", "a note", (
+        Row("class score", "base", "alt", versus=None),
+        Row("scored", "base"),
+    ), maskiou=True)
+    results = [dict(r, evaluations={k: dict(v, maskiou_pearson=0.5 + 0.1 * r["seed"]) if k == "default" else v
+                                    for k, v in r["evaluations"].items()})
+               for r in TOY_RESULTS if r["training"] == "base"]
+    text = render_table(table, collect(results))
+    header, _, first, second = [l for l in text.splitlines() if l.startswith("|")]
+    assert header.endswith("| MaskIoU Pearson r |")
+    assert first.endswith("| 0.60 ± 0.10 |") and second.endswith("| 0.60 ± 0.10 |")
+    assert summary_json([table], collect(results))[0]["rows"][1]["maskiou_pearson"]["n"] == 3
+
+
+def test_retrain_takes_every_other_run_from_the_previous_json(tmp_path):
+    import ablations
+
+    out = tmp_path / "ablations.md"
+    runs = [{**r, "iterations": 400} for r in TOY_RESULTS]
+    runs = [dict(r, training={"base": "mrcnn", "other": "mrcnn_softmax"}[r["training"]]) for r in runs]
+    out.with_suffix(".json").write_text(json.dumps({"runs": runs}))
+    args = ablations.parse_args(["--retrain", "mrcnn_softmax", "--out", str(out), "--device", "cpu"])
+    previous = ablations.previous_runs(args)
+    assert sorted(previous) == [("mrcnn", 0, 400), ("mrcnn", 1, 400), ("mrcnn", 2, 400)]
+    assert ablations.previous_runs(ablations.parse_args(["--out", str(out), "--device", "cpu"])) == {}
+    with pytest.raises(SystemExit):
+        ablations.parse_args(["--retrain", "nope"])
+    # --report-only writes the tables from those runs and trains nothing (no dataset generated).
+    work = tmp_path / "work"
+    assert ablations.main(["--retrain", "mrcnn_softmax", "--report-only", "--blocks", "maskrcnn", "--out", str(out),
+                           "--work", str(work), "--device", "cpu"]) == 0
+    assert not work.exists()
+    text = out.read_text()
+    assert "| per-class sigmoid (ours: default) | 32.0 ± 2.0 (3) |" in text
+    assert "| multinomial softmax | - |" in text
+
+
 def test_single_seed_gives_no_verdict():
     runs = collect([r for r in TOY_RESULTS if r["seed"] == 0])
     assert compare(runs, TOY.rows[1], TOY.rows[0]).verdict == "n/a (1 seed)"
@@ -170,7 +210,8 @@ def test_every_row_names_a_known_training_and_evaluation():
             assert row.evaluation in {e.name for e in known[row.training].evaluations}, row.label
             assert row.versus is None or table.rows[row.versus].versus is None
     assert [t.name for t in trainings_for(tables(("msrcnn",)), family)] == ["mrcnn", "msrcnn"]
-    assert len(trainings_for(tables(), family)) == 14
+    assert [t.name for t in trainings_for(tables(("msrcnn_demo",)), family)] == ["mrcnn_demo", "msrcnn_demo"]
+    assert len(trainings_for(tables(), family)) == 16
 
 
 def test_configs_carry_the_ablation_switches():
@@ -217,7 +258,7 @@ def test_arguments_and_work_folders():
         with pytest.raises(SystemExit):
             ablations.parse_args(bad)
     base = ablations.parse_args(["--device", "cpu"])
-    assert base.blocks == ("maskrcnn", "msrcnn", "yolact") and base.seeds == 3 and not base.coco
+    assert base.blocks == ("maskrcnn", "msrcnn", "msrcnn_demo", "yolact") and base.seeds == 3 and not base.coco
     dirs = {ablations.work_dir(ablations.parse_args(a), 500) for a in (
         [], ["--variant", "hard"], ["--set", "train.lr=0.01"], ["--models", "r50"])}
     dirs.add(ablations.work_dir(base, 40))
@@ -228,6 +269,7 @@ def test_arguments_and_work_folders():
     assert ablations.images_for(base, family, known["mrcnn"]) == 500
     assert ablations.images_for(base, family, known["yolactpp"]) == 1500
     assert ablations.images_for(ablations.parse_args(["--images", "40"]), family, known["yolactpp"]) == 40
+    assert ablations.images_for(base, family, known["msrcnn_demo"]) == 600  # the demo's dataset
     # Other iterations share the dataset folder but never a run folder.
     yolact = trainings(FAMILIES["tiny"])["yolact_k8"]
     assert run_name(yolact, 800, 1) == "yolact_k8-800it-s1" != run_name(yolact, 7, 1)
@@ -241,6 +283,8 @@ def test_iterations_per_model_kind_unless_given():
     assert build_config(known["msrcnn"], family, 6, default, 0).train.max_iter == 400
     assert build_config(known["yolact_k8"], family, 6, default, 0).train.max_iter == 800
     assert build_config(known["yolactpp"], family, 6, default, 0).train.max_iter == 800
+    assert build_config(known["msrcnn_demo"], family, 6, default, 0).train.max_iter == 1600  # the demo's recipe
+    assert build_config(known["mrcnn_demo"], family, 6, default, 0).model.maskiou is None
     assert {build_config(t, family, 6, fixed, 0).train.max_iter for t in known.values()} == {50}
     assert FAMILIES["r50"].iterations_for("yolact") == DEFAULT_ITERATIONS
 
@@ -250,7 +294,7 @@ def test_dry_run_counts_the_runs(capsys):
 
     assert ablations.main(["--dry-run", "--device", "cpu", "--seeds", "3"]) == 0
     first = capsys.readouterr().out.splitlines()[0]
-    assert first.startswith("14 trainings x 3 seeds = 42 training runs")
+    assert first.startswith("16 trainings x 3 seeds = 48 training runs")
     assert ablations.main(["--dry-run", "--device", "cpu", "--blocks", "msrcnn", "--seeds", "4"]) == 0
     assert capsys.readouterr().out.startswith("2 trainings x 4 seeds = 8 training runs")
 
@@ -263,7 +307,7 @@ def smoke_dirs(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("block", ["maskrcnn", "msrcnn", "yolact"])
+@pytest.mark.parametrize("block", ["maskrcnn", "msrcnn", "msrcnn_demo", "yolact"])
 def test_smoke_run_of_each_block(block, smoke_dirs, capsys):
     import ablations
 
@@ -283,6 +327,7 @@ def test_smoke_run_of_each_block(block, smoke_dirs, capsys):
             assert set(evaluation["segm"]) >= {"AP", "AP50", "AP75"}
         assert not any(work.glob(f"*/{run['training']}-2it-s0/checkpoints/*.pt"))  # deleted once evaluated
         assert any(work.glob(f"*/{run['training']}-2it-s0/result.json"))
+        assert ("maskiou_pearson" in run["evaluations"]["default"]) == run["training"].startswith("msrcnn")
     # Resumable: a second call finds every result.json and trains nothing.
     stamps = {p: p.stat().st_mtime_ns for p in work.glob("*/*/result.json")}
     assert ablations.main(args) == 0

@@ -57,6 +57,25 @@ def test_untrained_mask_loss_starts_near_ln2():
     assert abs(float(losses["loss_cls"]) - math.log(4)) < 0.1  # uniform over 3 classes + background
 
 
+def test_softmax_mask_probability_is_foreground_whatever_class_the_mask_head_guesses():
+    """Multinomial masks (Table 2(b)): the loss labels a RoI's pixels inside its mask with the RoI's
+    class and the others background, so a pixel is in the object when it is not background. The
+    mask head that cannot yet tell the classes apart spreads that foreground over the C classes;
+    thresholding the detected class's share (at most 1/C of it) then gave empty masks."""
+    model = build_model(TINY, num_classes=3, model__mask_head__loss="softmax")
+    logits = torch.zeros(2, 4, 28, 28)  # channels: 3 classes, background last
+    logits[:, 3] = 4.0  # outside: background
+    logits[:, 3, 7:21, 7:21] = -4.0  # inside: foreground, the three classes equally likely
+    logits[1, 2, 7:21, 7:21] = 6.0  # second RoI: the head is sure of class 2 (not the detected class 1)
+    probs = model.class_mask_probabilities(logits, torch.tensor([1, 1]))
+    inside = torch.zeros(28, 28, dtype=torch.bool)
+    inside[7:21, 7:21] = True
+    assert probs.shape == (2, 28, 28)
+    assert (probs[:, inside] > 0.95).all() and (probs[:, ~inside] < 0.1).all()
+    expected = 1 - logits.softmax(dim=1)[:, 3]
+    torch.testing.assert_close(probs, expected)
+
+
 def test_c4_model_runs_train_and_inference():
     model = build_model("mask_rcnn_r50_c4", num_classes=2, model__backbone__name="resnet18",
                         model__backbone__norm="BN", model__backbone__freeze_at=0,

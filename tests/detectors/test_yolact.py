@@ -105,6 +105,23 @@ def test_protonet_doubles_p3_and_is_nonnegative() -> None:
         ProtoNet(8, 8, 4, upsample=0)
 
 
+def test_fpn_variants_of_the_config() -> None:
+    """The reference FPN by default (also for configs saved before ``fpn.extra_from`` and
+    ``fpn.relu_outputs`` existed); MMDetection's (P6 from C5, no ReLU) when the config says so."""
+    config = get_preset("yolact_r18_tiny")
+    data = config_to_dict(config)
+    del data["model"]["fpn"]["extra_from"], data["model"]["fpn"]["relu_outputs"]
+    reference = build_model(config_from_dict(data)).neck
+    assert reference.relu_outputs and reference.extra_from == "output"
+    assert reference.extra_convs[0].weight.shape[1] == 64  # reads P5
+    mmdet = build_model("yolact_r18_tiny", model__fpn__extra_from="input", model__fpn__relu_outputs=False).neck
+    assert not mmdet.relu_outputs and mmdet.extra_from == "input"
+    assert mmdet.extra_convs[0].weight.shape[1] == 512  # reads C5 of the ResNet-18
+    features = [torch.randn(1, c, s, s) for c, s in ((128, 8), (256, 4), (512, 2))]
+    assert (mmdet(features)["p3"] < 0).any()  # no ReLU on the outputs
+    assert not build_model("mask_rcnn_r18_fpn_tiny").neck.relu_outputs  # None: R-CNN's FPN has none
+
+
 def test_finer_prototypes_train_and_predict() -> None:
     """``model.head.proto_upsample=4``: stride-2 prototypes, through the loss and inference."""
     torch.manual_seed(0)

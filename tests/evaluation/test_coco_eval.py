@@ -606,3 +606,16 @@ def test_random_case_matches_reference(iou_type: str, max_dets: tuple) -> None:
     assert metrics["AP50"] == pytest.approx(np.mean([vs[0] for vs in per_cat.values()]))
     assert metrics["AP75"] == pytest.approx(np.mean([vs[5] for vs in per_cat.values()]))
     assert 0.0 < metrics["AP"] < 1.0  # the case is neither trivial nor empty
+
+
+def test_results_of_masks_kept_as_crops_equal_those_of_full_masks() -> None:
+    from instaseg.structures.instances import CroppedInstances
+
+    masks = torch.zeros(3, 30, 40, dtype=torch.bool)
+    masks[0, 2:9, 5:30] = True
+    masks[1, :, 39] = True
+    masks[2, 10:11, 0:1] = True
+    instances = Instances(torch.tensor([[5.0, 2, 30, 9], [39, 0, 40, 30], [0, 10, 1, 11]]), torch.tensor([0.9, 0.5, 0.2]),
+                          torch.tensor([0, 1, 0]), masks, torch.tensor([0.8, 0.4, 0.1]))
+    cropped = CroppedInstances.from_instances(instances)
+    assert instances_to_coco_results(cropped, 7, [3, 9]) == instances_to_coco_results(instances, 7, [3, 9])

@@ -76,6 +76,25 @@ def test_round_rule_is_detectron2s_resize_shortest_edge():
             assert resized_shape(height, width, min_size, max_size, rounding="round") == expected, (height, width)
 
 
+def _mmcv_size(height: int, width: int, short_edge: int, max_size: int) -> tuple[int, int]:
+    """mmcv/image/geometric.py ``rescale_size((w, h), scale=(max_size, short_edge))`` as
+    MMDetection's ``Resize(keep_ratio=True)`` calls it: ``scale_factor = min(max_long_edge /
+    max(h, w), max_short_edge / min(h, w))``, then ``_scale_size``: ``int(w * float(scale) + 0.5)``."""
+    scale_factor = min(max(max_size, short_edge) / max(height, width), min(max_size, short_edge) / min(height, width))
+    return int(height * float(scale_factor) + 0.5), int(width * float(scale_factor) + 0.5)
+
+
+def test_mmcv_rule_is_mmdetections_keep_ratio_resize():
+    assert resized_shape(480, 640, 800, 1333, rounding="mmcv") == (800, 1067)
+    # one of the sizes where Detectron2's order of operations rounds the other way
+    assert resized_shape(22, 124, 800, 1333, rounding="mmcv") == (237, 1333)
+    assert resized_shape(22, 124, 800, 1333, rounding="round") == (236, 1333)
+    for min_size, max_size in ((800, 1333), (640, 1066), (550, 550)):
+        for height, width in _SIZES + _random_sizes() + [(22, 124), (44, 22), (30, 172)]:
+            expected = _mmcv_size(height, width, min_size, max_size)
+            assert resized_shape(height, width, min_size, max_size, rounding="mmcv") == expected, (height, width)
+
+
 def _detectron2_pixels(image_hwc: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """detectron2/data/transforms/transform.py ``ResizeTransform.apply_image`` for a uint8 image:
     ``pil_image = Image.fromarray(img)``; ``pil_image.resize((self.new_w, self.new_h), interp)``

@@ -128,3 +128,18 @@ def test_side_by_side_tiles_and_titles():
     assert titled.size == (5, 8 + 18)
     with pytest.raises(ValueError):
         tile_pictures([], columns=2)
+
+
+def test_masks_kept_as_crops_draw_the_same_picture():
+    from instaseg.structures.mask_crops import MaskCrops
+
+    image = (np.arange(40 * 50 * 3) % 251).astype(np.uint8).reshape(40, 50, 3)
+    masks = torch.zeros(3, 40, 50, dtype=torch.bool)
+    masks[0, 5:20, 3:30] = True
+    masks[1, 25:38, 10:12] = True
+    masks[2, 22:30, 35:49] = True
+    boxes = torch.tensor([[3, 5, 30, 20], [10, 25, 12, 38], [35, 22, 49, 30]], dtype=torch.float32)
+    labels, scores = torch.tensor([0, 1, 0]), torch.tensor([0.9, 0.8, 0.7])
+    full = np.asarray(draw_instances(image, boxes, labels, masks, scores))
+    cropped = np.asarray(draw_instances(image, boxes, labels, MaskCrops.from_masks(masks), scores))
+    assert np.array_equal(full, cropped)

@@ -26,6 +26,8 @@ from instaseg.weights.detectron2 import (
     DETECTRON2_PIXEL_MEAN_BGR,
     convert_detectron2_maskrcnn,
     detect_detectron2_layout,
+    detectron2_config,
+    detectron2_name_to_ours,
     to_detectron2_maskrcnn,
 )
 
@@ -33,8 +35,10 @@ NORM = ("weight", "bias", "running_mean", "running_var")
 BLOCKS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
 
 
-def d2_shapes(fpn: bool, depth: int, num_classes: int) -> dict[str, tuple[int, ...]]:
-    """Key -> shape of a Detectron2 GeneralizedRCNN Mask R-CNN (StandardROIHeads or Res5ROIHeads)."""
+def d2_shapes(fpn: bool, depth: int, num_classes: int, groups: int = 1,
+              width_per_group: int = 64) -> dict[str, tuple[int, ...]]:
+    """Key -> shape of a Detectron2 GeneralizedRCNN Mask R-CNN (StandardROIHeads or Res5ROIHeads);
+    ``groups``/``width_per_group``: a ResNeXt (Detectron2's NUM_GROUPS / WIDTH_PER_GROUP)."""
     body = "backbone.bottom_up." if fpn else "backbone."
     shapes: dict[str, tuple[int, ...]] = {}
 
@@ -46,11 +50,12 @@ def d2_shapes(fpn: bool, depth: int, num_classes: int) -> dict[str, tuple[int, .
     in_channels = 64
     for stage, blocks in zip(range(2, 6), BLOCKS[depth]):
         planes = 64 * 2 ** (stage - 2)
+        width = planes * width_per_group // 64 * groups
         prefix = f"{body}res{stage}." if (fpn or stage < 5) else "roi_heads.res5."
         for i in range(blocks):
-            conv(f"{prefix}{i}.conv1", (planes, in_channels, 1, 1))
-            conv(f"{prefix}{i}.conv2", (planes, planes, 3, 3))
-            conv(f"{prefix}{i}.conv3", (4 * planes, planes, 1, 1))
+            conv(f"{prefix}{i}.conv1", (width, in_channels, 1, 1))
+            conv(f"{prefix}{i}.conv2", (width, width // groups, 3, 3))
+            conv(f"{prefix}{i}.conv3", (4 * planes, width, 1, 1))
             if i == 0:
                 conv(f"{prefix}{i}.shortcut", (4 * planes, in_channels, 1, 1))
             in_channels = 4 * planes
@@ -234,6 +239,22 @@ def test_ignored_and_refused_keys(r50_c4) -> None:
     shallow = {k: v for k, v in r50_c4.items() if not k.startswith("backbone.res4.5.")}
     with pytest.raises(CheckpointError, match="blocks per stage"):
         convert_detectron2_maskrcnn(shallow)
+
+
+def test_x101_32x8d_fpn_maps_onto_its_preset_with_its_conventions() -> None:
+    # Shapes only (meta tensors): the real model has 107 M parameters.
+    state = {k: torch.empty(shape, device="meta") for k, shape in d2_shapes(True, 101, 80, 32, 8).items()}
+    layout = detect_detectron2_layout(state)
+    assert (layout.preset, layout.groups, layout.width_per_group) == ("mask_rcnn_x101_32x8d_fpn", 32, 8)
+    config = detectron2_config(layout)
+    # configs/COCO-InstanceSegmentation/mask_rcnn_X_101_32x8d_FPN_3x.yaml: a C2 model, stride in the 3x3
+    assert config.model.backbone.name == "resnext101_32x8d" and not config.model.backbone.stride_in_1x1
+    assert config.input.pixel_std == (57.375, 57.120, 58.395) and config.input.channel_order == "BGR"
+    renamed = {detectron2_name_to_ours(k, fpn=True): tuple(v.shape) for k, v in state.items()}
+    assert renamed == meta_shapes(config)
+    other = {k: torch.empty(shape, device="meta") for k, shape in d2_shapes(True, 101, 80, 64, 4).items()}
+    with pytest.raises(CheckpointError, match="X-101-32x8d FPN"):
+        detect_detectron2_layout(other)
 
 
 def test_class_agnostic_mask_head(r50_c4) -> None:
