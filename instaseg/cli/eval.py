@@ -10,6 +10,7 @@ from pathlib import Path
 from instaseg.cli._common import add_model_options, ensure_writable_dir, warn
 from instaseg.config.budget import COCO_MAX_DETS, coco_max_dets
 from instaseg.errors import InstasegError
+from instaseg.evaluation.per_class import SORT_KEYS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -21,12 +22,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--checkpoint", help="an instaseg checkpoint to run on the dataset (= --weights PATH)")
     source.add_argument("--results", help="a COCO results json made by anything, to score as is")
     parser.add_argument("--images", help="image folder (needed with --checkpoint)")
-    parser.add_argument("--out", help="folder for metrics.json (and results.json with --checkpoint)")
+    parser.add_argument("--out", help="folder for metrics.json, per_class.csv, the PR / F1 curves, the confusion "
+                                      "matrix (and results.json and val_predictions/ with --checkpoint)")
     parser.add_argument("--max-dets", type=int, nargs=3, metavar=("D1", "D2", "D3"),
                         help="COCO maxDets (default 1 10 100, the last raised to the most instances one image "
                              "of --json has, so that a crowded dataset is not clipped)")
     add_model_options(parser)
     parser.add_argument("--per-category", action="store_true", help="also print AP per category")
+    parser.add_argument("--sort", choices=SORT_KEYS, default="ap",
+                        help="order of the per-class table: ap (mask AP, best first), name, instances (most first)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--allow-partial", action="store_true",
                         help="load only the checkpoint tensors that fit the model (the rest stay untrained)")
@@ -51,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
         raise InstasegError("--set changes the model of --checkpoint; --results has none")
     notes: dict[str, str] = {}
     if args.results:
-        metrics, notes = _evaluate_results_file(args)
+        metrics, notes = _evaluate_results_file(args, out)
     else:
         if not args.images:
             raise InstasegError(f"{'--weights' if args.weights else '--checkpoint'} needs --images (the image "
@@ -62,10 +66,26 @@ def run(args: argparse.Namespace) -> int:
         print(f"{iou_type}: {note}")
     if args.per_category:
         print(format_per_category_table(metrics))
+    curves = {t: values.pop("curves") for t, values in metrics.items() if "curves" in values}
+    if curves:
+        print(_per_class_table(curves, args.sort))
     if out is not None:
         write_metrics_json(metrics, out / "metrics.json", notes=notes)
         print(f"wrote {out / 'metrics.json'}")
+        from instaseg.engine.run_report import render_run_folder
+
+        written = render_run_folder(out, parts=("evaluation",), sort=args.sort)
+        pictures = sum(path.suffix == ".png" for path in written)
+        print(f"wrote per_class.csv and {pictures} pictures (PR and F1 curves, confusion matrix, val_predictions/) "
+              f"in {out}")
     return 0
+
+
+def _per_class_table(curves: dict, sort: str) -> str:
+    from instaseg.evaluation.per_class import format_per_class_table, per_class_rows, sort_rows, summary_row
+
+    box, mask = curves.get("bbox"), curves.get("segm")
+    return format_per_class_table(sort_rows(per_class_rows(box, mask), sort), total=summary_row(box, mask))
 
 
 def _max_instances(json_path: str) -> int:
@@ -79,19 +99,36 @@ def _max_instances(json_path: str) -> int:
     return max(counts.values(), default=0)
 
 
-def _evaluate_results_file(args: argparse.Namespace) -> tuple[dict, dict[str, str]]:
+def _evaluate_results_file(args: argparse.Namespace, out: Path | None) -> tuple[dict, dict[str, str]]:
     """Score what the file holds: masks when it has them, boxes always (from the masks when it has
-    none). Returns the metrics and ``{iou_type: note}`` for each type not scored from its own field."""
+    none). Returns the metrics and ``{iou_type: note}`` for each type not scored from its own field.
+    With ``out``, the PR arrays and the confusion counts are stored there for the pictures."""
     from instaseg.evaluation import evaluate_coco, result_fields
 
     try:
         results = json.loads(Path(args.results).read_text())
         fields = result_fields(results)
         metrics = evaluate_coco(args.json, results, iou_types=fields.iou_types, max_dets=tuple(args.max_dets),
-                                verbose=False, per_category=args.per_category)
+                                verbose=False, per_category=args.per_category, curves=True)
     except (OSError, ValueError, TypeError) as error:
         raise InstasegError(f"cannot score {args.results}: {error}") from None
+    if out is not None:
+        _save_results_file_plot_data(args.json, results, fields, metrics, out)
     return metrics, fields.notes
+
+
+def _save_results_file_plot_data(gt_json: str, results: list, fields, metrics: dict, out: Path) -> None:
+    """PR arrays and confusion counts of a results file (its masks where it has them, else its boxes)."""
+    from instaseg.engine.run_report import SCORE_THRESH, save_evaluation_data
+    from instaseg.evaluation.confusion import confusion_from_coco
+    from instaseg.evaluation.results_file import complete_results
+
+    data = json.loads(Path(gt_json).read_text())
+    sizes = {image["id"]: (image["height"], image["width"]) for image in data["images"]}
+    iou_type = "segm" if fields.has_segmentation else "bbox"
+    confusion = confusion_from_coco(data, complete_results(results, sizes), score_thresh=SCORE_THRESH,
+                                    iou_type=iou_type)
+    save_evaluation_data(out, {t: values["curves"] for t, values in metrics.items()}, confusion)
 
 
 def _evaluate_checkpoint(args: argparse.Namespace, out: Path | None) -> dict:
@@ -111,7 +148,7 @@ def _evaluate_checkpoint(args: argparse.Namespace, out: Path | None) -> dict:
         warn(message)
     results_path = out / "results.json" if out is not None else None
     metrics = evaluate_model(model.to(args.device), dataset, max_dets=tuple(args.max_dets),
-                             per_category=args.per_category, results_path=results_path)
+                             per_category=args.per_category, results_path=results_path, curves=True, plots_dir=out)
     if args.skip_bad:
         print(f"{args.json}: {dataset.skipped_summary}")
     return metrics

@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("instaseg.cli.convert", "torchvision, Detectron2, YOLACT, MMDetection weights -> instaseg"),
     "export": ("instaseg.cli.export", "a checkpoint as ONNX (or a torch.export program), post-processing included"),
     "bench": ("instaseg.cli.bench", "inference or training-step speed, peak memory, stage times and GFLOPs"),
+    "report": ("instaseg.cli.report", "redraw a run folder's pictures (results, PR curves, confusion ...)"),
 }
 
 

@@ -305,6 +305,7 @@ class TrainConfig:
     checkpoint_period: int = 5000
     keep_last: int = 3
     eval_period: int = 0  # 0: evaluate only at the end
+    plots: bool = True  # the run folder's pictures (results.png, PR curves ...: instaseg.engine.run_report)
     max_bad_steps: int = 5  # stop (with a checkpoint) after this many non-finite losses in a row
     seed: int = 0
 

@@ -23,11 +23,17 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from torch import nn
+import numpy as np
+import torch
+from torch import Tensor, nn
 from tqdm import tqdm
 
 from instaseg.engine.distributed import all_gather_objects, broadcast_object, is_main_process, unwrap_model
+from instaseg.engine.logging import get_logger
+from instaseg.engine.run_data import val_samples
+from instaseg.engine.run_report import NUM_VAL_SAMPLES, SCORE_THRESH, save_evaluation_data
 from instaseg.evaluation.coco_eval import COCOEvaluator, summary_keys
+from instaseg.evaluation.confusion import confusion_from_coco
 
 __all__ = ["evaluate_model", "write_metrics_json", "read_metrics_json", "METRIC_TYPES"]
 
@@ -45,6 +51,8 @@ def evaluate_model(
     max_dets: Sequence[int] = (1, 10, 100),
     per_category: bool = False,
     results_path: str | Path | None = None,
+    curves: bool = False,
+    plots_dir: str | Path | None = None,
 ) -> dict[str, dict[str, Any]]:
     """COCO box and mask AP of ``model`` on ``dataset``.
 
@@ -64,6 +72,10 @@ def evaluate_model(
         max_dets: COCO detection caps per image (dense datasets: e.g. (100, 300, 1000)).
         per_category: add ``"per_category": {name: AP}`` to each iou type.
         results_path: also write the COCO results json there (main process).
+        curves: add ``"curves"`` (:class:`~instaseg.evaluation.curves.PRCurves`) to each iou type.
+        plots_dir: also store what the run folder's evaluation pictures are drawn from (PR arrays,
+            confusion counts, the first few images holding objects, with their predictions) in
+            ``plots_dir/plot_data`` (main process; see :mod:`instaseg.engine.run_report`).
 
     Returns:
         ``{"bbox": {...}, "segm": {...}}`` as :func:`instaseg.evaluation.evaluate_coco` returns
@@ -77,6 +89,7 @@ def evaluate_model(
     evaluator = COCOEvaluator(dataset.json_path, dataset.category_ids, max_dets=max_dets)
     main = is_main_process()
     seen: set[int] = set()
+    sample_images: dict[int, np.ndarray] = {}  # the first few images, for the run folder's pictures
     for batch in tqdm(loader, desc="eval", unit="img", leave=False, disable=not (progress and main)):
         # a skip_bad dataset replaces an unreadable image by the next good one: score each image once
         # (the skipped image's ground truth then counts as missed, which is what happened)
@@ -84,6 +97,12 @@ def evaluate_model(
         seen.update(batch.image_ids)
         if keep:
             evaluator.process([batch.image_ids[i] for i in keep], net.predict([batch.images[i] for i in keep]))
+        if plots_dir is not None and main:  # the first few images that hold objects
+            for i in keep:
+                image_id = int(batch.image_ids[i])
+                holds_objects = evaluator.coco_gt.getAnnIds(imgIds=[image_id], iscrowd=False)
+                if len(sample_images) < NUM_VAL_SAMPLES and holds_objects:
+                    sample_images[image_id] = _as_uint8_image(batch.images[i])
     if distributed:
         shards = all_gather_objects((evaluator.results, evaluator.image_ids))
         if main:
@@ -91,11 +110,35 @@ def evaluate_model(
                 evaluator.merge(results, image_ids)
     metrics = None
     if main or not distributed:
-        metrics = evaluator.evaluate(verbose=verbose, per_category=per_category)
+        metrics = evaluator.evaluate(verbose=verbose, per_category=per_category,
+                                     curves=curves or plots_dir is not None)
         if results_path is not None:
             Path(results_path).parent.mkdir(parents=True, exist_ok=True)
             evaluator.save_results(results_path)
+        if plots_dir is not None:
+            pr_curves = {t: values["curves"] if curves else values.pop("curves") for t, values in metrics.items()}
+            try:
+                _save_plot_data(plots_dir, pr_curves, evaluator, sample_images)
+            except Exception as error:  # noqa: BLE001 - pictures never cost the metrics
+                get_logger().warning(f"run folder pictures: could not store the evaluation data ({error})")
     return broadcast_object(metrics) if distributed else metrics
+
+
+def _as_uint8_image(image: Tensor) -> np.ndarray:
+    """(3, H, W) float in [0, 255] -> (H, W, 3) uint8."""
+    return image.detach().cpu().clamp(0, 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+
+
+def _save_plot_data(folder: str | Path, curves: dict[str, Any], evaluator: COCOEvaluator,
+                    sample_images: dict[int, np.ndarray]) -> None:
+    """The evaluation's part of a run folder's picture data (see :mod:`instaseg.engine.run_report`)."""
+    coco_gt, results = evaluator.coco_gt, evaluator.results
+    names = [str(coco_gt.cats[c].get("name", c)) for c in evaluator.category_ids]
+    iou_type = "segm" if "segm" in evaluator.iou_types else "bbox"
+    confusion = confusion_from_coco(coco_gt, results, evaluator.category_ids, SCORE_THRESH, iou_type=iou_type,
+                                    image_ids=evaluator.image_ids or None)
+    samples = val_samples(sample_images, coco_gt, results, evaluator.category_ids)
+    save_evaluation_data(folder, curves, confusion, samples, names)
 
 
 def _finite_or_none(value: Any) -> float | None:

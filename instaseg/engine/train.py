@@ -56,6 +56,7 @@ from instaseg.engine.logging import (LossMeter, MetricsWriter, format_losses, ge
                                      setup_logger, teardown_logger)
 from instaseg.engine.optim import LRSchedule, build_optimizer, check_resumed_schedule, resolve_schedule
 from instaseg.engine.rng import capture_rng_state, restore_rng_state, seed_everything
+from instaseg.engine.run_report import NUM_TRAIN_BATCHES, record_label_stats, record_train_batch, refresh_run_folder
 from instaseg.errors import ConfigError, InstasegError
 from instaseg.evaluation.coco_eval import format_ap, summary_keys
 
@@ -270,6 +271,8 @@ def _setup(config: Config, dataset: Any, out_dir: Path, val_dataset: Any, resume
         seed_everything(cfg.seed + get_rank() + 7919 * run.iteration)
     if main:
         _write_config(config, out_dir / "config.yaml", note)
+    if main and cfg.plots:  # labels.png, once per run folder: run_report
+        record_label_stats(out_dir, dataset)
     run.writer = MetricsWriter(out_dir / "metrics.jsonl", enabled=main, tensorboard_dir=out_dir / "tensorboard")
     run.writer.truncate_after(run.iteration)
     logger.info(f"training {config.name}: {max_iter} iterations of {cfg.ims_per_batch} images "
@@ -416,6 +419,8 @@ def _compute_gradients(run: _Run) -> tuple[dict[str, float] | None, float]:
         started = time.perf_counter()
         batch = _next_batch(run)
         data_time += time.perf_counter() - started
+        if micro == 0 and run.main and run.config.train.plots and run.iteration < NUM_TRAIN_BATCHES:
+            record_train_batch(run.out_dir, run.iteration, batch, (run.categories or {}).get("names"))
         if not finite:
             continue
         targets = [t.to(run.device) for t in batch.targets]
@@ -478,8 +483,11 @@ def _periodic(run: _Run, lr: float) -> None:
     final = it == run.max_iter
     if it % run.log_period == 0 or final:
         _log_metrics(run, lr)
-    if run.val_dataset is not None and (final or (cfg.eval_period > 0 and it % cfg.eval_period == 0)):
+    evaluate = run.val_dataset is not None and (final or (cfg.eval_period > 0 and it % cfg.eval_period == 0))
+    if evaluate:
         _evaluate(run)
+    if run.main and cfg.plots and (evaluate or final):
+        refresh_run_folder(run.out_dir)
     if final or (cfg.checkpoint_period > 0 and it % cfg.checkpoint_period == 0):
         _save(run, it, all_gather_objects(capture_rng_state()))
 
@@ -504,7 +512,8 @@ def _evaluate(run: _Run) -> None:
         crowd = getattr(run.val_dataset, "max_instances_per_image", None)
         metrics = evaluate_model(run.model, run.val_dataset, run.config.train.num_workers,
                                  progress=run.progress, distributed=run.distributed, loader=loader,
-                                 max_dets=coco_max_dets(crowd() if crowd is not None else 0))
+                                 max_dets=coco_max_dets(crowd() if crowd is not None else 0),
+                                 plots_dir=run.out_dir if run.config.train.plots else None)
     finally:
         restore_rng_state(state)
     run.final_metrics = metrics

@@ -37,6 +37,7 @@ import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from instaseg.evaluation.curves import curves_from_cocoeval
 from instaseg.evaluation.results_file import complete_results, result_fields
 from instaseg.structures.instances import CroppedInstances, Instances
 from instaseg.structures.mask_crops import MaskCrops
@@ -294,6 +295,7 @@ def evaluate_coco(
     verbose: bool = True,
     per_category: bool = False,
     image_ids: Sequence[int] | None = None,
+    curves: bool = False,
 ) -> dict[str, dict[str, Any]]:
     """COCO AP of ``results`` against the ground truth ``gt``.
 
@@ -313,6 +315,8 @@ def evaluate_coco(
         per_category: also return ``"per_category": {category name: AP}`` per iou type.
         image_ids: evaluate only these images (default: every image of ``gt``). Results on
             other images are ignored.
+        curves: also return ``"curves"``: the :class:`~instaseg.evaluation.curves.PRCurves`
+            (pycocotools' accumulated precision, scores and recall) per iou type.
 
     Returns:
         ``{iou_type: {"AP", "AP50", "AP75", "APs", "APm", "APl", "AR@<m>" per max_dets,
@@ -344,6 +348,8 @@ def evaluate_coco(
                 print(_classic_table(metrics[iou_type], max_dets))
             if per_category:
                 metrics[iou_type]["per_category"] = _per_category_ap(coco_eval, coco_gt)
+            if curves:
+                metrics[iou_type]["curves"] = curves_from_cocoeval(coco_eval, coco_gt, iou_type)
     return metrics
 
 
@@ -487,7 +493,8 @@ class COCOEvaluator:
             json.dump(self.results, f)
         os.replace(tmp, path)
 
-    def evaluate(self, verbose: bool = True, per_category: bool = False) -> dict[str, dict[str, Any]]:
+    def evaluate(self, verbose: bool = True, per_category: bool = False,
+                 curves: bool = False) -> dict[str, dict[str, Any]]:
         """``evaluate_coco`` over the processed images (every gt image if none was processed)."""
         return evaluate_coco(
             self.coco_gt,
@@ -497,4 +504,5 @@ class COCOEvaluator:
             verbose=verbose,
             per_category=per_category,
             image_ids=self.image_ids or None,
+            curves=curves,
         )

@@ -44,6 +44,7 @@ TINY = [
     "model.box_head.batch_size_per_image=32", "model.rpn.pre_nms_topk_test=50", "model.rpn.post_nms_topk_test=20",
     "train.ims_per_batch=1", "train.lr=0.01", "train.warmup_iters=5", "train.max_iter=20",
     "train.checkpoint_period=5", "train.keep_last=3", "train.num_workers=0", "train.eval_period=0",
+    "train.plots=false",  # the run folder pictures: tests/engine/test_run_report.py
 ]
 
 
