@@ -17,7 +17,6 @@ sampling; its matrix product is counted) or NMS.
 from __future__ import annotations
 
 import contextlib
-import os
 import resource
 import statistics
 import time

@@ -20,7 +20,6 @@ So the conversion is a pure renaming: no tensor is reordered. The model-zoo ``.p
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ from torch import Tensor
 from instaseg.config.presets import get_preset
 from instaseg.config.schema import Config
 from instaseg.errors import CheckpointError
+from instaseg.weights.common import rename_state_dict
 from instaseg.weights.safe_pickle import load_weights_file, numpy_state_to_tensors
 from instaseg.weights.torchvision import INSTASEG_BN_EPS, ConversionSummary, save_converted
 
@@ -292,20 +292,6 @@ def fill_missing_bn_stats(state: dict[str, Tensor], eps: float = INSTASEG_BN_EPS
     return filled
 
 
-def _rename_all(state: dict[str, Tensor], rename: Callable[[str], str | None], what: str) -> dict[str, Tensor]:
-    out: dict[str, Tensor] = {}
-    unknown = []
-    for name, value in state.items():
-        new = rename(name)
-        if new is None:
-            unknown.append(name)
-        else:
-            out[new] = value
-    if unknown:
-        raise CheckpointError(f"{len(unknown)} {what} tensors have no counterpart: {unknown[:8]}")
-    return out
-
-
 @dataclass(frozen=True)
 class Detectron2Conversion:
     """A converted Detectron2 checkpoint: our state dict, the config it loads into, and notes."""
@@ -326,7 +312,7 @@ def convert_detectron2_maskrcnn(state: dict[str, Any]) -> Detectron2Conversion:
     tensors = numpy_state_to_tensors({k: v for k, v in state.items() if not _is_ignored(k)})
     pixel_mean, pixel_std = _pixel_stats(tensors)
     layout = detect_detectron2_layout(tensors)
-    ours = _rename_all(tensors, lambda n: detectron2_name_to_ours(n, layout.fpn), "Detectron2")
+    ours = rename_state_dict(tensors, lambda n: detectron2_name_to_ours(n, layout.fpn), "Detectron2")
     ours = {k: v.float() if v.is_floating_point() else v for k, v in ours.items()}
     notes = []
     filled = fill_missing_bn_stats(ours)
@@ -340,7 +326,7 @@ def convert_detectron2_maskrcnn(state: dict[str, Any]) -> Detectron2Conversion:
 
 def to_detectron2_maskrcnn(our_state: dict[str, Tensor], fpn: bool) -> dict[str, Tensor]:
     """Our Mask R-CNN (R-50/101, FPN or C4) state dict in Detectron2 names (for tests and export)."""
-    return _rename_all(dict(our_state), lambda n: our_name_to_detectron2(n, fpn), "instaseg")
+    return rename_state_dict(dict(our_state), lambda n: our_name_to_detectron2(n, fpn), "instaseg")
 
 
 def _detectron2_state(payload: Any, source: str) -> dict[str, Any]:

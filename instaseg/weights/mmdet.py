@@ -34,12 +34,10 @@ only trains; inference does not read it).
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from instaseg.backbones.resnet import RESNET_PRESETS
@@ -55,6 +53,7 @@ from instaseg.config.schema import (
 )
 from instaseg.errors import CheckpointError
 from instaseg.weights.mmdet_meta import MMDetMeta, Normalization, category_ids_for, read_mmdet_meta
+from instaseg.weights.common import rename_state_dict
 from instaseg.weights.safe_pickle import load_weights_file
 from instaseg.weights.torchvision import ConversionSummary, save_converted, unwrap_state_dict
 
@@ -258,24 +257,11 @@ def our_name_to_mmdet(name: str, layout: MMDetLayout) -> str | None:
     return _rename(name, tuple((ours, theirs) for theirs, ours in _head_renames(layout)))
 
 
-def _rename_all(state: dict[str, Tensor], rename: Callable[[str], str | None], what: str) -> dict[str, Tensor]:
-    out, unknown = {}, []
-    for name, value in state.items():
-        new = rename(name)
-        if new is None:
-            unknown.append(name)
-        else:
-            out[new] = value
-    if unknown:
-        raise CheckpointError(f"{len(unknown)} {what} tensors have no counterpart: {unknown[:8]}")
-    return out
-
-
 def convert_mmdet_state_dict(state: dict[str, Tensor], layout: MMDetLayout) -> dict[str, Tensor]:
     """MMDetection state dict -> ours: renamed (``num_batches_tracked`` dropped), floats as float32,
     and the YOLACT semantic conv's channels rolled by one (channel k - 1 held class k)."""
     state = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
-    ours = _rename_all(state, lambda n: mmdet_name_to_ours(n, layout), "MMDetection")
+    ours = rename_state_dict(state, lambda n: mmdet_name_to_ours(n, layout), "MMDetection")
     ours = {k: (v.float() if v.is_floating_point() else v).detach() for k, v in ours.items()}
     for name in [k for k in ours if k.startswith(_SEMANTIC)]:
         ours[name] = ours[name].roll(1, dims=0)
@@ -285,7 +271,7 @@ def convert_mmdet_state_dict(state: dict[str, Tensor], layout: MMDetLayout) -> d
 def to_mmdet_state_dict(our_state: dict[str, Tensor], layout: MMDetLayout) -> dict[str, Tensor]:
     """Our state dict of a ``layout`` model in MMDetection's names (the inverse of
     :func:`convert_mmdet_state_dict`, without the BatchNorm step counters)."""
-    theirs = _rename_all(dict(our_state), lambda n: our_name_to_mmdet(n, layout), "instaseg")
+    theirs = rename_state_dict(dict(our_state), lambda n: our_name_to_mmdet(n, layout), "instaseg")
     if layout.segm_prefix:
         for name in [k for k in theirs if k.startswith(layout.segm_prefix)]:
             theirs[name] = theirs[name].roll(-1, dims=0)
