@@ -18,13 +18,6 @@ TINY = [
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    root = tmp_path_factory.mktemp("synth")
-    assert main(["data", "synth", "--out", str(root), "--images", "10", "--size", "64", "--seed", "1"]) == 0
-    return root
-
-
-@pytest.fixture(scope="module")
 def trained(dataset, tmp_path_factory):
     run = tmp_path_factory.mktemp("run")
     args = ["train", "--preset", "mask_rcnn_r18_fpn_tiny", "--train-json", str(dataset / "annotations/train.json"),

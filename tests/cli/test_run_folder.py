@@ -18,13 +18,6 @@ PICTURES = ["results.png", "pr_curves_box.png", "pr_curves_mask.png", "f1_curves
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    root = tmp_path_factory.mktemp("synth")
-    assert main(["data", "synth", "--out", str(root), "--images", "10", "--size", "64", "--seed", "1"]) == 0
-    return root
-
-
-@pytest.fixture(scope="module")
 def run(dataset, tmp_path_factory):
     """4 iterations with an evaluation at 2 and at 4."""
     out = tmp_path_factory.mktemp("run")
