@@ -44,28 +44,25 @@ def mask_rcnn_r50_fpn() -> Config:
     return with_max_detections(Config(name="mask_rcnn_r50_fpn"), CROWD_DETECTIONS)
 
 
+def _with_backbone(base: Config, name: str, backbone: str) -> Config:
+    """``base`` under another name with another backbone (the variants of one architecture)."""
+    return replace(base, name=name, model=replace(base.model, backbone=replace(base.model.backbone, name=backbone)))
+
+
 def mask_rcnn_r101_fpn() -> Config:
-    base = mask_rcnn_r50_fpn()
-    model = replace(base.model, backbone=replace(base.model.backbone, name="resnet101"))
-    return replace(base, name="mask_rcnn_r101_fpn", model=model)
+    return _with_backbone(mask_rcnn_r50_fpn(), "mask_rcnn_r101_fpn", "resnet101")
 
 
 def mask_rcnn_x101_32x8d_fpn() -> Config:
-    base = mask_rcnn_r50_fpn()
-    model = replace(base.model, backbone=replace(base.model.backbone, name="resnext101_32x8d"))
-    return replace(base, name="mask_rcnn_x101_32x8d_fpn", model=model)
+    return _with_backbone(mask_rcnn_r50_fpn(), "mask_rcnn_x101_32x8d_fpn", "resnext101_32x8d")
 
 
 def mask_rcnn_x101_32x4d_fpn() -> Config:
-    base = mask_rcnn_r50_fpn()
-    model = replace(base.model, backbone=replace(base.model.backbone, name="resnext101_32x4d"))
-    return replace(base, name="mask_rcnn_x101_32x4d_fpn", model=model)
+    return _with_backbone(mask_rcnn_r50_fpn(), "mask_rcnn_x101_32x4d_fpn", "resnext101_32x4d")
 
 
 def mask_rcnn_x101_64x4d_fpn() -> Config:
-    base = mask_rcnn_r50_fpn()
-    model = replace(base.model, backbone=replace(base.model.backbone, name="resnext101_64x4d"))
-    return replace(base, name="mask_rcnn_x101_64x4d_fpn", model=model)
+    return _with_backbone(mask_rcnn_r50_fpn(), "mask_rcnn_x101_64x4d_fpn", "resnext101_64x4d")
 
 
 def mask_rcnn_r50_c4() -> Config:
@@ -87,9 +84,7 @@ def mask_rcnn_r50_c4() -> Config:
 
 
 def mask_rcnn_r101_c4() -> Config:
-    base = mask_rcnn_r50_c4()
-    model = replace(base.model, backbone=replace(base.model.backbone, name="resnet101"))
-    return replace(base, name="mask_rcnn_r101_c4", model=model)
+    return _with_backbone(mask_rcnn_r50_c4(), "mask_rcnn_r101_c4", "resnet101")
 
 
 def mask_rcnn_r50_fpn_torchvision() -> Config:
@@ -244,9 +239,7 @@ def yolact_r101_550() -> Config:
 
 
 def yolact_r50_550() -> Config:
-    base = yolact_r101_550()
-    model = replace(base.model, backbone=replace(base.model.backbone, name="resnet50"))
-    return replace(base, name="yolact_r50_550", model=model)
+    return _with_backbone(yolact_r101_550(), "yolact_r50_550", "resnet50")
 
 
 def yolact_r101_400() -> Config:
