@@ -210,12 +210,9 @@ def test_sigterm_stops_at_the_boundary_and_10_plus_resume_plus_10_equals_20(refe
     assert iterations == [5, 10, 15, 20]  # lines of redone iterations are not duplicated
 
 
-def test_keyboard_interrupt_mid_iteration_leaves_an_exact_checkpoint(reference, toy_data, tmp_path, monkeypatch):
-    def loss(original, call, model, raw, targets):
-        if call == 6:  # inside iteration 6, after its forward consumed random numbers (RoI sampling)
-            raise KeyboardInterrupt
-        return original(raw, targets)
-
+def _stops_at_6_then_resumes_exactly(loss, reference, toy_data, tmp_path, monkeypatch) -> None:
+    """Training whose ``loss`` stops it inside iteration 6 leaves an exact checkpoint: resumed, it
+    ends with the reference's weights."""
     wrap_loss(monkeypatch, loss)
     summary = run_training(reference.config, tmp_path, toy_data)
     assert summary["status"] == "interrupted" and summary["iteration"] == 6
@@ -223,6 +220,15 @@ def test_keyboard_interrupt_mid_iteration_leaves_an_exact_checkpoint(reference, 
     monkeypatch.undo()
     run_training(reference.config, tmp_path, toy_data, resume=True)
     assert_same_state(load_checkpoint(tmp_path / "checkpoints" / "last.pt")["model"], reference.weights)
+
+
+def test_keyboard_interrupt_mid_iteration_leaves_an_exact_checkpoint(reference, toy_data, tmp_path, monkeypatch):
+    def loss(original, call, model, raw, targets):
+        if call == 6:  # inside iteration 6, after its forward consumed random numbers (RoI sampling)
+            raise KeyboardInterrupt
+        return original(raw, targets)
+
+    _stops_at_6_then_resumes_exactly(loss, reference, toy_data, tmp_path, monkeypatch)
 
 
 def test_a_worker_death_after_sigterm_still_leaves_an_exact_checkpoint(reference, toy_data, tmp_path, monkeypatch):
@@ -232,13 +238,7 @@ def test_a_worker_death_after_sigterm_still_leaves_an_exact_checkpoint(reference
             raise RuntimeError("DataLoader worker (pid 1234) is killed by signal: Terminated. ")
         return original(raw, targets)
 
-    wrap_loss(monkeypatch, loss)
-    summary = run_training(reference.config, tmp_path, toy_data)
-    assert summary["status"] == "interrupted" and summary["iteration"] == 6
-    assert load_checkpoint(tmp_path / "checkpoints" / "last.pt")["iteration"] == 6
-    monkeypatch.undo()
-    run_training(reference.config, tmp_path, toy_data, resume=True)
-    assert_same_state(load_checkpoint(tmp_path / "checkpoints" / "last.pt")["model"], reference.weights)
+    _stops_at_6_then_resumes_exactly(loss, reference, toy_data, tmp_path, monkeypatch)
 
 
 def test_a_runtime_error_without_a_stop_request_is_raised(toy_data, tmp_path, monkeypatch):
