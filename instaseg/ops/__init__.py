@@ -3,9 +3,11 @@
 ``from instaseg.ops import roi_align, nms`` is a drop-in for ``from torchvision.ops import ...``.
 Where a working compiled torchvision is present, the ops hand their work to it at call time
 (``INSTASEG_FAST_KERNELS=0`` forces the pure-PyTorch paths). Beyond torchvision: ``soft_nms``,
-``fast_nms`` (YOLACT), ``multiscale_roi_align`` / ``assign_fpn_levels`` and the mask paste-back.
+``fast_nms`` (YOLACT), ``multiscale_roi_align`` / ``assign_fpn_levels``, the mask paste-back and its inverse, the
+mask target crop ``crop_and_resize``.
 """
 
+from instaseg.ops.crop_and_resize import crop_and_resize
 from instaseg.ops.deform_conv import DeformConv2d, deform_conv2d
 from instaseg.ops.fast_nms import fast_nms
 from instaseg.ops.nms import batched_nms, nms
@@ -27,6 +29,7 @@ __all__ = [
     "box_area",
     "box_iou",
     "clip_boxes_to_image",
+    "crop_and_resize",
     "deform_conv2d",
     "fast_nms",
     "multiscale_roi_align",

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from instaseg.structures.boxes import BoxCoder, box_iou
-from instaseg.structures.masks import crop_and_resize
+from instaseg.ops.crop_and_resize import crop_and_resize
 from instaseg.targets.matcher import Matcher
 from instaseg.targets.sampler import sample_balanced
 

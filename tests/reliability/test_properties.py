@@ -14,8 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from instaseg.data.coco import compressed_rle_runs
+from instaseg.ops.crop_and_resize import crop_and_resize
 from instaseg.structures.boxes import box_area, box_iou, clip_boxes_to_image
-from instaseg.structures.masks import bitmap_to_rle, crop_and_resize, polygons_to_bitmap, rle_to_bitmap
+from instaseg.structures.masks import bitmap_to_rle, polygons_to_bitmap, rle_to_bitmap
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
