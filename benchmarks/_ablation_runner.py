@@ -25,10 +25,9 @@ from ms_rcnn import mask_iou_pairs, pearson
 from instaseg.config.io import apply_overrides
 from instaseg.config.presets import get_preset
 from instaseg.config.schema import Config
-from instaseg.engine.checkpoint import load_model
 from instaseg.engine.evaluate import evaluate_model
-from instaseg.engine.train import train_on_dataset
 from instaseg.evaluation.coco_eval import AP_KEYS
+from instaseg.hub import load_model, train_on_dataset
 
 __all__ = ["Schedule", "run_name", "build_config", "run_training", "evaluate_variant", "read_result"]
 

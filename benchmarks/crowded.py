@@ -35,9 +35,8 @@ from instaseg.config.io import apply_overrides  # noqa: E402
 from instaseg.config.presets import get_preset  # noqa: E402
 from instaseg.data.coco import CocoDataset  # noqa: E402
 from instaseg.data.synthetic import generate_synthetic_dataset  # noqa: E402
-from instaseg.engine.checkpoint import load_model  # noqa: E402
 from instaseg.engine.evaluate import evaluate_model  # noqa: E402
-from instaseg.engine.train import train_on_dataset  # noqa: E402
+from instaseg.hub import load_model, train_on_dataset  # noqa: E402
 
 PRESET = "mask_rcnn_r18_fpn_tiny"
 TRAINING_CAPS_RAISED = ["model.rpn.pre_nms_topk_train=2000", "model.rpn.post_nms_topk_train=1000",

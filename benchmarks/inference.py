@@ -36,7 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _timing import markdown_table  # noqa: E402
 
-from instaseg.engine.bench import build_bench_model, stage_times  # noqa: E402
+from instaseg.engine.bench import stage_times  # noqa: E402
+from instaseg.hub import build_bench_model  # noqa: E402
 from instaseg.layers.fusion import fast_paths  # noqa: E402
 
 VARIANTS = ("plain", "fast", "bf16")

@@ -24,8 +24,7 @@ from instaseg.config.io import apply_overrides  # noqa: E402
 from instaseg.config.presets import get_preset  # noqa: E402
 from instaseg.data.coco import CocoDataset  # noqa: E402
 from instaseg.data.synthetic import generate_synthetic_dataset  # noqa: E402
-from instaseg.engine.checkpoint import load_model  # noqa: E402
-from instaseg.engine.train import train_on_dataset  # noqa: E402
+from instaseg.hub import load_model, train_on_dataset  # noqa: E402
 
 
 def mask_iou_pairs(model, dataset, device: str | torch.device = "cpu") -> tuple[list[float], list[float]]:

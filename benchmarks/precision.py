@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _timing import markdown_table  # noqa: E402
 
 from instaseg.data.coco import CocoDataset  # noqa: E402
-from instaseg.engine.checkpoint import load_model  # noqa: E402
+from instaseg.hub import load_model  # noqa: E402
 from instaseg.engine.evaluate import evaluate_model  # noqa: E402
 
 

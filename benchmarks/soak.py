@@ -63,7 +63,7 @@ def main() -> None:
     from instaseg.data.synthetic import generate_synthetic_dataset
     from instaseg.data.transforms import build_transforms
     from instaseg.detectors.build import resolve_config
-    from instaseg.engine.train import train_on_dataset
+    from instaseg.hub import train_on_dataset
 
     samples: list[tuple[int, float, float]] = []  # (iteration, rss MiB, seconds since start)
     start = time.perf_counter()

@@ -28,8 +28,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _timing import markdown_table  # noqa: E402
 
-from instaseg.detectors.build import build_model  # noqa: E402
 from instaseg.engine.bench import synthetic_targets  # noqa: E402
+from instaseg.hub import build_model  # noqa: E402
 from instaseg.layers.fusion import fast_paths  # noqa: E402
 from instaseg.ops.torchvision_shim import load_torchvision  # noqa: E402
 

@@ -34,9 +34,7 @@ from _timing import markdown_table, time_call  # noqa: E402
 from instaseg.config.presets import get_preset  # noqa: E402
 from instaseg.data.coco import CocoDataset  # noqa: E402
 from instaseg.data.synthetic import generate_synthetic_dataset  # noqa: E402
-from instaseg.detectors.build import build_model  # noqa: E402
-from instaseg.engine.checkpoint import load_model  # noqa: E402
-from instaseg.engine.train import train_on_dataset  # noqa: E402
+from instaseg.hub import build_model, load_model, train_on_dataset  # noqa: E402
 
 TINY_PRESETS = ("yolact_r18_tiny", "yolact_pp_r18_tiny")
 

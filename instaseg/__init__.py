@@ -16,8 +16,8 @@ __version__ = "0.1.0"
 _API = {
     "Instances": "instaseg.structures.instances",
     "Targets": "instaseg.structures.instances",
-    "Predictor": "instaseg.engine.predictor",
-    "build_model": "instaseg.detectors.build",
+    "Predictor": "instaseg.hub.predictor",
+    "build_model": "instaseg.hub.build",
     "list_presets": "instaseg.config.presets",
 }
 

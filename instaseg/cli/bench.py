@@ -42,7 +42,8 @@ def _default_size(preset: str, checkpoint: str | None) -> int:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from instaseg.engine.bench import format_result, run_benchmark
+    from instaseg.engine.bench import format_result
+    from instaseg.hub.bench import run_benchmark
 
     if args.device == "cuda" and not torch.cuda.is_available():
         raise InstasegError("--device cuda: no CUDA device is available to this torch build")

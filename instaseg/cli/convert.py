@@ -30,20 +30,21 @@ def run(args: argparse.Namespace) -> int:
     if args.style is not None and args.source != "mmdet":
         raise InstasegError("--style applies to --from mmdet only")
     if args.source == "torchvision":
-        from instaseg.weights.torchvision import TORCHVISION_COCO_BN_EPS, convert_torchvision_file
+        from instaseg.hub.convert import convert_torchvision_file
+        from instaseg.weights.torchvision import TORCHVISION_COCO_BN_EPS
 
         eps = TORCHVISION_COCO_BN_EPS if args.bn_eps is None else args.bn_eps
         summary = convert_torchvision_file(args.src, args.dst, source_bn_eps=eps)
     elif args.source == "yolact":
-        from instaseg.weights.yolact import convert_yolact_file
+        from instaseg.hub.convert import convert_yolact_file
 
         summary = convert_yolact_file(args.src, args.dst)
     elif args.source == "mmdet":
-        from instaseg.weights.mmdet import convert_mmdet_file
+        from instaseg.hub.convert import convert_mmdet_file
 
         summary = convert_mmdet_file(args.src, args.dst, style=args.style)
     else:
-        from instaseg.weights.detectron2 import convert_detectron2_file
+        from instaseg.hub.convert import convert_detectron2_file
 
         summary = convert_detectron2_file(args.src, args.dst)
     print(f"detected:    {summary.architecture}")

@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     from instaseg.config.presets import get_preset
     from instaseg.data.coco import CocoDataset
     from instaseg.data.synthetic import generate_synthetic_dataset
-    from instaseg.engine.train import train_on_dataset
+    from instaseg.hub.training import train_on_dataset
     from instaseg.evaluation import format_metrics_table
 
     start = time.perf_counter()
@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _write_overlays(checkpoint: str | Path, dataset, folder: Path, count: int = 12) -> None:
-    from instaseg.engine.predictor import Predictor
+    from instaseg.hub.predictor import Predictor
     from instaseg.viz.overlay import draw_instances, side_by_side
 
     folder.mkdir(parents=True, exist_ok=True)

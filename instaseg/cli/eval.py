@@ -134,9 +134,9 @@ def _save_results_file_plot_data(gt_json: str, results: list, fields, metrics: d
 def _evaluate_checkpoint(args: argparse.Namespace, out: Path | None) -> dict:
     from instaseg.config.budget import crowding_warnings
     from instaseg.data.coco import CocoDataset
-    from instaseg.engine.checkpoint import load_model
+    from instaseg.hub.build import load_model
     from instaseg.engine.evaluate import evaluate_model
-    from instaseg.zoo import resolve_checkpoint
+    from instaseg.hub.pretrained import resolve_checkpoint
 
     model, config = load_model(resolve_checkpoint(args.weights or args.checkpoint), allow_partial=args.allow_partial,
                                overrides=args.overrides, max_detections=args.max_detections)

@@ -41,9 +41,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from instaseg.engine.checkpoint import checkpoint_categories, load_checkpoint, load_model
+    from instaseg.engine.checkpoint import checkpoint_categories, load_checkpoint
     from instaseg.export.exporters import export_onnx, export_program, save_program
-    from instaseg.zoo import resolve_checkpoint
+    from instaseg.hub.build import load_model
+    from instaseg.hub.pretrained import resolve_checkpoint
 
     out = Path(args.out)
     if out.is_dir():

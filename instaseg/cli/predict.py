@@ -61,9 +61,9 @@ def collect_inputs(inputs: list[str]) -> tuple[list[Path], list[Path]]:
 
 def run(args: argparse.Namespace) -> int:
     from instaseg.engine.checkpoint import checkpoint_categories, load_checkpoint
-    from instaseg.engine.predictor import Predictor
     from instaseg.evaluation.results_writer import JsonListWriter
-    from instaseg.zoo import resolve_checkpoint
+    from instaseg.hub.predictor import Predictor
+    from instaseg.hub.pretrained import resolve_checkpoint
 
     images, videos = collect_inputs(args.inputs)
     out = ensure_writable_dir(args.out)
@@ -98,7 +98,7 @@ def _predict_images(predictor, items: list[tuple[int, Path]], category_ids: list
     returns the messages of the unreadable images skipped."""
     from tqdm import tqdm
 
-    from instaseg.engine.predictor import as_image_tensor
+    from instaseg.hub.predictor import as_image_tensor
     from instaseg.errors import DatasetError
     from instaseg.evaluation import instances_to_coco_results
     from instaseg.viz.overlay import draw_instances

@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     from instaseg.config.presets import get_preset
     from instaseg.data.coco import CocoDataset
     from instaseg.engine.distributed import get_launch_rank
-    from instaseg.engine.train import train_on_dataset
+    from instaseg.hub.training import train_on_dataset
     from instaseg.errors import ConfigError
 
     if (args.val_json is None) != (args.val_images is None):
@@ -81,8 +81,9 @@ def _starting_point(args: argparse.Namespace):
     conventions included), so --preset may only name the preset they were made for.
     """
     from instaseg.config.io import config_from_dict
-    from instaseg.engine.checkpoint import load_checkpoint, without_backbone_weights
-    from instaseg.zoo import config_for_weights, resolve_checkpoint
+    from instaseg.engine.checkpoint import load_checkpoint
+    from instaseg.hub.build import config_for_weights, without_backbone_weights
+    from instaseg.hub.pretrained import resolve_checkpoint
 
     path = resolve_checkpoint(args.weights)
     config = config_for_weights(config_from_dict(load_checkpoint(path)["config"]), args.preset,

@@ -44,7 +44,8 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _fetch(args: argparse.Namespace) -> int:
-    from instaseg.zoo import backbone_weights_file, checkpoint_for, get_entry
+    from instaseg.hub.pretrained import checkpoint_for
+    from instaseg.zoo import backbone_weights_file, get_entry
 
     entries = [get_entry(name) for name in args.names]  # every name checked before any download
     for entry in entries:

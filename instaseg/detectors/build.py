@@ -1,10 +1,13 @@
-"""Config -> model. The only place where configuration meets components."""
+"""Config -> model. The only place where configuration meets components.
+
+Modules are assembled and freshly initialised; nothing is read from disk. The ImageNet weights a
+config names (``model.backbone.weights``), whole checkpoints and published weights are applied by the
+top floor, ``instaseg.hub`` (``build_model``, ``model_from_config``, ``load_model``).
+"""
 
 from __future__ import annotations
 
-import logging
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -15,7 +18,6 @@ from instaseg.config.presets import get_preset
 from instaseg.config.schema import Config, MaskRCNNConfig, YolactConfig
 from instaseg.detectors.mask_rcnn import MaskRCNN
 from instaseg.detectors.yolact import Yolact
-from instaseg.errors import ConfigError
 from instaseg.heads.box_head import BoxPredictor, FCBoxHead, Res5Head
 from instaseg.heads.mask_head import MaskFCNHead, MaskMLPHead
 from instaseg.heads.maskiou_head import MaskIoUHead
@@ -25,40 +27,16 @@ from instaseg.heads.yolact_head import ProtoNet, SemanticSegHead, YolactPredicti
 from instaseg.necks.fpn import FPN
 from instaseg.targets.anchors import AnchorGenerator
 
-__all__ = ["build_model", "build_from_config", "resolve_config"]
-
-_LOG = logging.getLogger("instaseg")
-
-
-def _weights_file(value: str) -> Path:
-    """``model.backbone.weights``: a file, or a catalogue name fetched into the cache (``instaseg.zoo``)."""
-    if Path(value).expanduser().is_file():
-        return Path(value).expanduser()
-    from instaseg.zoo import backbone_weights_file
-
-    return backbone_weights_file(value)
+__all__ = ["build_from_config", "resolve_config"]
 
 
 def _backbone(model: MaskRCNNConfig | YolactConfig, out_features: tuple[str, ...]) -> ResNet:
-    cfg = model.backbone
-    backbone = _resnet(model, out_features)
-    if cfg.weights:  # ImageNet initialisation (torchvision, MSRA/Caffe2 or Detectron2 layout)
-        from instaseg.weights.backbone import load_backbone_weights
-
-        for line in load_backbone_weights(backbone, _weights_file(cfg.weights)):
-            _LOG.info(line)
-    return backbone
+    return _resnet(model, out_features)
 
 
 def _c4_res5(model: MaskRCNNConfig) -> nn.Sequential:
-    """The res5 stage used as the C4 RoI head, with the ImageNet ``layer4`` weights when given."""
-    res5 = _resnet(replace(model, backbone=replace(model.backbone, freeze_at=0)), ("res5",)).layer4
-    if model.backbone.weights:
-        from instaseg.weights.backbone import read_backbone_weights
-
-        state, _ = read_backbone_weights(_weights_file(model.backbone.weights))
-        res5.load_state_dict({k[len("layer4."):]: v for k, v in state.items() if k.startswith("layer4.")})
-    return res5
+    """The res5 stage used as the C4 RoI head (ImageNet's ``layer4`` when ``instaseg.hub`` loads weights)."""
+    return _resnet(replace(model, backbone=replace(model.backbone, freeze_at=0)), ("res5",)).layer4
 
 
 def _resnet(model: MaskRCNNConfig | YolactConfig, out_features: tuple[str, ...]) -> ResNet:
@@ -191,14 +169,11 @@ def _yolact(config: Config) -> Yolact:
 
 
 def build_from_config(config: Config) -> nn.Module:
-    """The model a :class:`Config` describes (weights freshly initialised, or the ImageNet backbone
-    weights ``model.backbone.weights`` names: a file, or a catalogue name whose conventions the config
-    must follow; see ``instaseg.zoo.apply_backbone_conventions``)."""
-    weights = config.model.backbone.weights
-    if weights and not Path(weights).expanduser().is_file():
-        from instaseg.zoo import check_backbone_conventions
+    """The model a :class:`Config` describes, freshly initialised.
 
-        check_backbone_conventions(config)
+    ``model.backbone.weights`` is not read here: :func:`instaseg.hub.model_from_config` builds the
+    model with this function and then loads the ImageNet weights it names.
+    """
     if isinstance(config.model, MaskRCNNConfig):
         return _mask_rcnn(config)
     if isinstance(config.model, YolactConfig):
@@ -214,41 +189,3 @@ def resolve_config(preset: str | Config, num_classes: int | None = None, overrid
         config = replace(config, model=replace(config.model, num_classes=num_classes))
     items = list(overrides or []) + [f"{key.replace('__', '.')}={value}" for key, value in kwargs.items()]
     return apply_overrides(config, items) if items else config
-
-
-def build_model(preset: str | Config | None = None, num_classes: int | None = None, weights: str | Path | None = None,
-                **overrides: Any) -> nn.Module:
-    """``build_model("mask_rcnn_r50_fpn", num_classes=3, model__rpn__nms_thresh=0.6)``.
-
-    Keyword overrides use ``__`` for nesting (``model__rpn__nms_thresh`` is ``model.rpn.nms_thresh``).
-    ImageNet weights named in ``model__backbone__weights`` (a file or a catalogue name) set the input
-    conventions they need.
-
-    ``weights``: a catalogue name (``instaseg weights list``; fetched and converted once) or an instaseg
-    checkpoint path. The model is built from the weights' own config (which carries the publisher's
-    conventions; ``preset``, when given, must be the one they were made for), ``num_classes`` and the
-    overrides applied, and initialised from them: with another ``num_classes`` the class-sized tensors
-    keep their fresh initialisation, ready for fine-tuning (``build_model(weights="maskrcnn_r50_fpn_3x_coco_d2",
-    num_classes=3)``).
-    """
-    from instaseg.zoo import apply_backbone_conventions
-
-    if weights is None:
-        if preset is None:
-            raise ConfigError("build_model needs a preset, or weights=NAME_OR_PATH")
-        config, notes = apply_backbone_conventions(resolve_config(preset, num_classes, **overrides))
-        for note in notes:
-            _LOG.info(f"model.backbone.weights: {note}")
-        return build_from_config(config)
-    from instaseg.config.io import config_from_dict
-    from instaseg.engine.checkpoint import load_checkpoint, load_pretrained_weights, without_backbone_weights
-    from instaseg.zoo import config_for_weights, resolve_checkpoint
-
-    path = resolve_checkpoint(weights)
-    payload = load_checkpoint(path)
-    base = config_for_weights(config_from_dict(payload["config"]), preset, source=str(weights))
-    config = without_backbone_weights(resolve_config(base, num_classes, **overrides))
-    model = build_from_config(config)
-    for line in load_pretrained_weights(model, config, payload, str(path)):
-        _LOG.info(line)
-    return model

@@ -1,5 +1,8 @@
 """Speed, memory and FLOPs of a model preset: what ``instaseg bench`` measures and prints.
 
+Model-agnostic: :func:`benchmark_model` measures the model it is handed; ``instaseg.hub.run_benchmark``
+builds it from a preset or checkpoint first.
+
 Inference: ``model.predict`` on one image of the requested size, given at the model's input size so
 that no resizing happens. Random weights score every class alike, so without a checkpoint the score
 threshold is 0 and the model returns its full ``detections_per_image`` (100), as a trained model
@@ -30,8 +33,8 @@ from torch import Tensor, nn
 from instaseg.config.schema import InputConfig
 from instaseg.structures.instances import Targets
 
-__all__ = ["BenchResult", "STAGE_GROUPS", "bench_image_size", "build_bench_model", "synthetic_targets",
-           "time_iterations", "stage_times", "count_gflops", "peak_memory", "run_benchmark", "format_result"]
+__all__ = ["BenchResult", "STAGE_GROUPS", "bench_image_size", "synthetic_targets", "time_iterations", "stage_times",
+           "count_gflops", "peak_memory", "benchmark_model", "format_result"]
 
 # Detector stage labels -> the groups the summary reports (Mask R-CNN and YOLACT labels alike).
 STAGE_GROUPS: dict[str, str] = {
@@ -112,35 +115,6 @@ def bench_image_size(input_config: InputConfig, size: int) -> tuple[int, int]:
         return size, size
     divisor = max(1, input_config.size_divisibility)
     return size, int(round(size * _ASPECT / divisor)) * divisor
-
-
-def build_bench_model(preset: str, checkpoint: str | None = None, size: int = 800,
-                      score_thresh: float | None = None) -> tuple[nn.Module, tuple[int, int], str]:
-    """The model to measure, the image size ``(H, W)`` it sees (no resizing inside it), its name.
-
-    Without ``checkpoint``: the preset with random weights and, unless given, score threshold 0.
-    With one: its config and weights (then ``preset`` is ignored) and its own threshold.
-    """
-    from instaseg.config.io import apply_overrides, config_from_dict
-    from instaseg.detectors.build import build_from_config, resolve_config
-    from instaseg.engine.checkpoint import load_checkpoint, load_state_dict_checked
-
-    payload = load_checkpoint(checkpoint) if checkpoint else None
-    config = config_from_dict(payload["config"]) if payload else resolve_config(preset)
-    height, width = bench_image_size(config.input, size)
-    overrides = []
-    if config.input.square > 0:
-        overrides.append(f"input.square={size}")
-    else:
-        overrides += [f"input.min_size_test={min(height, width)}", f"input.max_size_test={max(height, width)}"]
-    if score_thresh is None and payload is None:
-        score_thresh = 0.0
-    if score_thresh is not None:
-        overrides.append(f"model.inference.score_thresh={score_thresh}")
-    model = build_from_config(apply_overrides(config, overrides))
-    if payload is not None:
-        load_state_dict_checked(model, payload["model"], False, source=str(checkpoint))
-    return model, (height, width), config.name
 
 
 def synthetic_targets(image_size: tuple[int, int], num_classes: int, num_objects: int = 4,
@@ -315,20 +289,18 @@ def _train_step(model: nn.Module, images: list[Tensor], targets: list[Targets], 
     return step
 
 
-def run_benchmark(preset: str, *, checkpoint: str | None = None, size: int = 800, device: str = "cpu",
-                  threads: int | None = None, iters: int = 5, warmup: int = 1, train: bool = False,
-                  batch_size: int | None = None, precision: str = "float32", compile: bool = False,
-                  score_thresh: float | None = None, stages: bool = True, flops: bool = True) -> BenchResult:
-    """Build ``preset`` (or load ``checkpoint``) and measure it; see the module docstring.
+def benchmark_model(model: nn.Module, image_size: tuple[int, int], name: str, *, device: str = "cpu",
+                    iters: int = 5, warmup: int = 1, train: bool = False, batch_size: int | None = None,
+                    precision: str = "float32", compile: bool = False, stages: bool = True,
+                    flops: bool = True) -> BenchResult:
+    """Measure ``model`` (any detector: ``predict``, ``forward`` + ``loss``, ``num_classes``) on synthetic
+    images of ``image_size = (H, W)``; see the module docstring. ``name`` labels the result.
 
-    ``batch_size`` defaults to 1 image for inference and 2 for training; ``size`` is the shorter
-    image side (YOLACT: the square side). ``threads`` sets ``torch.set_num_threads`` when given.
+    ``batch_size`` defaults to 1 image for inference and 2 for training. Building the model from a
+    preset or checkpoint is the caller's (``instaseg.hub.run_benchmark``).
     """
-    if threads:
-        torch.set_num_threads(threads)
     torch_device = torch.device(device)
-    torch.manual_seed(0)
-    model, (height, width), name = build_bench_model(preset, checkpoint, size, score_thresh)
+    height, width = image_size
     model.to(torch_device)
     if compile:
         _compile_layers(model, freeze=not train)

@@ -7,6 +7,9 @@ A checkpoint is a ``torch.save`` of plain containers only::
 
 and is always read with ``torch.load(weights_only=True)``, which refuses anything but tensors and
 plain containers, so a malicious file cannot run code.
+
+Nothing here knows a model: building the model a checkpoint's config describes, and fine-tuning
+initialisation, are ``instaseg.hub`` (``load_model``, ``load_pretrained_weights``).
 """
 
 from __future__ import annotations
@@ -14,16 +17,13 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from instaseg.config.budget import with_max_detections
-from instaseg.config.io import apply_overrides, config_from_dict, config_to_dict
+from instaseg.config.io import config_to_dict
 from instaseg.config.schema import Config
 from instaseg.errors import CheckpointError
 
@@ -32,14 +32,9 @@ __all__ = [
     "point_last_at",
     "rotate_checkpoints",
     "checkpoint_categories",
-    "class_sized_tensors",
     "load_checkpoint",
-    "load_model",
-    "load_pretrained_weights",
     "load_state_dict_checked",
-    "model_shapes",
     "save_checkpoint",
-    "without_backbone_weights",
 ]
 
 FORMAT = "instaseg"
@@ -145,91 +140,6 @@ def load_state_dict_checked(model: nn.Module, state: dict[str, torch.Tensor], al
     fitting = {k: v for k, v in state.items() if k in own and v.shape == own[k].shape}
     model.load_state_dict(fitting, strict=False)
     return problems
-
-
-def load_model(path: str | Path, allow_partial: bool = False, overrides: Sequence[str] = (),
-               max_detections: int | None = None) -> tuple[nn.Module, Config]:
-    """Build the model a checkpoint's config describes and load its weights (eval mode).
-
-    ``overrides`` (``"key=value"``, as ``--set``) and ``max_detections`` (every detection cap
-    raised to let that many objects through, :func:`instaseg.config.budget.with_max_detections`)
-    change the stored config before the model is built. The ImageNet ``model.backbone.weights`` it
-    names are not read (the checkpoint holds the weights).
-    """
-    from instaseg.detectors.build import build_from_config
-
-    payload = load_checkpoint(path)
-    config = apply_overrides(config_from_dict(payload["config"]), list(overrides))
-    if max_detections is not None:
-        config = with_max_detections(config, max_detections)
-    model = build_from_config(without_backbone_weights(config))
-    load_state_dict_checked(model, payload["model"], allow_partial, source=str(path))
-    return model.eval(), config
-
-
-def without_backbone_weights(config: Config) -> Config:
-    """``config`` with ``model.backbone.weights`` cleared, for a model whose weights come from a whole
-    checkpoint (the ImageNet file would be read, or fetched, only to be overwritten)."""
-    backbone = replace(config.model.backbone, weights="")
-    return replace(config, model=replace(config.model, backbone=backbone))
-
-
-def model_shapes(config: Config) -> dict[str, tuple[int, ...]]:
-    """Tensor name -> shape of the model ``config`` builds, without allocating it (meta device)."""
-    from instaseg.detectors.build import build_from_config
-
-    with torch.device("meta"):
-        model = build_from_config(without_backbone_weights(config))
-    return {name: tuple(t.shape) for name, t in model.state_dict().items()}
-
-
-def class_sized_tensors(config: Config, other_num_classes: int) -> dict[str, tuple[tuple[int, ...], tuple[int, ...]]]:
-    """The tensors sized by the number of classes: ``{name: (shape with other_num_classes, shape in config)}``.
-
-    Found by building the model of ``config`` and the same model with ``other_num_classes`` (on the
-    meta device) and keeping the tensors whose shapes differ: box classifier and regressor, mask
-    predictor, MaskIoU output, YOLACT's class conv, semantic-segmentation conv, re-scoring output,
-    and whatever else a head sizes by ``num_classes``.
-    """
-    if other_num_classes == config.model.num_classes:
-        return {}
-    other = replace(config, model=replace(config.model, num_classes=other_num_classes))
-    mine, theirs = model_shapes(config), model_shapes(other)
-    return {k: (theirs[k], shape) for k, shape in mine.items() if k in theirs and theirs[k] != shape}
-
-
-def load_pretrained_weights(model: nn.Module, config: Config, payload: dict[str, Any],
-                            source: str = "checkpoint") -> list[str]:
-    """Initialise ``model`` (built from ``config``) from a checkpoint ``payload`` for fine-tuning.
-
-    When the checkpoint's model has another number of classes, the class-sized tensors
-    (:func:`class_sized_tensors`) keep ``model``'s fresh initialisation and everything else is loaded;
-    with the same number of classes everything loads. Any other missing, unexpected or mis-shaped
-    tensor raises :class:`CheckpointError` (another architecture). Returns report lines.
-    """
-    state = payload["model"]
-    old = int(payload["config"]["model"]["num_classes"])
-    new = config.model.num_classes
-    resized = class_sized_tensors(config, old)
-    own = model.state_dict()
-    problems = [f"missing {k}" for k in own if k not in state and k not in resized]
-    problems += [f"unexpected {k}" for k in state if k not in own]
-    for k, value in state.items():
-        expected = resized[k][0] if k in resized else tuple(own[k].shape) if k in own else None
-        if expected is not None and tuple(value.shape) != expected:
-            problems.append(f"shape {k}: checkpoint {tuple(value.shape)} vs model {expected}")
-    if problems:
-        shown = "\n  ".join(problems[:12]) + (f"\n  ... and {len(problems) - 12} more" if len(problems) > 12 else "")
-        raise CheckpointError(f"{source} does not fit this model ({len(problems)} problems; another architecture?):"
-                              f"\n  {shown}")
-    loaded = {k: v for k, v in state.items() if k not in resized}
-    model.load_state_dict(loaded, strict=False)
-    lines = [f"initialised from {source}: {len(loaded)} of {len(own)} tensors loaded"]
-    if resized:
-        lines.append(f"re-initialised {len(resized)} class-sized tensors (the weights predict {old} classes, "
-                     f"this model {new}):")
-        lines += [f"  {k}: {tuple(a)} in the weights -> {tuple(b)}, fresh initialisation" for k, (a, b) in resized.items()]
-    return lines
 
 
 def checkpoint_categories(payload: dict[str, Any], num_classes: int) -> tuple[list[int], list[str]]:

@@ -23,6 +23,11 @@ boundary. So ``N`` iterations equal ``k`` + resume + ``N - k`` (bit-exact on the
 Batch size: ``train.ims_per_batch`` is the number of images per optimizer step over all processes
 and micro-batches (Detectron2's meaning), so the LR schedule does not change with the hardware;
 each micro-batch holds ``ims_per_batch / (world_size * accumulate)`` images.
+
+The model: the loop trains whatever ``model_factory(config)`` returns, as long as it keeps the
+detector contract (``forward(images, targets)``, ``loss(raw, targets)``, ``predict(images)``,
+``num_classes``); nothing here imports a detector. ``instaseg.hub.train_on_dataset`` passes
+``instaseg.hub.model_from_config`` (and the fine-tuning initialisation of ``--weights``).
 """
 
 from __future__ import annotations
@@ -44,9 +49,8 @@ from torch import nn
 
 from instaseg.config.io import config_from_dict, save_yaml
 from instaseg.config.schema import Config
-from instaseg.detectors.build import build_from_config
-from instaseg.engine.checkpoint import (load_checkpoint, load_pretrained_weights, load_state_dict_checked,
-                                       point_last_at, rotate_checkpoints, save_checkpoint)
+from instaseg.engine.checkpoint import (load_checkpoint, load_state_dict_checked, point_last_at, rotate_checkpoints,
+                                       save_checkpoint)
 from instaseg.engine.distributed import (all_gather_objects, any_across_ranks, barrier, destroy_distributed,
                                          get_local_rank, get_rank, get_world_size, init_distributed,
                                          is_distributed, wrap_model)
@@ -60,7 +64,15 @@ from instaseg.engine.run_report import NUM_TRAIN_BATCHES, record_label_stats, re
 from instaseg.errors import ConfigError, InstasegError
 from instaseg.evaluation.coco_eval import format_ap, summary_keys
 
-__all__ = ["train", "train_on_dataset", "NonFiniteLossError", "CheckpointWriteError", "TrainLoaderFn", "TestLoaderFn"]
+__all__ = ["train", "train_on_dataset", "NonFiniteLossError", "CheckpointWriteError", "ModelFactory", "Initialiser",
+           "TrainLoaderFn", "TestLoaderFn"]
+
+# config -> a freshly initialised model that keeps the detector contract. Called once per run, after
+# the random generators are seeded with train.seed, so the initial weights are a function of the config.
+ModelFactory = Callable[[Config], nn.Module]
+# the fresh model -> report lines: the caller's initialisation of it (fine-tuning from a checkpoint);
+# not called when the run resumes from its own checkpoint, which holds every weight.
+Initialiser = Callable[[nn.Module], Iterable[str]]
 
 # (dataset, config, micro_batch_size, start_micro_batch, distributed) -> infinite stream of batches
 TrainLoaderFn = Callable[[Any, Config, int, int, bool], Iterable[Any]]
@@ -153,8 +165,8 @@ class _Run:
 # ------------------------------------------------------------------------------------- entry points
 def train(config: Config, train_json: str | Path, train_images: str | Path, out_dir: str | Path,
           val_json: str | Path | None = None, val_images: str | Path | None = None, resume: bool = False,
-          overrides_note: str | None = None, progress: bool = True, *, log_period: int = 20,
-          device: str | None = None, init_weights: str | Path | None = None) -> dict[str, Any]:
+          overrides_note: str | None = None, progress: bool = True, *, model_factory: ModelFactory,
+          log_period: int = 20, device: str | None = None, initialise: Initialiser | None = None) -> dict[str, Any]:
     """Train ``config``'s model on a COCO dataset; see :func:`train_on_dataset` for the rest.
 
     ``train_json`` / ``val_json`` are COCO instance annotation files, ``*_images`` their image
@@ -166,25 +178,26 @@ def train(config: Config, train_json: str | Path, train_images: str | Path, out_
         raise ConfigError("give both val_json and val_images, or neither")
     train_set = CocoDataset(train_json, train_images)
     val_set = CocoDataset(val_json, val_images) if val_json is not None else None
-    return train_on_dataset(config, train_set, out_dir, val_dataset=val_set, resume=resume,
-                            overrides_note=overrides_note, progress=progress, log_period=log_period, device=device,
-                            init_weights=init_weights)
+    return train_on_dataset(config, train_set, out_dir, model_factory=model_factory, val_dataset=val_set,
+                            resume=resume, overrides_note=overrides_note, progress=progress, log_period=log_period,
+                            device=device, initialise=initialise)
 
 
-def train_on_dataset(config: Config, train_dataset: Any, out_dir: str | Path, *, val_dataset: Any = None,
-                     resume: bool = False, overrides_note: str | None = None, progress: bool = True,
-                     log_period: int = 20, device: str | None = None, train_loader_fn: TrainLoaderFn | None = None,
-                     test_loader_fn: TestLoaderFn | None = None,
-                     init_weights: str | Path | None = None) -> dict[str, Any]:
-    """Train on dataset objects (``len()``, ``num_classes``; val: ``json_path``, ``category_ids``).
+def train_on_dataset(config: Config, train_dataset: Any, out_dir: str | Path, *, model_factory: ModelFactory,
+                     val_dataset: Any = None, resume: bool = False, overrides_note: str | None = None,
+                     progress: bool = True, log_period: int = 20, device: str | None = None,
+                     train_loader_fn: TrainLoaderFn | None = None, test_loader_fn: TestLoaderFn | None = None,
+                     initialise: Initialiser | None = None) -> dict[str, Any]:
+    """Train ``model_factory(config)`` on dataset objects (``len()``, ``num_classes``; val: ``json_path``,
+    ``category_ids``).
 
     Under ``torchrun`` this joins the process group and trains with DDP. ``resume`` continues from
     ``out_dir/checkpoints/last.pt`` (from scratch, with a warning, when there is none).
     ``train_loader_fn`` / ``test_loader_fn`` replace the ``instaseg.data.loader`` streams (their
     contract is :data:`TrainLoaderFn` / :data:`TestLoaderFn`); ``device`` defaults to the
-    process's GPU when CUDA is available, else the CPU. ``init_weights``: an instaseg checkpoint to
-    start from (fine-tuning; see ``load_pretrained_weights``: class-sized tensors are re-initialised
-    when its number of classes differs); a resumed run ignores it.
+    process's GPU when CUDA is available, else the CPU. ``initialise``: the caller's initialisation of
+    the fresh model (fine-tuning: ``instaseg.hub.load_pretrained_weights`` re-initialises the class-sized
+    tensors when the checkpoint's number of classes differs); a resumed run does not call it.
 
     Returns a summary: ``status`` ("finished" or "interrupted"), ``iteration``, ``max_iter``,
     ``last_checkpoint``, ``best_checkpoint`` (or None), ``metrics`` (last evaluation or None),
@@ -192,8 +205,8 @@ def train_on_dataset(config: Config, train_dataset: Any, out_dir: str | Path, *,
     """
     owns_group = init_distributed()
     try:
-        run = _setup(config, train_dataset, Path(out_dir), val_dataset, resume, overrides_note, progress,
-                     log_period, device, train_loader_fn, test_loader_fn, init_weights)
+        run = _setup(config, model_factory, train_dataset, Path(out_dir), val_dataset, resume, overrides_note,
+                     progress, log_period, device, train_loader_fn, test_loader_fn, initialise)
         return _train(run)
     finally:
         teardown_logger()
@@ -231,9 +244,10 @@ def _amp(amp: str, device: torch.device) -> tuple[torch.dtype | None, Any]:
     return (torch.bfloat16, None) if amp == "bf16" else (torch.float16, torch.amp.GradScaler("cuda"))
 
 
-def _setup(config: Config, dataset: Any, out_dir: Path, val_dataset: Any, resume: bool, note: str | None,
-           progress: bool, log_period: int, device_name: str | None, train_loader_fn: TrainLoaderFn | None,
-           test_loader_fn: TestLoaderFn | None, init_weights: str | Path | None = None) -> _Run:
+def _setup(config: Config, model_factory: ModelFactory, dataset: Any, out_dir: Path, val_dataset: Any, resume: bool,
+           note: str | None, progress: bool, log_period: int, device_name: str | None,
+           train_loader_fn: TrainLoaderFn | None, test_loader_fn: TestLoaderFn | None,
+           initialise: Initialiser | None = None) -> _Run:
     cfg = config.train
     num_classes = getattr(dataset, "num_classes", config.model.num_classes)
     if num_classes != config.model.num_classes:
@@ -249,9 +263,9 @@ def _setup(config: Config, dataset: Any, out_dir: Path, val_dataset: Any, resume
     seed_everything(cfg.seed + get_rank())  # ranks draw different RoI samples; DDP syncs the weights
     max_iter, steps = resolve_schedule(cfg, len(dataset))
     micro_batch = _micro_batch_size(cfg, get_world_size())
-    model = build_from_config(config).to(device)
-    if init_weights is not None and not (resume and last.is_file()):
-        for line in load_pretrained_weights(model, config, load_checkpoint(init_weights), str(init_weights)):
+    model = model_factory(config).to(device)
+    if initialise is not None and not (resume and last.is_file()):
+        for line in initialise(model):
             logger.info(line)
     run = _Run(config=config, model=model, ddp_model=model, optimizer=build_optimizer(model, cfg),
                schedule=LRSchedule(cfg, max_iter, steps), device=device, out_dir=out_dir,

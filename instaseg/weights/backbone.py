@@ -1,4 +1,4 @@
-"""ImageNet weights for a :class:`~instaseg.backbones.resnet.ResNet`, in any of three layouts.
+"""ImageNet ResNet weights in any of three layouts, renamed to :class:`~instaseg.backbones.resnet.ResNet` names.
 
 * ``torchvision``: torchvision ResNet/ResNeXt state dicts (``conv1.weight``, ``bn1.*``,
   ``layer1.0.conv1.weight`` ..., ``fc.*``): our names already; the classifier is dropped.
@@ -16,7 +16,8 @@ Whole-detector files of other codebases are refused with the command that conver
 
 MSRA weights were trained with the stride in the 1x1 conv and on BGR 0-255 images minus the
 mean (103.53, 116.28, 123.675), std 1; torchvision weights with the stride in the 3x3 and on
-RGB images normalised with ImageNet mean/std. The report says so when the backbone disagrees.
+RGB images normalised with ImageNet mean/std. Loading them into a built backbone (with a report,
+and a warning when its stride placement disagrees) is ``instaseg.hub.load_backbone_weights``.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ from typing import Any
 
 from torch import Tensor
 
-from instaseg.backbones.resnet import ResNet
 from instaseg.errors import CheckpointError
 from instaseg.weights.detectron2 import block_name_to_ours, fill_missing_bn_stats
 from instaseg.weights.safe_pickle import load_weights_file, numpy_state_to_tensors
@@ -39,7 +39,6 @@ __all__ = [
     "convert_detectron2_backbone",
     "convert_torchvision_backbone",
     "read_backbone_weights",
-    "load_backbone_weights",
 ]
 
 BACKBONE_FORMATS = ("torchvision", "msra", "detectron2", "instaseg")
@@ -173,63 +172,3 @@ def read_backbone_weights(path: str | Path) -> tuple[dict[str, Tensor], str]:
     convert = {"torchvision": convert_torchvision_backbone, "msra": convert_msra_backbone,
                "detectron2": convert_detectron2_backbone}[fmt]
     return convert(tensors), fmt
-
-
-def _stride_warnings(backbone: ResNet, fmt: str) -> list[str]:
-    block = getattr(backbone, "layer2", [None])[0]
-    if block is None or not hasattr(block, "conv3"):  # BasicBlocks have no 1x1 to put a stride in
-        return []
-    stride_in_1x1 = block.conv1.stride != (1, 1)
-    if fmt == "msra" and not stride_in_1x1:
-        return ["warning: MSRA/Caffe2 weights were trained with the stride in the 1x1 conv; "
-                "build the backbone with stride_in_1x1=True"]
-    if fmt == "torchvision" and stride_in_1x1:
-        return ["warning: torchvision weights were trained with the stride in the 3x3 conv; "
-                "build the backbone with stride_in_1x1=False"]
-    return []
-
-
-def _partition(backbone: ResNet, state: dict[str, Tensor]) -> tuple[list[str], list[str], list[str], list[str]]:
-    """(unused, unexpected, missing, mismatched) names of ``state`` against ``backbone``."""
-    own = backbone.state_dict()
-    unbuilt = tuple(f"layer{k}." for k in range(backbone.num_stages + 1, 5))
-    unused = [k for k in state if k not in own and k.startswith(unbuilt)] if unbuilt else []
-    unexpected = [k for k in state if k not in own and k not in unused]
-    # Deformable convs' offset branches and BN step counters are not ImageNet weights: they keep
-    # their own initialisation (zero offsets: the DCN starts as the plain conv).
-    missing = [k for k in own if k not in state and ".conv_offset." not in k
-               and not k.endswith("num_batches_tracked")]
-    mismatched = [f"{k}: file {tuple(state[k].shape)} vs backbone {tuple(own[k].shape)}"
-                  for k in state if k in own and state[k].shape != own[k].shape]
-    return unused, unexpected, missing, mismatched
-
-
-def load_backbone_weights(backbone: ResNet, path: str | Path) -> list[str]:
-    """Load ImageNet weights (torchvision, MSRA/Caffe2 or Detectron2 layout) into ``backbone``.
-
-    Stages the backbone does not build (``layer4`` of a C4 trunk) are reported as unused; every
-    other tensor must fit exactly (missing, unknown or mis-shaped tensors raise
-    :class:`CheckpointError`, and nothing is loaded). Returns report lines for the caller to print.
-    """
-    state, fmt = read_backbone_weights(path)
-    unused, unexpected, missing, mismatched = _partition(backbone, state)
-    problems = ([f"unexpected {k}" for k in unexpected] + [f"missing {k}" for k in missing]
-                + [f"shape {m}" for m in mismatched])
-    if problems:
-        shown = "\n  ".join(problems[:12]) + (f"\n  ... and {len(problems) - 12} more" if len(problems) > 12 else "")
-        raise CheckpointError(f"{path}: {fmt} weights do not fit this backbone (another depth or "
-                              f"width?), {len(problems)} problems:\n  {shown}")
-    own = backbone.state_dict()
-    merged = dict(own)
-    merged.update({k: v.to(own[k].dtype) for k, v in state.items() if k in own})
-    backbone.load_state_dict(merged, strict=True)
-    kept = [k for k in own if k not in state]
-    what = "the backbone of an instaseg checkpoint (the whole model: --weights)" if fmt == "instaseg" else \
-        f"{fmt} ImageNet weights"
-    report = [f"{path}: {what}, loaded {len(state) - len(unused)} tensors"]
-    if unused:
-        report.append(f"unused (stages this backbone does not build): {len(unused)} tensors")
-    if kept:
-        report.append(f"kept their initialisation (not in ImageNet weights): {len(kept)} tensors")
-    return report + _stride_warnings(backbone, fmt)
-

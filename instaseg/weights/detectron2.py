@@ -30,9 +30,9 @@ from torch import Tensor
 from instaseg.config.presets import get_preset
 from instaseg.config.schema import Config
 from instaseg.errors import CheckpointError
-from instaseg.weights.common import rename_state_dict
+from instaseg.weights.common import ConversionSummary, ConvertedWeights, rename_state_dict
 from instaseg.weights.safe_pickle import load_weights_file, numpy_state_to_tensors
-from instaseg.weights.torchvision import INSTASEG_BN_EPS, ConversionSummary, save_converted
+from instaseg.weights.torchvision import INSTASEG_BN_EPS
 
 __all__ = [
     "Detectron2Layout",
@@ -46,7 +46,7 @@ __all__ = [
     "convert_detectron2_maskrcnn",
     "fill_missing_bn_stats",
     "to_detectron2_maskrcnn",
-    "convert_detectron2_file",
+    "read_detectron2_file",
 ]
 
 # MSRA R-50/R-101 ImageNet weights take BGR 0-255 images minus this mean, std 1 (Detectron2's
@@ -339,10 +339,11 @@ def _detectron2_state(payload: Any, source: str) -> dict[str, Any]:
     return payload
 
 
-def convert_detectron2_file(src: str | Path, dst: str | Path) -> ConversionSummary:
-    """Convert a Detectron2 model-zoo Mask R-CNN ``.pkl`` / ``.pth`` into an instaseg checkpoint."""
+def read_detectron2_file(src: str | Path) -> ConvertedWeights:
+    """A Detectron2 model-zoo Mask R-CNN ``.pkl`` / ``.pth`` in instaseg's terms
+    (``instaseg.hub.convert_detectron2_file`` saves it)."""
     state = _detectron2_state(load_weights_file(src), str(src))
     result = convert_detectron2_maskrcnn(state)
-    count = save_converted(result.state, result.config, dst, source=str(src))
-    return ConversionSummary(result.layout.architecture, result.layout.num_classes, count,
-                             result.config.name, result.notes)
+    summary = ConversionSummary(result.layout.architecture, result.layout.num_classes, len(result.state),
+                                result.config.name, result.notes)
+    return ConvertedWeights(result.state, result.config, summary)

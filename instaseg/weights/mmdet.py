@@ -53,9 +53,9 @@ from instaseg.config.schema import (
 )
 from instaseg.errors import CheckpointError
 from instaseg.weights.mmdet_meta import MMDetMeta, Normalization, category_ids_for, read_mmdet_meta
-from instaseg.weights.common import rename_state_dict
+from instaseg.weights.common import ConversionSummary, ConvertedWeights, rename_state_dict
 from instaseg.weights.safe_pickle import load_weights_file
-from instaseg.weights.torchvision import ConversionSummary, save_converted, unwrap_state_dict
+from instaseg.weights.torchvision import unwrap_state_dict
 
 __all__ = [
     "MMDetLayout",
@@ -70,7 +70,7 @@ __all__ = [
     "convert_mmdet_state_dict",
     "to_mmdet_state_dict",
     "convert_mmdet_checkpoint",
-    "convert_mmdet_file",
+    "read_mmdet_file",
 ]
 
 STYLES = ("pytorch", "caffe")
@@ -446,10 +446,10 @@ def convert_mmdet_checkpoint(payload: Any, style: str | None = None, file_name: 
     return MMDetConversion(convert_mmdet_state_dict(state, layout), config, layout, classes, tuple(notes))
 
 
-def convert_mmdet_file(src: str | Path, dst: str | Path, style: str | None = None) -> ConversionSummary:
-    """Convert an MMDetection 2.x/3.x Mask R-CNN, MS R-CNN or YOLACT ``.pth`` (read with
-    ``weights_only=True``) into an instaseg checkpoint at ``dst``, with the meta's class names."""
+def read_mmdet_file(src: str | Path, style: str | None = None) -> ConvertedWeights:
+    """An MMDetection 2.x/3.x Mask R-CNN, MS R-CNN or YOLACT ``.pth`` (read with ``weights_only=True``)
+    in instaseg's terms, with the meta's class names (``instaseg.hub.convert_mmdet_file`` saves it)."""
     result = convert_mmdet_checkpoint(load_weights_file(src), style, str(src))
-    count = save_converted(result.state, result.config, dst, source=str(src), categories=result.categories)
-    return ConversionSummary(result.layout.architecture, result.layout.num_classes, count, result.config.name,
-                             result.notes)
+    summary = ConversionSummary(result.layout.architecture, result.layout.num_classes, len(result.state),
+                                result.config.name, result.notes)
+    return ConvertedWeights(result.state, result.config, summary, result.categories)

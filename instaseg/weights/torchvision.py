@@ -18,7 +18,7 @@ scale ``weight / sqrt(running_var + eps)`` is the one torchvision computes.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -27,6 +27,7 @@ from torch import Tensor
 from instaseg.config.presets import get_preset
 from instaseg.config.schema import Config
 from instaseg.errors import CheckpointError
+from instaseg.weights.common import ConversionSummary, ConvertedWeights
 from instaseg.weights.safe_pickle import load_weights_file
 
 __all__ = [
@@ -36,9 +37,8 @@ __all__ = [
     "convert_torchvision_maskrcnn",
     "to_torchvision_maskrcnn",
     "torchvision_config",
-    "convert_torchvision_file",
+    "read_torchvision_file",
     "unwrap_state_dict",
-    "save_converted",
 ]
 
 # The eps torchvision's COCO_V1 maskrcnn_resnet50_fpn runs its FrozenBatchNorm2d with
@@ -71,17 +71,6 @@ _LEGACY_NAMES: dict[str, str] = {
 }
 _BODY_PREFIX, _OUR_BACKBONE = "backbone.body.", "backbone."
 _BN_WEIGHT = re.compile(r"^backbone\.(.*\.)?(bn\d|downsample\.1)\.weight$")
-
-
-@dataclass(frozen=True)
-class ConversionSummary:
-    """What a converter read and wrote (the CLI prints it)."""
-
-    architecture: str  # e.g. "Mask R-CNN R-50-FPN (torchvision)"
-    num_classes: int  # foreground classes
-    num_tensors: int  # tensors written to the instaseg checkpoint
-    config_name: str
-    notes: tuple[str, ...] = ()
 
 
 def unwrap_state_dict(payload: object, source: str = "checkpoint") -> dict[str, Tensor]:
@@ -197,43 +186,23 @@ def to_torchvision_maskrcnn(
     return theirs
 
 
-def save_converted(state: dict[str, Tensor], config: Config, dst: str | Path, source: str,
-                   categories: dict[str, list] | None = None) -> int:
-    """Build ``config``'s model, load ``state`` strictly (nothing missing, nothing unused, no shape
-    mismatch) and save an instaseg checkpoint at ``dst``. Returns the number of tensors loaded.
-
-    ``categories`` (``{"ids": [...], "names": [...]}`` in label order), when the source names its
-    classes, is stored as ``instaseg train`` stores it (``checkpoint_categories`` reads it back)."""
-    # Imported here: the builder may itself use instaseg.weights (backbone weights), and a
-    # module-level import would make the two packages import each other.
-    from instaseg.detectors.build import build_from_config
-    from instaseg.engine.checkpoint import load_state_dict_checked, save_checkpoint
-
-    model = build_from_config(config)
-    load_state_dict_checked(model, state, allow_partial=False, source=source)
-    extra = {} if categories is None else {"categories": categories}
-    save_checkpoint(dst, model.eval(), config, **extra)
-    return len(state)
-
-
 def torchvision_config(num_classes: int) -> Config:
     """The ``mask_rcnn_r50_fpn_torchvision`` preset (torchvision's inference conventions)."""
     base = get_preset("mask_rcnn_r50_fpn_torchvision")
     return replace(base, model=replace(base.model, num_classes=num_classes))
 
 
-def convert_torchvision_file(
-    src: str | Path, dst: str | Path, source_bn_eps: float = TORCHVISION_COCO_BN_EPS
-) -> ConversionSummary:
-    """Convert a torchvision Mask R-CNN file (a state dict, or ``{"model"|"state_dict": ...}``,
-    read with ``weights_only=True``) into an instaseg checkpoint at ``dst``."""
+def read_torchvision_file(src: str | Path, source_bn_eps: float = TORCHVISION_COCO_BN_EPS) -> ConvertedWeights:
+    """A torchvision Mask R-CNN file (a state dict, or ``{"model"|"state_dict": ...}``, read with
+    ``weights_only=True``) in instaseg's terms; ``instaseg.hub.convert_torchvision_file`` saves it."""
     state = unwrap_state_dict(load_weights_file(src), str(src))
     if not all(isinstance(v, Tensor) for v in state.values()):
         raise CheckpointError(f"{src}: expected tensors in the state dict")
     ours, num_classes = convert_torchvision_maskrcnn(state, source_bn_eps)
     config = torchvision_config(num_classes)
-    count = save_converted(ours, config, dst, source=str(src))
     notes = ["our label k = torchvision label k + 1"]
     if source_bn_eps != INSTASEG_BN_EPS:
         notes.append(f"FrozenBN eps {source_bn_eps:g} folded into the BN weights (ours run with {INSTASEG_BN_EPS:g})")
-    return ConversionSummary("Mask R-CNN R-50-FPN (torchvision v1)", num_classes, count, config.name, tuple(notes))
+    summary = ConversionSummary("Mask R-CNN R-50-FPN (torchvision v1)", num_classes, len(ours), config.name,
+                                tuple(notes))
+    return ConvertedWeights(ours, config, summary)

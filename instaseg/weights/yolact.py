@@ -35,10 +35,11 @@ from torch import Tensor
 from instaseg.config.presets import get_preset
 from instaseg.config.schema import Config
 from instaseg.errors import CheckpointError
+from instaseg.weights.common import ConversionSummary, ConvertedWeights
 from instaseg.weights.safe_pickle import load_weights_file
-from instaseg.weights.torchvision import ConversionSummary, save_converted, unwrap_state_dict
+from instaseg.weights.torchvision import unwrap_state_dict
 
-__all__ = ["convert_yolact_state_dict", "yolact_config_for", "convert_yolact_file"]
+__all__ = ["convert_yolact_state_dict", "yolact_config_for", "read_yolact_file"]
 
 _PROTO = {"0": "convs.0", "2": "convs.1", "4": "convs.2", "8": "post_conv", "10": "out_conv"}
 _DCN_BIAS = re.compile(r"backbone\.layers\.(\d+)\.(\d+)\.conv2\.bias")
@@ -158,10 +159,11 @@ def yolact_config_for(state: dict[str, Tensor], file_name: str = "") -> Config:
     return replace(config, model=replace(config.model, num_classes=num_classes))
 
 
-def convert_yolact_file(src: str | Path, dst: str | Path) -> ConversionSummary:
-    """Convert a dbolya/yolact ``.pth`` (read without running code) into an instaseg checkpoint."""
+def read_yolact_file(src: str | Path) -> ConvertedWeights:
+    """A dbolya/yolact ``.pth`` (read without running code) in instaseg's terms
+    (``instaseg.hub.convert_yolact_file`` saves it)."""
     state = unwrap_state_dict(load_weights_file(src), str(src))
     config = yolact_config_for(state, str(src))
     ours, notes = convert_yolact_state_dict(state)
-    count = save_converted(ours, config, dst, source=str(src))
-    return ConversionSummary(config.name, config.model.num_classes, count, config.name, tuple(notes))
+    summary = ConversionSummary(config.name, config.model.num_classes, len(ours), config.name, tuple(notes))
+    return ConvertedWeights(ours, config, summary)

@@ -1,8 +1,10 @@
-"""Published weights: the catalogue, the cache, and turning a name into weights instaseg can load.
+"""Published weights: the catalogue, the download cache, and what ImageNet backbone weights need.
 
-``instaseg weights list | fetch | info``, ``--weights NAME_OR_PATH`` (train, predict, eval, export),
-``build_model(preset, weights=NAME)``, ``Predictor.from_pretrained(NAME)`` and
-``model.backbone.weights=NAME`` all come here; ``instaseg.weights`` only translates state dicts.
+``instaseg weights list | fetch | info`` and ``model.backbone.weights=NAME`` come here for files.
+Turning a detector's name into a loadable instaseg checkpoint (fetch, then convert once) is
+``instaseg.hub.resolve_checkpoint``, used by ``--weights NAME_OR_PATH`` (train, predict, eval, export),
+``build_model(preset, weights=NAME)`` and ``Predictor.from_pretrained(NAME)``; ``instaseg.weights``
+only translates state dicts.
 """
 
 from instaseg.zoo.catalogue import CATALOGUE, BackboneConvention, WeightsEntry, get_entry, list_entries
@@ -12,10 +14,7 @@ from instaseg.zoo.pretrained import (
     backbone_weights_file,
     cache_state,
     check_backbone_conventions,
-    checkpoint_for,
-    config_for_weights,
     converted_path,
-    resolve_checkpoint,
 )
 
 __all__ = [
@@ -26,13 +25,10 @@ __all__ = [
     "backbone_weights_file",
     "cache_state",
     "check_backbone_conventions",
-    "checkpoint_for",
-    "config_for_weights",
     "converted_path",
     "fetch_file",
     "get_entry",
     "list_entries",
-    "resolve_checkpoint",
     "source_url",
     "weights_dir",
     "weights_home",

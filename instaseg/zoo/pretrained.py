@@ -1,30 +1,25 @@
-"""Catalogue names -> local instaseg checkpoints and backbone files: the one place that fetches weights.
+"""Catalogue names -> cached files, and what ImageNet backbone weights need from a config.
 
-* :func:`resolve_checkpoint` turns ``--weights NAME_OR_PATH`` into an instaseg checkpoint path: a path
-  is used as is; a catalogue name is fetched (``instaseg.zoo.download``) and converted once with the
-  publisher's converter (``instaseg.weights``); the converted checkpoint is cached beside the file as
-  ``<name>.instaseg.pt`` and carries the COCO category ids and names.
-* :func:`backbone_weights_file` does the same for ``model.backbone.weights`` (ImageNet weights, used as
-  published), and :func:`apply_backbone_conventions` makes the config what those weights need (stride
-  placement, channel order, pixel statistics) or says why it cannot.
-* :func:`config_for_weights` picks the config a checkpoint's model is built from.
+* :func:`converted_path` / :func:`cache_state`: where a detector entry's converted instaseg checkpoint
+  is cached (beside the publisher's file, as ``<name>.instaseg.pt``) and whether it is there.
+  Fetching and converting it is ``instaseg.hub.resolve_checkpoint`` (the converters build models).
+* :func:`backbone_weights_file` turns ``model.backbone.weights`` into a local file (ImageNet weights,
+  used as published), and :func:`apply_backbone_conventions` makes the config what those weights need
+  (stride placement, channel order, pixel statistics) or says why it cannot.
 """
 
 from __future__ import annotations
 
-import os
-import sys
-import tempfile
 from dataclasses import replace
 from pathlib import Path
 
 from instaseg.config.schema import Config
 from instaseg.errors import CheckpointError, ConfigError
-from instaseg.zoo.catalogue import CATALOGUE, WeightsEntry, get_entry
-from instaseg.zoo.download import DEFAULT_TIMEOUT, fetch_file, weights_dir
+from instaseg.zoo.catalogue import CATALOGUE, WeightsEntry
+from instaseg.zoo.download import fetch_file, weights_dir
 
-__all__ = ["converted_path", "cache_state", "checkpoint_for", "resolve_checkpoint", "backbone_weights_file",
-           "apply_backbone_conventions", "check_backbone_conventions", "config_for_weights"]
+__all__ = ["converted_path", "cache_state", "backbone_weights_file", "apply_backbone_conventions",
+           "check_backbone_conventions"]
 
 
 def converted_path(entry: WeightsEntry, home: str | Path | None = None) -> Path:
@@ -42,109 +37,6 @@ def cache_state(entry: WeightsEntry, home: str | Path | None = None) -> str:
     if converted_path(entry, home).is_file():
         return "ready"
     return "file only" if file.is_file() else ""
-
-
-def _say(message: str, verbose: bool) -> None:
-    if verbose:
-        print(message, file=sys.stderr)
-
-
-def _convert(entry: WeightsEntry, src: Path, dst: Path):
-    """Run the publisher's converter: ``src`` (its file) -> ``dst`` (an instaseg checkpoint)."""
-    if entry.converter == "torchvision":
-        from instaseg.weights.torchvision import convert_torchvision_file
-
-        return convert_torchvision_file(src, dst)
-    if entry.converter == "detectron2":
-        from instaseg.weights.detectron2 import convert_detectron2_file
-
-        return convert_detectron2_file(src, dst)
-    if entry.converter == "yolact":
-        from instaseg.weights.yolact import convert_yolact_file
-
-        return convert_yolact_file(src, dst)
-    if entry.converter == "mmdet":
-        try:
-            from instaseg.weights.mmdet import convert_mmdet_file
-        except ImportError:
-            raise CheckpointError(f"{entry.name}: converting MMDetection checkpoints needs instaseg.weights.mmdet, "
-                                  "which this installation does not have") from None
-        return convert_mmdet_file(src, dst)
-    raise CheckpointError(f"{entry.name}: no converter for {entry.converter!r}")
-
-
-def _record_origin(entry: WeightsEntry, path: Path) -> list[str]:
-    """Add the catalogue name, URL and (for COCO models) category ids and names to a converted checkpoint."""
-    from instaseg.data.coco_categories import coco_categories
-    from instaseg.engine.checkpoint import atomic_torch_save, load_checkpoint
-
-    payload = load_checkpoint(path)
-    payload["source"] = {"catalogue": entry.name, "publisher": entry.publisher, "url": entry.url,
-                         "file_name": entry.file_name}
-    notes = []
-    num_classes = int(payload["config"]["model"]["num_classes"])
-    if entry.classes and "categories" not in payload:  # a converter may have read them from the file
-        ids, names = coco_categories(entry.classes)
-        if len(ids) == num_classes:
-            payload["categories"] = {"ids": ids, "names": names}
-        else:
-            notes.append(f"the file has {num_classes} classes, not the {len(ids)} COCO ones: categories not recorded")
-    atomic_torch_save(payload, path)
-    return notes
-
-
-def checkpoint_for(entry: WeightsEntry, *, home: str | Path | None = None, mirror: str | None = None,
-                   timeout: float = DEFAULT_TIMEOUT, verbose: bool = True) -> Path:
-    """The instaseg checkpoint of a detector entry: cached, else fetched and converted (once).
-
-    A conversion cached before the publisher's file was replaced (a newer file dropped in by hand)
-    is redone.
-    """
-    if entry.kind != "detector":
-        raise ConfigError(f"{entry.name} holds ImageNet backbone weights, not a whole model: train with "
-                          f"--set model.backbone.weights={entry.name}")
-    out = converted_path(entry, home)
-    file = weights_dir(home) / entry.file_name
-    if entry.converter != "instaseg" and out.is_file() and not (
-            file.is_file() and file.stat().st_mtime > out.stat().st_mtime):
-        return out
-    src = fetch_file(entry, home=home, mirror=mirror, timeout=timeout, progress=verbose)
-    if entry.converter == "instaseg":
-        return src
-    _say(f"converting {entry.file_name} ({entry.publisher}) -> {out.name}", verbose)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    try:
-        summary = _convert(entry, src, Path(tmp))
-        notes = list(summary.notes) + _record_origin(entry, Path(tmp))
-        os.replace(tmp, out)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    for note in notes:
-        _say(f"  note: {note}", verbose)
-    _say(f"  {summary.architecture}, {summary.num_classes} classes, config {summary.config_name}", verbose)
-    return out
-
-
-def _looks_like_path(value: str) -> bool:
-    return os.sep in value or "/" in value or value.endswith((".pt", ".pth", ".pkl", ".ckpt"))
-
-
-def resolve_checkpoint(name_or_path: str | Path, *, home: str | Path | None = None, mirror: str | None = None,
-                       timeout: float = DEFAULT_TIMEOUT, verbose: bool = True) -> Path:
-    """``--weights NAME_OR_PATH`` -> an instaseg checkpoint path.
-
-    An existing file is returned as is (``load_checkpoint`` checks it is an instaseg checkpoint); a
-    catalogue name is fetched and converted (:func:`checkpoint_for`).
-    """
-    path = Path(name_or_path).expanduser()
-    if path.is_file():
-        return path
-    value = str(name_or_path)
-    if value not in CATALOGUE and _looks_like_path(value):
-        raise CheckpointError(f"{value}: no such checkpoint file (and not a catalogue name; see "
-                              "`instaseg weights list`)")
-    return checkpoint_for(get_entry(value), home=home, mirror=mirror, timeout=timeout, verbose=verbose)
 
 
 def backbone_weights_file(value: str, *, home: str | Path | None = None, mirror: str | None = None,
@@ -212,29 +104,3 @@ def check_backbone_conventions(config: Config) -> None:
     if notes:
         raise ConfigError(f"model.backbone.weights={config.model.backbone.weights} needs " + "; ".join(notes)
                           + ": set them, or let instaseg.zoo.apply_backbone_conventions(config) do it")
-
-
-def config_for_weights(weights_config: Config, preset: str | Config | None, source: str = "the weights") -> Config:
-    """The config to build a model for a checkpoint whose own config is ``weights_config``.
-
-    No preset: the checkpoint's config (publishers' conventions included). A preset name must build
-    the same tensors as the checkpoint's config (``mask_rcnn_r50_fpn`` for ``mask_rcnn_r50_fpn_detectron2``,
-    ``ms_rcnn_r50_fpn`` for MMDetection's caffe-style MS R-CNN); the checkpoint's config is used then
-    too, since it carries the conventions the weights need. A :class:`Config` object is used as given.
-    """
-    from instaseg.config.presets import get_preset
-    from instaseg.engine.checkpoint import model_shapes
-
-    if preset is None:
-        return weights_config
-    if isinstance(preset, Config):
-        return preset
-    name = weights_config.name
-    if name == preset or name.startswith(preset + "_"):
-        return weights_config
-    candidate = get_preset(preset)
-    candidate = replace(candidate, model=replace(candidate.model, num_classes=weights_config.model.num_classes))
-    if type(candidate.model) is type(weights_config.model) and model_shapes(candidate) == model_shapes(weights_config):
-        return weights_config
-    raise ConfigError(f"{source} hold a {name} model, which the preset {preset} does not build: leave the preset "
-                      f"out (the weights' own config is used), or choose {name}")

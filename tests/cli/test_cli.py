@@ -187,10 +187,10 @@ def test_ms_rcnn_trains_evaluates_and_predicts_from_the_cli(dataset, tmp_path):
 
 @pytest.mark.parametrize("rank, reported", [("0", True), ("1", False)])
 def test_train_reports_once_under_torchrun(dataset, tmp_path, monkeypatch, capsys, rank, reported):
-    import instaseg.engine.train as engine
+    import instaseg.hub.training as hub_training
 
     summary = {"status": "finished", "iteration": 3, "max_iter": 3, "seconds": 1.0, "last_checkpoint": "x.pt"}
-    monkeypatch.setattr(engine, "train_on_dataset", lambda *args, **kwargs: summary)
+    monkeypatch.setattr(hub_training, "train_on_dataset", lambda *args, **kwargs: summary)
     monkeypatch.setenv("RANK", rank)
     argv = ["train", "--preset", "mask_rcnn_r18_fpn_tiny", "--train-json", str(dataset / "annotations/train.json"),
             "--train-images", str(dataset / "train"), "--out", str(tmp_path / "r")]

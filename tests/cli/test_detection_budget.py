@@ -102,17 +102,17 @@ def test_predict_takes_set_and_max_detections(crowded, capped_checkpoint, tmp_pa
 
 
 def test_export_builds_the_model_with_set_and_max_detections(capped_checkpoint, tmp_path, monkeypatch):
-    import instaseg.engine.checkpoint as checkpoint
+    import instaseg.hub.build as build
 
     seen = {}
-    real = checkpoint.load_model
+    real = build.load_model
 
     def spy(*args, **kwargs):
         model, config = real(*args, **kwargs)
         seen["config"] = config
         raise KeyboardInterrupt  # stop before the (slow) export itself
 
-    monkeypatch.setattr(checkpoint, "load_model", spy)
+    monkeypatch.setattr(build, "load_model", spy)
     main(["export", "--checkpoint", str(capped_checkpoint), "--out", str(tmp_path / "m.onnx"),
           "--max-detections", "400", "--set", "model.inference.mask_threshold=0.3"])
     model = seen["config"].model

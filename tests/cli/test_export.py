@@ -16,8 +16,9 @@ from instaseg.cli.main import main
 from instaseg.config.io import apply_overrides
 from instaseg.config.presets import get_preset
 from instaseg.detectors.build import build_from_config
-from instaseg.engine.checkpoint import load_model, save_checkpoint
+from instaseg.engine.checkpoint import save_checkpoint
 from instaseg.export.exporters import OUTPUT_NAMES, OnnxPredictor, load_program
+from instaseg.hub import load_model
 from tests.export.parity import compare
 
 # The quickest family to export; tests/export covers every family.

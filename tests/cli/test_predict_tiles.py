@@ -12,7 +12,7 @@ from instaseg.cli.main import main
 from instaseg.config.io import apply_overrides
 from instaseg.config.presets import get_preset
 from instaseg.engine.checkpoint import save_checkpoint
-from instaseg.engine.predictor import Predictor
+from instaseg.hub import Predictor
 from instaseg.engine.tiling import sliced_predict
 from instaseg.evaluation import instances_to_coco_results
 

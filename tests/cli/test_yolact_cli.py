@@ -9,7 +9,7 @@ import torch
 
 from instaseg.cli.main import main
 from instaseg.data.synthetic import generate_synthetic_dataset
-from instaseg.engine.checkpoint import load_model
+from instaseg.hub import load_model
 from tests.weights.test_yolact import reference_yolact_state
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")

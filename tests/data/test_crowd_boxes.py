@@ -21,7 +21,7 @@ from instaseg.data.transforms import (
     ResizeSquare,
     build_transforms,
 )
-from instaseg.detectors.build import build_model
+from instaseg.hub import build_model
 from instaseg.structures.instances import Targets
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")

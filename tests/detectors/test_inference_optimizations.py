@@ -9,7 +9,7 @@ import copy
 import pytest
 import torch
 
-from instaseg.detectors.build import build_model
+from instaseg.hub import build_model
 from instaseg.detectors.rcnn_inference import top_batched_nms
 from instaseg.layers import FrozenBatchNorm2d
 from instaseg.layers.fusion import fast_paths

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import instaseg
-from instaseg.detectors.build import build_model
+from instaseg.hub import build_model
 from instaseg.structures.boxes import box_iou
 
 from tests.detectors._toy_data import toy_scene

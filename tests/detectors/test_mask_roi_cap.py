@@ -2,7 +2,7 @@
 
 import torch
 
-from instaseg.detectors.build import build_model
+from instaseg.hub import build_model
 from instaseg.structures.boxes import box_iou
 from instaseg.targets.rcnn import SampledRoIs, mask_targets
 

@@ -1,6 +1,6 @@
 import torch
 
-from instaseg.detectors.build import build_model
+from instaseg.hub import build_model
 
 from tests.detectors._toy_data import toy_scene
 

@@ -9,7 +9,7 @@ from instaseg.backbones.resnet import build_resnet
 from instaseg.config.io import config_from_dict, config_to_dict, load_yaml, save_yaml
 from instaseg.config.presets import get_preset, list_presets
 from instaseg.config.schema import MaskRCNNConfig, YolactConfig
-from instaseg.detectors.build import build_model
+from instaseg.hub import build_model
 from instaseg.heads.mask_rescoring import MaskRescoringHead
 from instaseg.heads.yolact_head import ProtoNet, YolactPredictionHead
 from instaseg.structures.instances import Instances, Targets

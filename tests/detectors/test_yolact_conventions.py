@@ -20,7 +20,7 @@ from torch import nn
 from instaseg.config.io import apply_overrides, config_from_dict, config_to_dict
 from instaseg.config.presets import get_preset
 from instaseg.config.schema import YolactConventions
-from instaseg.detectors.build import build_model
+from instaseg.hub import build_model
 from instaseg.detectors.yolact import YolactOutput
 from instaseg.errors import ConfigError
 from instaseg.ops.fast_nms import fast_nms

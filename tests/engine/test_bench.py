@@ -14,11 +14,11 @@ from instaseg.engine.bench import (
     count_gflops,
     format_result,
     peak_memory,
-    run_benchmark,
     stage_times,
     synthetic_targets,
     time_iterations,
 )
+from instaseg.hub import run_benchmark
 
 
 def test_gflops_of_convs_and_linear_layers_match_the_formula():

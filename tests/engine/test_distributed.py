@@ -53,11 +53,10 @@ _SCRIPT = textwrap.dedent("""
     from pathlib import Path
     import torch
     torch.set_num_threads(1)
-    import instaseg.engine.train as train_module
     from instaseg.engine.distributed import destroy_distributed, exit_worker, init_distributed
     from instaseg.engine.evaluate import evaluate_model
     from instaseg.structures.instances import Instances, Targets
-    from tests.engine.test_train import ToyDataset, run_training, tiny_config, toy_test_loader
+    from tests.engine.test_train import MODEL_FACTORY, ToyDataset, run_training, tiny_config, toy_test_loader
 
     rank, out = int(os.environ["RANK"]), Path(sys.argv[1])
     assert init_distributed()  # joined here so that the group outlives train_on_dataset
@@ -67,7 +66,7 @@ _SCRIPT = textwrap.dedent("""
     data.samples[3] = (image, Targets(torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64),
                                       torch.zeros(0, *image.shape[1:], dtype=torch.bool)))
     built, calls = [], [0]
-    original_build = train_module.build_from_config
+    original_build = MODEL_FACTORY["build"]
 
     def build(config):
         model = original_build(config)
@@ -85,7 +84,7 @@ _SCRIPT = textwrap.dedent("""
         built.append(model)
         return model
 
-    train_module.build_from_config = build
+    MODEL_FACTORY["build"] = build
     warnings.simplefilter("ignore")
     config = tiny_config("train.max_iter=4", "train.ims_per_batch=2", "train.checkpoint_period=0")
     summary = run_training(config, out / "run", data)

@@ -104,8 +104,13 @@ def toy_test_loader(dataset):
         yield dataset.batch([i])
 
 
+# The model factory run_training hands to the trainer (wrap_loss swaps it for the length of a test).
+MODEL_FACTORY = {"build": build_from_config}
+
+
 def run_training(config, out_dir, dataset, **kwargs):
     kwargs.setdefault("progress", False)
+    kwargs.setdefault("model_factory", MODEL_FACTORY["build"])
     return train_on_dataset(config, dataset, out_dir, log_period=5, train_loader_fn=toy_train_loader,
                             test_loader_fn=toy_test_loader, **kwargs)
 
@@ -126,7 +131,7 @@ def wrap_loss(monkeypatch, fn):
         model.loss = lambda raw, targets: fn(original, next(calls), model, raw, targets)
         return model
 
-    monkeypatch.setattr(train_module, "build_from_config", build)
+    monkeypatch.setitem(MODEL_FACTORY, "build", build)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -372,11 +377,12 @@ def test_gradient_accumulation_reads_accumulate_micro_batches_per_iteration(toy_
             yield batch
 
     config = tiny_config("train.max_iter=1", "train.ims_per_batch=2", "train.accumulate=2")
-    train_on_dataset(config, toy_data, tmp_path, progress=False, train_loader_fn=loader)
+    train_on_dataset(config, toy_data, tmp_path, model_factory=build_from_config, progress=False,
+                     train_loader_fn=loader)
     assert starts == [(1, 0)] and seen == [[100], [101]]
     with pytest.raises(ConfigError, match="divisible"):
         train_on_dataset(tiny_config("train.ims_per_batch=3", "train.accumulate=2"), toy_data, tmp_path / "x",
-                         progress=False, train_loader_fn=loader)
+                         model_factory=build_from_config, progress=False, train_loader_fn=loader)
 
 
 def test_clip_grad_norm_bounds_the_update_and_amp_falls_back_on_cpu(toy_data, tmp_path, monkeypatch):
@@ -463,7 +469,8 @@ def test_train_from_coco_files_with_the_real_loader_resumes_exactly(tmp_path, mo
         "input.min_size_train=[24,32]", "input.max_size_train=48", "train.max_iter=2", "train.ims_per_batch=2",
         "train.checkpoint_period=0"])
     files = (syn.train_annotations, syn.train_images)
-    full = train(config, *files, tmp_path / "full", syn.val_annotations, syn.val_images, progress=False)
+    full = train(config, *files, tmp_path / "full", syn.val_annotations, syn.val_images, progress=False,
+                 model_factory=build_from_config)
     assert full["status"] == "finished" and set(json.loads((tmp_path / "full" / "metrics.json").read_text())) \
         == {"bbox", "segm"}
     original = train_module._periodic
@@ -474,9 +481,9 @@ def test_train_from_coco_files_with_the_real_loader_resumes_exactly(tmp_path, mo
             os.kill(os.getpid(), signal.SIGTERM)
 
     monkeypatch.setattr(train_module, "_periodic", periodic_then_sigterm)
-    assert train(config, *files, tmp_path / "split", progress=False)["iteration"] == 1
+    assert train(config, *files, tmp_path / "split", progress=False, model_factory=build_from_config)["iteration"] == 1
     monkeypatch.undo()
-    train(config, *files, tmp_path / "split", resume=True, progress=False)
+    train(config, *files, tmp_path / "split", resume=True, progress=False, model_factory=build_from_config)
     assert_same_state(load_checkpoint(tmp_path / "split" / "checkpoints" / "last.pt")["model"],
                       load_checkpoint(tmp_path / "full" / "checkpoints" / "last.pt")["model"])
 

@@ -13,7 +13,7 @@ MIN_MASK_IOU = 0.95
 
 def build_test_model(preset: str, score_thresh: float, detections: int = 20, **overrides):
     """A freshly initialised tiny model (3 classes) in eval mode with a chosen score threshold."""
-    from instaseg.detectors.build import build_model
+    from instaseg.hub import build_model
 
     model = build_model(preset, num_classes=3, model__inference__score_thresh=score_thresh,
                         model__inference__detections_per_image=detections, **overrides).eval()

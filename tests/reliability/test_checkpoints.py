@@ -15,8 +15,9 @@ from instaseg.cli.main import main
 from instaseg.config.io import apply_overrides
 from instaseg.config.presets import get_preset
 from instaseg.detectors.build import build_from_config
-from instaseg.engine.checkpoint import load_checkpoint, load_model, save_checkpoint
+from instaseg.engine.checkpoint import load_checkpoint, save_checkpoint
 from instaseg.errors import CheckpointError
+from instaseg.hub import load_model
 
 OVERRIDES = ["model.num_classes=2", "input.min_size_test=32", "input.max_size_test=32"]
 

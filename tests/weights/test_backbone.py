@@ -16,7 +16,8 @@ import torch
 
 from instaseg.backbones.resnet import Bottleneck, ResNet
 from instaseg.errors import CheckpointError
-from instaseg.weights.backbone import detect_backbone_format, load_backbone_weights, read_backbone_weights
+from instaseg.hub.backbone import load_backbone_weights
+from instaseg.weights.backbone import detect_backbone_format, read_backbone_weights
 
 BN = ("weight", "bias", "running_mean", "running_var")
 

@@ -19,8 +19,8 @@ import torch
 from instaseg.cli.main import main as cli_main
 from tests.structures.test_image_list_resize import _detectron2_pixels, _detectron2_size
 from instaseg.detectors.build import build_from_config
-from instaseg.engine.checkpoint import load_model
 from instaseg.errors import CheckpointError
+from instaseg.hub import load_model
 from instaseg.layers.norm import FrozenBatchNorm2d
 from instaseg.weights.detectron2 import (
     DETECTRON2_PIXEL_MEAN_BGR,

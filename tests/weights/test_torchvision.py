@@ -17,13 +17,11 @@ import pytest
 import torch
 
 from instaseg.cli.main import main as cli_main
-from instaseg.detectors.build import build_model
-from instaseg.engine.checkpoint import load_model
 from instaseg.errors import CheckpointError
+from instaseg.hub import build_model, convert_torchvision_file, load_model
 from instaseg.layers.norm import FrozenBatchNorm2d
 from instaseg.weights.torchvision import (
     INSTASEG_BN_EPS,
-    convert_torchvision_file,
     convert_torchvision_maskrcnn,
     to_torchvision_maskrcnn,
     unwrap_state_dict,

@@ -10,15 +10,15 @@ import pytest
 import torch
 
 import instaseg
-import instaseg.zoo.pretrained as pretrained
+import instaseg.hub.pretrained as pretrained
 from instaseg.config.presets import get_preset
-from instaseg.detectors.build import build_from_config, resolve_config
+from instaseg.detectors.build import resolve_config
 from instaseg.engine.checkpoint import load_checkpoint
 from instaseg.errors import CheckpointError, ConfigError
+from instaseg.hub import config_for_weights, model_from_config, resolve_checkpoint
 from instaseg.weights.safe_pickle import load_weights_file
 from instaseg.weights.torchvision import ConversionSummary
-from instaseg.zoo import (CATALOGUE, apply_backbone_conventions, config_for_weights, converted_path,
-                          resolve_checkpoint, weights_dir)
+from instaseg.zoo import CATALOGUE, apply_backbone_conventions, converted_path, weights_dir
 
 from tests.zoo._server import closed_port_url
 from tests.zoo._synthetic import tiny_checkpoint_file, torchvision_resnet18_file
@@ -108,7 +108,7 @@ def test_msra_weights_select_their_conventions():
     assert apply_backbone_conventions(tv) == (tv, [])  # the preset is already what they need
     # The builder refuses a config that does not fit, before anything is fetched.
     with pytest.raises(ConfigError, match="stride_in_1x1=True"):
-        build_from_config(config)
+        model_from_config(config)
 
 
 @pytest.mark.parametrize("preset, weights, message", [

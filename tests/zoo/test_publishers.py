@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from instaseg.engine.checkpoint import load_checkpoint
-from instaseg.engine.predictor import Predictor
+from instaseg.hub import Predictor, resolve_checkpoint
 from instaseg.structures.instances import Instances
-from instaseg.zoo import cache_state, converted_path, resolve_checkpoint, weights_dir
+from instaseg.zoo import cache_state, converted_path, weights_dir
 
 from tests.zoo._server import closed_port_url
 from tests.zoo._synthetic import detectron2_pkl, torchvision_coco_file, yolact_file

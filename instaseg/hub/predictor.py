@@ -1,4 +1,8 @@
-"""``Predictor``: a trained model behind one call, for files, PIL images, arrays and tensors."""
+"""``Predictor``: a trained model behind one call, for files, PIL images, arrays and tensors.
+
+It sits on the top floor because it loads models (``from_checkpoint``, ``from_pretrained``); the
+inference itself is the model's own ``predict`` (and ``instaseg.engine.tiling`` for large images).
+"""
 
 from __future__ import annotations
 
@@ -13,8 +17,9 @@ from torch import Tensor, nn
 
 from instaseg.config.schema import Config
 from instaseg.data.image_io import read_image, to_rgb_array
-from instaseg.engine.checkpoint import load_model
 from instaseg.errors import InstasegError
+from instaseg.hub.build import load_model
+from instaseg.hub.pretrained import resolve_checkpoint
 from instaseg.structures.instances import CroppedInstances, Instances
 
 __all__ = ["Predictor", "as_image_tensor"]
@@ -77,7 +82,7 @@ class Predictor:
         ``allow_partial`` loads only the tensors that fit the model the checkpoint's config builds
         (the others keep their initial values); without it a misfit raises ``CheckpointError``.
         ``overrides`` (``"key=value"``) and ``max_detections`` change the stored config first
-        (:func:`instaseg.engine.checkpoint.load_model`).
+        (:func:`instaseg.hub.load_model`).
         """
         model, config = load_model(path, allow_partial=allow_partial, overrides=overrides,
                                    max_detections=max_detections)
@@ -90,8 +95,6 @@ class Predictor:
         """``Predictor.from_pretrained("maskrcnn_r50_fpn_3x_coco_d2")``: published weights by catalogue name
         (``instaseg weights list``; fetched, checked and converted once, then read from the cache), or an
         instaseg checkpoint path; ``overrides`` and ``max_detections`` as :meth:`from_checkpoint`."""
-        from instaseg.zoo import resolve_checkpoint
-
         return cls.from_checkpoint(resolve_checkpoint(name_or_path), device, score_threshold, overrides=overrides,
                                    max_detections=max_detections)
 

@@ -6,8 +6,9 @@ from PIL import Image
 from instaseg import Predictor, build_model
 from instaseg.config.presets import get_preset
 from instaseg.config.io import apply_overrides
-from instaseg.engine.checkpoint import load_checkpoint, load_model, save_checkpoint
+from instaseg.engine.checkpoint import load_checkpoint, save_checkpoint
 from instaseg.errors import CheckpointError, InstasegError
+from instaseg.hub import load_model
 
 from tests.detectors._toy_data import toy_scene
 

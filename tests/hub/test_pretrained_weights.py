@@ -8,7 +8,7 @@ import torch
 
 from instaseg.config.io import config_to_dict
 from instaseg.detectors.build import build_from_config, resolve_config
-from instaseg.engine.checkpoint import class_sized_tensors, load_pretrained_weights
+from instaseg.hub import class_sized_tensors, load_pretrained_weights
 from instaseg.errors import CheckpointError
 
 # Written out by hand, per head, independently of class_sized_tensors.
