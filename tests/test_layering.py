@@ -3,7 +3,8 @@
 Every module of ``instaseg`` is parsed with ``ast`` and every import is read: module level, inside
 functions (the "import here to break a cycle" kind) and under ``TYPE_CHECKING``. ``from instaseg
 import X`` counts as importing the module the package's lazy public API (``instaseg._API``) names for
-``X``. Imports are compared at the level of the top-level packages (``instaseg.<package>``).
+``X``. Floors are compared at the level of the top-level packages (``instaseg.<package>``); circles
+are looked for between packages and between modules.
 
 The floors, bottom to top (a package may import its own floor and the floors below it):
 
@@ -40,6 +41,7 @@ imports ``detectors`` (the CLI and ``instaseg.hub`` build the model and pass it,
 from __future__ import annotations
 
 import ast
+import functools
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,11 +136,15 @@ def _targets(node: ast.AST, module: str, is_package: bool, api: dict[str, str]) 
     return found
 
 
-def package_imports() -> list[Import]:
-    """Every import of one ``instaseg`` package by another, anywhere in a module."""
+@functools.lru_cache(maxsize=1)
+def module_imports() -> tuple[Import, ...]:
+    """Every import of an ``instaseg`` module by another, anywhere in a module; ``target`` is the
+    module imported (``from instaseg.ops.nms import nms`` -> ``instaseg.ops.nms``)."""
     api = _public_api()
+    paths = sorted(ROOT.rglob("*.py"))
+    modules = {_module_name(path) for path in paths}
     found = []
-    for path in sorted(ROOT.rglob("*.py")):
+    for path in paths:
         module = _module_name(path)
         if module == "instaseg":  # the lazy public API: names modules by string only
             continue
@@ -147,14 +153,20 @@ def package_imports() -> list[Import]:
             for target in _targets(node, module, path.name == "__init__.py", api):
                 if target.split(".")[0] != "instaseg" or target == "instaseg":
                     continue
-                item = Import(module, target, str(path.relative_to(ROOT.parent)), node.lineno)
-                if item.source_package != item.target_package:
-                    found.append(item)
-    return found
+                while target not in modules and "." in target:  # a name imported from a module
+                    target = target.rsplit(".", 1)[0]
+                if target != module:
+                    found.append(Import(module, target, str(path.relative_to(ROOT.parent)), node.lineno))
+    return tuple(found)
+
+
+def package_imports() -> list[Import]:
+    """Every import of one ``instaseg`` package by another."""
+    return [i for i in module_imports() if i.source_package != i.target_package]
 
 
 def _cycles(edges: dict[str, set[str]]) -> list[list[str]]:
-    """The strongly connected components of more than one package (Tarjan), each sorted."""
+    """The strongly connected components of more than one node (Tarjan), each sorted."""
     index: dict[str, int] = {}
     low: dict[str, int] = {}
     stack: list[str] = []
@@ -225,6 +237,22 @@ def test_no_import_circle_between_packages():
     lines = []
     for component in circles:
         lines.append(f"  packages importing each other: {', '.join(component)}")
+        members = set(component)
+        lines += [f"    {examples[(a, b)]}" for a in component for b in sorted(edges[a] & members)]
+    assert not circles, "import circles:\n" + "\n".join(lines)
+
+
+def test_no_import_circle_between_modules():
+    # Inside a package too: a circle held together by imports inside functions is still a circle.
+    edges: dict[str, set[str]] = defaultdict(set)
+    examples: dict[tuple[str, str], Import] = {}
+    for item in module_imports():
+        edges[item.source].add(item.target)
+        examples.setdefault((item.source, item.target), item)
+    circles = _cycles(edges)
+    lines = []
+    for component in circles:
+        lines.append(f"  modules importing each other: {', '.join(component)}")
         members = set(component)
         lines += [f"    {examples[(a, b)]}" for a in component for b in sorted(edges[a] & members)]
     assert not circles, "import circles:\n" + "\n".join(lines)
