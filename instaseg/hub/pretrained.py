@@ -14,9 +14,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+from instaseg.data.coco_categories import coco_categories
 from instaseg.engine.checkpoint import atomic_torch_save, load_checkpoint
 from instaseg.errors import CheckpointError, ConfigError
-from instaseg.data.coco_categories import coco_categories
 from instaseg.hub.convert import convert_detectron2_file, convert_torchvision_file, convert_yolact_file
 from instaseg.weights.common import ConversionSummary
 from instaseg.zoo.catalogue import CATALOGUE, WeightsEntry, get_entry
