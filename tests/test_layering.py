@@ -23,9 +23,10 @@ The floors, bottom to top (a package may import its own floor and the floors bel
 10. ``viz``: pictures of data and results.
 11. ``weights``: pure state-dict converters (peer dict in, instaseg dict + config out). Above the
     model floors so that no model code reads peer checkpoints; they build nothing and save nothing.
-12. ``engine``, ``export``: train/evaluate, and export, any model that keeps the detector contract;
-    neither builds a model (the caller hands one over), so neither imports ``detectors``.
-13. ``zoo``: the catalogue of published weights and their download: network and cache only.
+12. ``engine``, ``export``: train, evaluate and measure, or export, a model that keeps the detector
+    contract; neither builds one (the caller hands it over).
+13. ``zoo``: the catalogue of published weights, their download and cache, and the input conventions
+    ImageNet backbone files need: files and config values, no model.
 14. ``hub``: the top floor every front end uses: build a model from a preset or config, load a
     checkpoint, apply ImageNet or published weights, save converted checkpoints, ``Predictor``.
 15. ``cli`` (and ``__main__``): commands, on top of everything.
