@@ -2,10 +2,12 @@
 
 ``from instaseg.ops import roi_align, nms`` is a drop-in for ``from torchvision.ops import ...``.
 Where a working compiled torchvision is present, the ops hand their work to it at call time
-(``INSTASEG_FAST_KERNELS=0`` forces the pure-PyTorch paths). Beyond torchvision: ``soft_nms``,
+(``with fast_kernels(False):`` forces the pure-PyTorch paths in a block, ``INSTASEG_FAST_KERNELS=0``
+for the whole process, read once at import). Beyond torchvision: ``soft_nms``,
 ``fast_nms`` (YOLACT), ``multiscale_roi_align`` / ``assign_fpn_levels`` and the mask paste-back.
 """
 
+from instaseg.ops._dispatch import fast_kernels
 from instaseg.ops.deform_conv import DeformConv2d, deform_conv2d
 from instaseg.ops.fast_nms import fast_nms
 from instaseg.ops.nms import batched_nms, nms
@@ -28,6 +30,7 @@ __all__ = [
     "box_iou",
     "clip_boxes_to_image",
     "deform_conv2d",
+    "fast_kernels",
     "fast_nms",
     "multiscale_roi_align",
     "nms",
