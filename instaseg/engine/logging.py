@@ -183,10 +183,6 @@ class LossMeter:
         self._data_time += data_seconds
         self._iters += 1
 
-    @property
-    def num_iterations(self) -> int:
-        return self._iters
-
     def means(self) -> dict[str, float]:
         return {name: total / self._count for name, total in self._sums.items()} if self._count else {}
 
