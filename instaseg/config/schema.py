@@ -1,7 +1,8 @@
 """The configuration schema: frozen dataclasses, one per part of a detector or of training.
 
-Components never read these: ``instaseg.detectors.build`` turns a config into modules that take
-plain typed arguments. A config is changed with ``dataclasses.replace`` (presets) or with
+Components below ``instaseg.detectors`` never read these: ``instaseg.detectors.build`` turns a config
+into modules that take plain typed arguments (the detectors themselves still keep a few config parts,
+e.g. ``inference_config``). A config is changed with ``dataclasses.replace`` (presets) or with
 ``--set a.b=c`` overrides (``instaseg.config.io``), which are checked against these types.
 
 Every choice between named behaviours (a "mode": the NMS kind, the resize rounding, the optimizer
@@ -182,7 +183,8 @@ class BackboneConfig:
 class FPNConfig:
     KEY: ClassVar[str] = "model.fpn"  # where this part sits in a Config (error messages)
     out_channels: int = 256
-    extra: FPNExtra = "maxpool"  # "maxpool": P6 by subsampling P5 (R-CNN); "convs": strided convs (YOLACT)
+    # "maxpool": P6 by subsampling P5 (R-CNN); "convs": strided convs (YOLACT, which refuses the others)
+    extra: FPNExtra = "maxpool"
     num_extra: int = 1
     # With extra="convs": the first extra conv reads P5 ("output", the YOLACT reference) or C5
     # ("input", MMDetection's add_extra_convs='on_input', as in its YOLACT configs).
