@@ -29,6 +29,7 @@ __all__ = [
     "ResizeFilter",
     "BackboneName",
     "NormName",
+    "StageName",
     "FPNExtra",
     "FPNExtraFrom",
     "AnchorConvention",
@@ -78,6 +79,7 @@ BackboneName = Literal[  # instaseg.backbones.resnet.RESNET_PRESETS
     "resnext50_32x4d", "resnext101_32x4d", "resnext101_32x8d", "resnext101_64x4d",
 ]
 NormName = Literal["FrozenBN", "BN", "SyncBN", "GN", ""]  # instaseg.layers.norm.NORM_NAMES ("": none)
+StageName = Literal["stem", "res2", "res3", "res4", "res5"]  # ResNet outputs (instaseg.backbones.resnet)
 FPNExtra = Literal["maxpool", "convs", "none"]
 FPNExtraFrom = Literal["output", "input"]
 AnchorConvention = Literal["detectron2", "torchvision"]
@@ -111,23 +113,33 @@ def mode_error(key: str, value: object, choices: tuple[str, ...]) -> str:
     return f"{key}: expected one of {', '.join(repr(c) for c in choices)}, got {value!r}"
 
 
+def _mode_of(hint: object) -> tuple[tuple[str, ...], bool] | None:
+    """``(allowed values, is a list)`` of a ``Literal`` or ``tuple[Literal, ...]`` type, else None."""
+    if typing.get_origin(hint) is Literal:
+        return typing.get_args(hint), False
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) is tuple and len(args) == 2 and args[1] is Ellipsis:
+        element = _mode_of(args[0])
+        return (element[0], True) if element and not element[1] else None
+    return None
+
+
 @functools.cache
-def _mode_fields(cls: type) -> tuple[tuple[str, tuple[str, ...]], ...]:
-    """``(field name, allowed values)`` of every ``Literal``-typed field of the dataclass ``cls``."""
+def _mode_fields(cls: type) -> tuple[tuple[str, tuple[str, ...], bool], ...]:
+    """``(field name, allowed values, is a list)`` of every mode field of the dataclass ``cls``."""
     hints = typing.get_type_hints(cls)
-    return tuple(
-        (f.name, typing.get_args(hints[f.name]))
-        for f in dataclasses.fields(cls)
-        if typing.get_origin(hints[f.name]) is Literal
-    )
+    modes = ((f.name, _mode_of(hints[f.name])) for f in dataclasses.fields(cls))
+    return tuple((name, *mode) for name, mode in modes if mode is not None)
 
 
 def _check_modes(part: object) -> None:
     """Refuse a config part whose mode fields hold a value their ``Literal`` type does not allow."""
-    for name, choices in _mode_fields(type(part)):
-        value = getattr(part, name)
-        if not isinstance(value, str) or value not in choices:
-            raise ConfigError(mode_error(f"{part.KEY}.{name}", value, choices))
+    for name, choices, is_list in _mode_fields(type(part)):
+        values = getattr(part, name)
+        for index, value in enumerate(values if is_list else (values,)):
+            if not isinstance(value, str) or value not in choices:
+                key = f"{part.KEY}.{name}[{index}]" if is_list else f"{part.KEY}.{name}"
+                raise ConfigError(mode_error(key, value, choices))
 
 
 IMAGENET_MEAN_RGB = (123.675, 116.28, 103.53)  # ImageNet statistics in 0-255 units, RGB
@@ -170,7 +182,7 @@ class BackboneConfig:
     norm: NormName = "FrozenBN"  # FrozenBN, BN, SyncBN, GN
     freeze_at: int = 2  # 0 nothing, 1 stem, 2 stem + res2, ... (Detectron2's FREEZE_AT)
     stride_in_1x1: bool = False  # True for MSRA/Caffe2 weights, False for torchvision weights
-    out_features: tuple[str, ...] = ("res2", "res3", "res4", "res5")
+    out_features: tuple[StageName, ...] = ("res2", "res3", "res4", "res5")
     deform_stages: tuple[bool, bool, bool, bool] = (False, False, False, False)  # res2..res5
     deform_interval: int = 1  # DCN in every k-th block of a deformable stage
     weights: str = ""  # optional ImageNet weights file (torchvision or MSRA layout)

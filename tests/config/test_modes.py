@@ -122,6 +122,14 @@ def test_yolact_refuses_an_fpn_extra_its_builder_would_ignore():
     assert YolactConfig().fpn.extra == "convs"
 
 
+def test_a_list_of_modes_names_the_bad_entry():
+    with pytest.raises(ConfigError, match=r"model\.backbone\.out_features\[1\]: expected one of 'stem', .*'res5', got 'res6'"):
+        apply_overrides(Config(), ["model.backbone.out_features=[res4, res6]"])
+    with pytest.raises(ConfigError, match=r"model\.backbone\.out_features\[0\]"):
+        schema.BackboneConfig(out_features=("c5",))
+    assert apply_overrides(Config(), ["model.backbone.out_features=res4"]).model.backbone.out_features == ("res4",)
+
+
 def test_the_architecture_discriminator_is_a_mode():
     with pytest.raises(ConfigError, match=r"model\.arch"):
         MaskRCNNConfig(arch="yolact")
@@ -134,7 +142,7 @@ def test_mode_choices_reads_an_alias():
 
 
 def test_the_schema_modes_agree_with_the_components_choices():
-    from instaseg.backbones.resnet import RESNET_PRESETS
+    from instaseg.backbones.resnet import _OUTPUT_NAMES, RESNET_PRESETS
     from instaseg.layers.norm import NORM_NAMES
     from instaseg.necks.fpn import _EXTRA_KINDS
     from instaseg.ops.poolers import _METHODS
@@ -146,7 +154,7 @@ def test_the_schema_modes_agree_with_the_components_choices():
         (schema.BackboneName, RESNET_PRESETS), (schema.NormName, NORM_NAMES), (schema.FPNExtra, _EXTRA_KINDS),
         (schema.PoolerType, _METHODS), (schema.ResizeFilter, RESIZE_FILTERS),
         (schema.ResizeRounding, RESIZE_ROUNDINGS), (schema.AnchorConvention, _CONVENTIONS),
-        (schema.AnchorStrides, _STRIDE_RULES), (schema.CropRule, CROP_RULES),
+        (schema.AnchorStrides, _STRIDE_RULES), (schema.CropRule, CROP_RULES), (schema.StageName, _OUTPUT_NAMES),
     ]
     for alias, component in pairs:
         assert set(mode_choices(alias)) == set(component), alias
