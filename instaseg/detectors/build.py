@@ -121,12 +121,10 @@ def _mask_rcnn(config: Config) -> MaskRCNN:
         raise ValueError(f"the shared RPN head needs the same number of anchors per level, got {num_anchors}")
     rpn_head = RPNHead(next(iter(shapes.values())).channels, num_anchors[0])
     mh = model.mask_head
-    if mh.head == "mlp":
+    if mh.head == "mlp":  # a MaskHeadKind: "fcn" or "mlp", checked when the config was built
         mask_head: nn.Module = MaskMLPHead(mask_in, mh.pooler_resolution, _mask_outputs(model))
-    elif mh.head == "fcn":
-        mask_head = MaskFCNHead(mask_in, mh.conv_dim, mh.num_convs, _mask_outputs(model))
     else:
-        raise ValueError(f"unknown mask head {mh.head!r}: use 'fcn' or 'mlp'")
+        mask_head = MaskFCNHead(mask_in, mh.conv_dim, mh.num_convs, _mask_outputs(model))
     maskiou_head = None  # Mask Scoring R-CNN: Mask R-CNN given one more part
     if model.maskiou is not None:
         maskiou_head = MaskIoUHead(mask_in, model.num_classes, mh.pooler_resolution, model.maskiou.conv_dim,
