@@ -1,7 +1,8 @@
 """Config <-> plain dict / YAML, and ``--set a.b=c`` overrides, all checked against the schema.
 
 Every value is checked against the dataclass field's annotated type, so a typo or a wrong type
-fails with a message that names the key and lists the valid ones, instead of being ignored. A
+fails with a message that names the key and lists the valid ones, instead of being ignored; a mode
+(a ``Literal`` field) names the allowed values, so an unknown one is refused here. A
 single value where a list of any length is expected is a list of one (``train.steps=500`` is
 ``(500,)``); a fixed-length list (``input.pixel_std``) must be given whole.
 """
@@ -16,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from instaseg.config.schema import Config
+from instaseg.config.schema import Config, mode_error
 from instaseg.errors import ConfigError
 
 __all__ = ["config_to_dict", "config_from_dict", "apply_overrides", "load_yaml", "save_yaml"]
@@ -58,9 +59,11 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         errors = []
         arch = value.get("arch") if isinstance(value, dict) else None
         if arch is not None:  # model configs: pick the member by its ``arch`` discriminator
-            chosen = [m for m in members if dataclasses.is_dataclass(m) and _default_arch(m) == arch]
-            if chosen:
-                return _coerce(value, chosen[0], key)
+            archs = {_default_arch(m): m for m in members if dataclasses.is_dataclass(m) and _default_arch(m)}
+            if archs and arch not in archs:
+                raise ConfigError(mode_error(f"{key}.arch", arch, tuple(archs)))
+            if archs:
+                return _coerce(value, archs[arch], key)
         for member in members:
             if member is type(None):
                 continue
@@ -100,6 +103,13 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
         return float(value)
+    if origin is typing.Literal:  # a mode (instaseg.config.schema): one of the named values
+        choices = typing.get_args(hint)
+        if value is None and "none" in choices:  # --set turns "none" into None; here it is the mode
+            value = "none"
+        if not isinstance(value, str) or value not in choices:
+            raise ConfigError(mode_error(key, value, choices))
+        return value
     if hint is str:
         if not isinstance(value, str):
             raise ConfigError(f"{key}: expected a string, got {value!r}")

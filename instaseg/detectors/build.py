@@ -24,7 +24,7 @@ from instaseg.heads.maskiou_head import MaskIoUHead
 from instaseg.heads.rpn import RPNHead
 from instaseg.heads.mask_rescoring import MaskRescoringHead
 from instaseg.heads.yolact_head import ProtoNet, SemanticSegHead, YolactPredictionHead
-from instaseg.necks.fpn import FPN
+from instaseg.necks.fpn import rcnn_fpn, yolact_fpn
 from instaseg.targets.anchors import AnchorGenerator
 
 __all__ = ["build_from_config", "resolve_config"]
@@ -71,10 +71,10 @@ def _mask_rcnn(config: Config) -> MaskRCNN:
     else:
         backbone = _backbone(model, model.backbone.out_features)
         in_shapes = backbone.output_shape()
-        neck = FPN(
+        neck = rcnn_fpn(
             [s.channels for s in in_shapes.values()],
-            [s.stride for s in in_shapes.values()],
             model.fpn.out_channels,
+            in_strides=[s.stride for s in in_shapes.values()],
             extra=model.fpn.extra,
             num_extra=model.fpn.num_extra,
             extra_from=model.fpn.extra_from,
@@ -99,12 +99,10 @@ def _mask_rcnn(config: Config) -> MaskRCNN:
         raise ValueError(f"the shared RPN head needs the same number of anchors per level, got {num_anchors}")
     rpn_head = RPNHead(next(iter(shapes.values())).channels, num_anchors[0])
     mh = model.mask_head
-    if mh.head == "mlp":
+    if mh.head == "mlp":  # a MaskHeadKind: "fcn" or "mlp", checked when the config was built
         mask_head: nn.Module = MaskMLPHead(mask_in, mh.pooler_resolution, _mask_outputs(model))
-    elif mh.head == "fcn":
-        mask_head = MaskFCNHead(mask_in, mh.conv_dim, mh.num_convs, _mask_outputs(model))
     else:
-        raise ValueError(f"unknown mask head {mh.head!r}: use 'fcn' or 'mlp'")
+        mask_head = MaskFCNHead(mask_in, mh.conv_dim, mh.num_convs, _mask_outputs(model))
     maskiou_head = None  # Mask Scoring R-CNN: Mask R-CNN given one more part
     if model.maskiou is not None:
         maskiou_head = MaskIoUHead(mask_in, model.num_classes, mh.pooler_resolution, model.maskiou.conv_dim,
@@ -136,9 +134,9 @@ def _yolact(config: Config) -> Yolact:
     # The reference FPN: bilinear upsampling, ReLU'd outputs, P6/P7 by stride-2 convs on P5/P6;
     # MMDetection's: no ReLU, P6 from C5 (fpn.relu_outputs=False, fpn.extra_from="input").
     relu_outputs = True if model.fpn.relu_outputs is None else model.fpn.relu_outputs
-    neck = FPN([s.channels for s in in_shapes.values()], [s.stride for s in in_shapes.values()],
-               model.fpn.out_channels, extra="convs", num_extra=model.fpn.num_extra,
-               extra_from=model.fpn.extra_from, upsample_mode="bilinear", relu_outputs=relu_outputs)
+    neck = yolact_fpn([s.channels for s in in_shapes.values()], model.fpn.out_channels,
+                      in_strides=[s.stride for s in in_shapes.values()], num_extra=model.fpn.num_extra,
+                      extra_from=model.fpn.extra_from, relu_outputs=relu_outputs)
     head = model.head
     num_anchors = {len(scales) * len(head.aspect_ratios) for scales in head.anchor_scales}
     if len(num_anchors) != 1 or len(head.anchor_scales) != len(neck.output_shape()):

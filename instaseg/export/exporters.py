@@ -31,6 +31,7 @@ from instaseg.errors import InstasegError
 from instaseg.export.ops import ONNX_TRANSLATIONS
 from instaseg.export.rcnn import MaskRCNNExport
 from instaseg.export.yolact import YolactExport
+from instaseg.ops import fast_kernels
 from instaseg.structures.instances import Instances
 
 __all__ = [
@@ -73,20 +74,6 @@ def export_wrapper(model: nn.Module) -> nn.Module:
     return wrapper.eval()
 
 
-@contextlib.contextmanager
-def _pure_pytorch_ops() -> Iterator[None]:
-    """Trace instaseg's pure-PyTorch paths even where torchvision kernels would be picked."""
-    previous = os.environ.get("INSTASEG_FAST_KERNELS")
-    os.environ["INSTASEG_FAST_KERNELS"] = "0"
-    try:
-        yield
-    finally:
-        if previous is None:
-            os.environ.pop("INSTASEG_FAST_KERNELS", None)
-        else:
-            os.environ["INSTASEG_FAST_KERNELS"] = previous
-
-
 def _example_image(example: Tensor | tuple[int, int]) -> Tensor:
     if isinstance(example, Tensor):
         if example.dim() != 3 or example.shape[0] != 3:
@@ -115,7 +102,7 @@ def export_program(
         side = {1: torch.export.Dim("height", min=_MIN_SIDE, max=_MAX_SIDE),
                 2: torch.export.Dim("width", min=_MIN_SIDE, max=_MAX_SIDE)}
         shapes = (side,)
-    with _pure_pytorch_ops(), torch.no_grad(), _quiet():
+    with fast_kernels(False), torch.no_grad(), _quiet():  # trace the pure-PyTorch paths
         return torch.export.export(wrapper, (image,), dynamic_shapes=shapes, strict=False)
 
 

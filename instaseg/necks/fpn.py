@@ -179,20 +179,43 @@ def rcnn_fpn(
     in_channels: Sequence[int] = (256, 512, 1024, 2048),
     out_channels: int = 256,
     norm: str | None = "",
+    *,
+    in_strides: Sequence[int] = (4, 8, 16, 32),
+    extra: str = "maxpool",
+    num_extra: int = 1,
+    extra_from: str = "output",
+    relu_outputs: bool = False,
 ) -> FPN:
-    """Mask R-CNN's FPN on res2..res5 (strides 4..32): outputs p2..p6, P6 max-pooled from P5."""
-    return FPN(in_channels, [4, 8, 16, 32], out_channels, extra="maxpool", num_extra=1, norm=norm)
+    """Mask R-CNN's FPN (nearest upsampling); the one ``instaseg.detectors.build`` builds.
+
+    With the defaults, on res2..res5 (strides 4..32): outputs p2..p6, P6 max-pooled from P5.
+    """
+    return FPN(in_channels, in_strides, out_channels, extra=extra, num_extra=num_extra, extra_from=extra_from,
+               norm=norm, relu_outputs=relu_outputs)
 
 
-def yolact_fpn(in_channels: Sequence[int] = (512, 1024, 2048), out_channels: int = 256) -> FPN:
-    """YOLACT's FPN on res3..res5 (strides 8..32): p3..p7 as in the reference (see module doc)."""
+def yolact_fpn(
+    in_channels: Sequence[int] = (512, 1024, 2048),
+    out_channels: int = 256,
+    *,
+    in_strides: Sequence[int] = (8, 16, 32),
+    num_extra: int = 2,
+    extra_from: str = "output",
+    relu_outputs: bool = True,
+) -> FPN:
+    """YOLACT's FPN (bilinear upsampling, extra levels by strided convs); the one
+    ``instaseg.detectors.build`` builds.
+
+    With the defaults, on res3..res5 (strides 8..32): p3..p7 as in the reference (see module doc).
+    MMDetection's variant: ``extra_from="input", relu_outputs=False``.
+    """
     return FPN(
         in_channels,
-        [8, 16, 32],
+        in_strides,
         out_channels,
         extra="convs",
-        num_extra=2,
-        extra_from="output",
+        num_extra=num_extra,
+        extra_from=extra_from,
         upsample_mode="bilinear",
-        relu_outputs=True,
+        relu_outputs=relu_outputs,
     )

@@ -2,11 +2,13 @@
 
 ``from instaseg.ops import roi_align, nms`` is a drop-in for ``from torchvision.ops import ...``.
 Where a working compiled torchvision is present, the ops hand their work to it at call time
-(``INSTASEG_FAST_KERNELS=0`` forces the pure-PyTorch paths). Beyond torchvision: ``soft_nms``,
+(``with fast_kernels(False):`` forces the pure-PyTorch paths in a block, ``INSTASEG_FAST_KERNELS=0``
+for the whole process, read once at import). Beyond torchvision: ``soft_nms``,
 ``fast_nms`` (YOLACT), ``multiscale_roi_align`` / ``assign_fpn_levels``, the mask paste-back and its inverse, the
 mask target crop ``crop_and_resize``.
 """
 
+from instaseg.ops._dispatch import fast_kernels
 from instaseg.ops.crop_and_resize import crop_and_resize
 from instaseg.ops.deform_conv import DeformConv2d, deform_conv2d
 from instaseg.ops.fast_nms import fast_nms
@@ -31,6 +33,7 @@ __all__ = [
     "clip_boxes_to_image",
     "crop_and_resize",
     "deform_conv2d",
+    "fast_kernels",
     "fast_nms",
     "multiscale_roi_align",
     "nms",

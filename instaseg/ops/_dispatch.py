@@ -3,21 +3,35 @@
 instaseg's ops are pure PyTorch. Where torchvision's compiled ops import *and work* (for example a
 CUDA machine with a matching torchvision), an op may hand the call to them. The check happens at
 the first call, never at package import, so a broken or missing torchvision cannot break instaseg.
+
+Whether that hand-over is allowed is a ``contextvars.ContextVar``, not a process-wide switch:
+``with fast_kernels(False): ...`` forces the pure-PyTorch paths for that block, in that thread (or
+asyncio task) only, and restores the previous choice on exit (export traces the pure paths this
+way). The environment variable ``INSTASEG_FAST_KERNELS=0`` (documented in the README) sets the
+default for the whole process; it is read once, when this module is imported.
 """
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import ModuleType
 
-__all__ = ["torchvision_ops", "use_fast_kernels"]
+__all__ = ["fast_kernels", "torchvision_ops", "use_fast_kernels"]
 
-# INSTASEG_FAST_KERNELS=0 forces the pure-PyTorch paths (useful for checking both agree).
+# The user-facing default, read once at import: INSTASEG_FAST_KERNELS=0 forces the pure-PyTorch
+# paths (useful for checking both agree).
 _ENV_FLAG = "INSTASEG_FAST_KERNELS"
+_FAST_KERNELS: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "instaseg_fast_kernels", default=os.environ.get(_ENV_FLAG, "1") != "0"
+)
 
 # Set by instaseg.ops.torchvision_shim: torchvision's ops are then instaseg's own kernels, and
-# routing instaseg's calls through torchvision's Python wrappers would gain nothing.
+# routing instaseg's calls through torchvision's Python wrappers would gain nothing. A fact about
+# the process (what torchvision.ops is), not a setting.
 shimmed = False
 
 
@@ -36,8 +50,22 @@ def _load_torchvision_ops() -> ModuleType | None:
 
 
 def use_fast_kernels() -> bool:
-    """Whether the environment allows dispatching to optional compiled kernels."""
-    return os.environ.get(_ENV_FLAG, "1") != "0"
+    """Whether dispatching to optional compiled kernels is allowed here and now."""
+    return _FAST_KERNELS.get()
+
+
+@contextmanager
+def fast_kernels(enabled: bool) -> Iterator[None]:
+    """Allow (True) or forbid (False) the optional compiled kernels for a ``with`` block.
+
+    ``with fast_kernels(False): roi_align(...)`` runs the pure-PyTorch path. Scoped to the current
+    thread / task and restored on exit, even when the block raises.
+    """
+    token = _FAST_KERNELS.set(bool(enabled))
+    try:
+        yield
+    finally:
+        _FAST_KERNELS.reset(token)
 
 
 def torchvision_ops() -> ModuleType | None:

@@ -161,6 +161,10 @@ def test_unknown_set_key_is_refused(dataset, tmp_path, capsys):
     assert "nms_tresh" in capsys.readouterr().err
     assert main(argv[:-1] + ["model.num_classes=x"]) == 2
     assert "expected an integer" in capsys.readouterr().err
+    assert main(argv[:-1] + ["model.inference.nms=greedy"]) == 2
+    err = capsys.readouterr().err
+    assert "model.inference.nms: expected one of 'nms', 'soft_nms', 'fast_nms', got 'greedy'" in err
+    assert "Traceback" not in err
 
 
 def test_presets_lists_every_preset(capsys):

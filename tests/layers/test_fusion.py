@@ -1,6 +1,7 @@
 """FrozenBatchNorm2d folded into convolutions, and the fast-path switches."""
 
 import copy
+import threading
 
 import pytest
 import torch
@@ -10,6 +11,7 @@ from torch import nn
 from instaseg.layers import ConvNormAct, FrozenBatchNorm2d, ModulatedDeformConv2d
 from instaseg.layers.fusion import (
     _FOLDED,
+    FastPaths,
     conv_norm,
     fast_path_settings,
     fast_paths,
@@ -106,6 +108,29 @@ def test_switch_off_runs_the_plain_modules():
             conv_norm(conv, bn, x)
         assert calls == [1]
     assert fast_path_settings().fold_batchnorm and fast_path_settings().channels_last
+
+
+def test_switches_are_scoped_to_the_block_and_the_thread():
+    seen = {}
+    entered, checked = threading.Event(), threading.Event()
+
+    def other_thread():
+        entered.wait(5)
+        seen["other"] = fast_path_settings()
+        checked.set()
+
+    worker = threading.Thread(target=other_thread)
+    worker.start()
+    with pytest.raises(RuntimeError):
+        with fast_paths(fold_batchnorm=False):
+            with fast_paths(channels_last=False) as inner:
+                assert inner == FastPaths(fold_batchnorm=False, channels_last=False)
+                entered.set()
+                checked.wait(5)
+                raise RuntimeError("leave both blocks")
+    worker.join(5)
+    assert seen["other"] == FastPaths()  # another thread never saw this thread's switches
+    assert fast_path_settings() == FastPaths()  # restored, although the block raised
 
 
 def test_conv_norm_act_folds_its_frozen_norm():

@@ -196,3 +196,17 @@ def test_gradcheck(mode):
         return tuple(fpn(list(inputs)).values())
 
     assert torch.autograd.gradcheck(run, tuple(features))
+
+
+@pytest.mark.parametrize("preset, factory, upsample, relu", [("mask_rcnn_r18_fpn_tiny", "rcnn_fpn", "nearest", False),
+                                                             ("yolact_r18_tiny", "yolact_fpn", "bilinear", True)])
+def test_the_model_builder_makes_its_fpn_with_the_family_factory(monkeypatch, preset, factory, upsample, relu):
+    """One way to build each family's FPN: the factories tested above are the builder's."""
+    from instaseg.detectors import build
+
+    made = []
+    original = getattr(build, factory)
+    monkeypatch.setattr(build, factory, lambda *args, **kwargs: made.append(original(*args, **kwargs)) or made[-1])
+    model = build.build_model(preset, num_classes=2)
+    assert len(made) == 1 and model.neck is made[0]
+    assert model.neck.upsample_mode == upsample and model.neck.relu_outputs == relu
