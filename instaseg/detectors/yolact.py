@@ -2,13 +2,14 @@
 
 The instaseg model contract (see ``instaseg.detectors.mask_rcnn``):
 
-* ``forward(images, targets=None) -> YolactOutput``: head outputs; in training also the anchor
-  matches and the masks of the sampled positives, in inference also the detections (Fast NMS,
-  masks assembled at prototype resolution and cropped by the predicted boxes).
+* ``forward(images, targets=None)``: the heads' outputs, a :class:`YolactOutput` in inference; in
+  training a :class:`YolactTrainOutput`, which adds the anchor matches and the masks of the sampled
+  positives.
 * ``loss(raw, targets) -> (total, {name: scalar})``: L = L_cls + 1.5 L_box + 6.125 L_mask +
   L_semantic (+ 25 L_rescoring for YOLACT++), normalized as in dbolya/yolact ``MultiBoxLoss``.
-* ``postprocess(raw, image_sizes) -> list[Instances]``: masks upsampled to the original image
-  and thresholded at 0.5; boxes scaled to it.
+* ``postprocess(raw, image_sizes) -> list[Instances]``: per image the detections (Fast NMS,
+  masks assembled at prototype resolution and cropped by the predicted boxes), then masks
+  upsampled to the original image and thresholded at 0.5, boxes scaled to it.
 
 Four post-processing rules are arguments, set from ``model.conventions`` (see
 :class:`~instaseg.config.schema.YolactConventions`): dbolya/yolact's for converted weights,
@@ -54,7 +55,7 @@ from instaseg.targets.yolact import (
     sample_mask_positives,
 )
 
-__all__ = ["Yolact", "YolactOutput", "YolactDetections"]
+__all__ = ["Yolact", "YolactOutput", "YolactTrainOutput", "YolactDetections"]
 
 CROP_PADDING = 1.0  # prototype pixels; the reference's ``crop(..., padding=1)``
 # Masks upsampled per chunk of this many: all 100 at once would be one large fresh float buffer
@@ -86,18 +87,32 @@ class YolactDetections:
 
 @dataclass
 class YolactOutput:
+    """Raw outputs of an inference-mode forward (the heads' outputs): what :meth:`Yolact.postprocess` reads."""
+
     image_sizes: list[tuple[int, int]]  # sizes as the model saw them (after resizing)
     anchors: Tensor  # (A, 4) xyxy in input pixels
     class_logits: Tensor  # (B, A, C + 1), background last
     box_deltas: Tensor  # (B, A, 4)
     mask_coefficients: Tensor  # (B, A, k) in [-1, 1]
     prototypes: Tensor  # (B, k, h, w)
-    semantic_logits: Tensor | None = None  # (B, C, H3, W3), training only
-    anchor_targets: list[AnchorTargets] | None = None  # training: per image
-    mask_index: list[Tensor] | None = None  # training: anchors whose masks train, per image
-    mask_logits: list[Tensor] | None = None  # training: (P_i, h, w) per image
-    rescoring_iou: list[Tensor] | None = None  # training (YOLACT++): (P_i, C) per image
-    detections: list[YolactDetections] | None = None  # inference
+
+
+@dataclass
+class YolactTrainOutput:
+    """Raw outputs of a training-mode forward: the heads' outputs, the anchor matches and the
+    masks of the sampled positives; what :meth:`Yolact.loss` reads."""
+
+    image_sizes: list[tuple[int, int]]  # sizes as the model saw them
+    anchors: Tensor  # (A, 4) xyxy in input pixels
+    class_logits: Tensor  # (B, A, C + 1), background last
+    box_deltas: Tensor  # (B, A, 4)
+    mask_coefficients: Tensor  # (B, A, k) in [-1, 1]
+    prototypes: Tensor  # (B, k, h, w)
+    anchor_targets: list[AnchorTargets]  # per image
+    mask_index: list[Tensor]  # per image: the anchors whose masks train
+    mask_logits: list[Tensor]  # per image (P_i, h, w)
+    semantic_logits: Tensor | None  # (B, C, H3, W3); None without a semantic head
+    rescoring_iou: list[Tensor] | None  # YOLACT++: (P_i, C) per image; None without a re-scoring head
 
 
 class Yolact(Detector):
@@ -177,7 +192,9 @@ class Yolact(Detector):
                               device=levels[0].device, dtype=dtype)
 
     # ------------------------------------------------------------------------------ forward
-    def forward(self, images: list[Tensor], targets: list[Targets] | None = None) -> YolactOutput:
+    def forward(self, images: list[Tensor], targets: list[Targets] | None = None) -> YolactTrainOutput | YolactOutput:
+        """Training mode: :class:`YolactTrainOutput` (needs ``targets``); inference:
+        :class:`YolactOutput`, the heads' outputs (suppression runs in :meth:`postprocess`)."""
         if self.training and targets is None:
             raise ValueError("training mode needs targets: model(images, targets)")
         with record_function("instaseg.preprocess"):
@@ -193,39 +210,45 @@ class Yolact(Detector):
         size = int(batch.shape[-1])
         raw = YolactOutput([(size, size)] * batch.shape[0], self._anchors(levels, size), logits, deltas,
                            coefficients, prototypes)
-        if self.training:
-            if self.semantic_head is not None:
-                raw.semantic_logits = self.semantic_head(levels[0])
-            self._forward_train(raw, targets)
-        else:
-            raw.detections = [self._detect(raw, i) for i in range(batch.shape[0])]
-        return raw
+        if not self.training:
+            return raw
+        semantic_logits = self.semantic_head(levels[0]) if self.semantic_head is not None else None
+        return self._forward_train(raw, semantic_logits, targets)
 
-    def _to_proto_frame(self, boxes: Tensor, raw: YolactOutput) -> Tensor:
+    def _to_proto_frame(self, boxes: Tensor, raw: YolactOutput | YolactTrainOutput) -> Tensor:
         h, w = raw.prototypes.shape[-2:]
         size = raw.image_sizes[0][0]
         return boxes * boxes.new_tensor([w / size, h / size, w / size, h / size])
 
-    def _forward_train(self, raw: YolactOutput, targets: list[Targets]) -> None:
+    def _forward_train(self, raw: YolactOutput, semantic_logits: Tensor | None,
+                       targets: list[Targets]) -> YolactTrainOutput:
         cfg = self.loss_config
-        raw.anchor_targets, raw.mask_index, raw.mask_logits, raw.rescoring_iou = [], [], [], []
+        anchor_targets, mask_index, all_mask_logits, rescoring_iou = [], [], [], []
         for i, target in enumerate(targets):
             with torch.no_grad():
                 matched = match_anchors(raw.anchors, target.boxes.to(raw.anchors), target.labels, self.num_classes,
                                         self.matcher, target.crowd_boxes.to(raw.anchors), cfg.crowd_iou)
             index = sample_mask_positives(matched.positive, cfg.masks_to_train)
             mask_logits = torch.einsum("khw,pk->phw", raw.prototypes[i], raw.mask_coefficients[i, index])
-            raw.anchor_targets.append(matched)
-            raw.mask_index.append(index)
-            raw.mask_logits.append(mask_logits)
+            anchor_targets.append(matched)
+            mask_index.append(index)
+            all_mask_logits.append(mask_logits)
             if self.rescoring_head is not None:
                 # The head sees the mask as a fixed input: its loss scores the mask, it does not change it.
                 gt_boxes = self._to_proto_frame(target.boxes.to(mask_logits)[matched.gt_index[index]], raw)
                 probs = crop_masks(mask_logits.detach().sigmoid(), gt_boxes, CROP_PADDING, self.crop_rule)
-                raw.rescoring_iou.append(self.rescoring_head(probs))
+                rescoring_iou.append(self.rescoring_head(probs))
+        return YolactTrainOutput(
+            raw.image_sizes, raw.anchors, raw.class_logits, raw.box_deltas, raw.mask_coefficients, raw.prototypes,
+            anchor_targets, mask_index, all_mask_logits, semantic_logits,
+            rescoring_iou if self.rescoring_head is not None else None,
+        )
 
     @torch.no_grad()
-    def _detect(self, raw: YolactOutput, i: int) -> YolactDetections:
+    def detect(self, raw: YolactOutput, i: int) -> YolactDetections:
+        """Image ``i``'s detections in the model's input frame: boxes decoded, class-wise
+        suppression, masks assembled at prototype resolution and cropped by the boxes (+ YOLACT++
+        re-scoring)."""
         inf = self.inference_config
         size = raw.image_sizes[i]
         with record_function("instaseg.suppress"):
@@ -276,10 +299,10 @@ class Yolact(Detector):
         return box_index[keep[:n]], labels[keep[:n]], kept_scores[:n]
 
     # ------------------------------------------------------------------------------ loss
-    def loss(self, raw: YolactOutput, targets: list[Targets]) -> tuple[Tensor, dict[str, Tensor]]:
+    def loss(self, raw: YolactTrainOutput, targets: list[Targets]) -> tuple[Tensor, dict[str, Tensor]]:
         """Total loss and its terms; B, C, M, I divided by the batch's positives, S by the batch size."""
-        if raw.anchor_targets is None:
-            raise ValueError("loss() needs the outputs of a training-mode forward")
+        if not isinstance(raw, YolactTrainOutput):
+            raise TypeError("loss() needs the outputs of a training-mode forward (YolactTrainOutput)")
         cfg = self.loss_config
         labels = torch.stack([t.labels for t in raw.anchor_targets])
         num_pos = float(max(1, int((labels >= 0).logical_and(labels < self.num_classes).sum())))
@@ -319,11 +342,13 @@ class Yolact(Detector):
     # ------------------------------------------------------------------------------ results
     @torch.no_grad()
     def postprocess(self, raw: YolactOutput, image_sizes: list[tuple[int, int]]) -> list[Instances]:
-        """Detections in the original images (``image_sizes[i] = (H, W)`` before resizing)."""
-        if raw.detections is None:
-            raise ValueError("postprocess() needs the outputs of an inference-mode forward")
+        """Detections in the original images (``image_sizes[i] = (H, W)`` before resizing): per
+        image :meth:`detect`, then boxes scaled and clipped to the image and masks upsampled there."""
+        if not isinstance(raw, YolactOutput):
+            raise TypeError("postprocess() needs the outputs of an inference-mode forward (YolactOutput)")
         results = []
-        for det, (in_h, in_w), (h, w) in zip(raw.detections, raw.image_sizes, image_sizes):
+        for i, ((in_h, in_w), (h, w)) in enumerate(zip(raw.image_sizes, image_sizes)):
+            det = self.detect(raw, i)
             if det.boxes.shape[0] == 0:
                 results.append(Instances.empty((h, w), det.boxes.device))
                 continue
