@@ -37,6 +37,7 @@ from instaseg.losses.yolact import (
     prototype_mask_loss,
     semantic_seg_loss,
 )
+from instaseg.ops.crop_masks import CROP_RULES, crop_masks
 from instaseg.ops.fast_nms import fast_nms
 from instaseg.ops.nms import batched_nms
 from instaseg.ops.soft_nms import batched_soft_nms
@@ -46,9 +47,7 @@ from instaseg.structures.instances import Instances, Targets
 from instaseg.targets.anchors import yolact_anchors
 from instaseg.targets.matcher import Matcher
 from instaseg.targets.yolact import (
-    CROP_RULES,
     AnchorTargets,
-    crop_masks,
     downsample_masks,
     mask_iou_targets,
     match_anchors,
@@ -143,7 +142,7 @@ class Yolact(Detector):
         """The last four: instaseg's rules by default; dbolya/yolact's are ``False``, ``"pixel_index"``,
         ``True``, ``False``. ``clip_boxes_before_nms``: decoded boxes clipped to the input before
         suppression (else only in :meth:`postprocess`); ``crop_rule``: the pixels a box keeps of
-        its mask (:func:`~instaseg.targets.yolact.crop_masks`), in training and inference;
+        its mask (:func:`~instaseg.ops.crop_masks.crop_masks`), in training and inference;
         ``fill_below_threshold``: Fast NMS keeps each class's surviving top-k entries at or below
         the score threshold (:func:`~instaseg.ops.fast_nms.fast_nms`); ``clamp_rescoring_iou``:
         YOLACT++'s predicted IoU clamped to [0, 1] in the mask score."""

@@ -2,7 +2,7 @@
 
 :class:`MaskRCNNExport` wraps a built :class:`~instaseg.detectors.mask_rcnn.MaskRCNN` (its layers
 are shared, not copied) and replays its inference path, ``predict`` = ``postprocess(forward)``,
-with the export-friendly pieces of :mod:`instaseg.export.graph` and :mod:`instaseg.export.ops`:
+with the traceable paths of instaseg's ops, structures and anchors:
 resize, normalize, pad, backbone/FPN, RPN proposals (per-level top-k, NMS, top-k), box head,
 per-class NMS, mask head (+ MaskIoU head), mask paste into the input image.
 """
@@ -15,17 +15,12 @@ import torch
 from torch import Tensor, nn
 
 from instaseg.detectors.mask_rcnn import MaskRCNN
-from instaseg.export.graph import (
-    clip_boxes,
-    grid_anchors,
-    image_size_tensor,
-    multiscale_roi_align,
-    paste_masks,
-    pad_to_multiple,
-    resize_shortest_side,
-    sort_by_score,
-)
-from instaseg.export.ops import batched_nms_indices
+from instaseg.ops.graph_ops import batched_nms_indices, sort_by_score
+from instaseg.ops.paste_masks import paste_masks_in_image
+from instaseg.ops.poolers import multiscale_roi_align
+from instaseg.structures.boxes import clip_boxes_to_image as clip_boxes
+from instaseg.structures.image_list import image_size_tensor, pad_to_multiple, resize_shortest_side
+from instaseg.targets.anchors import grid_anchors
 from instaseg.errors import InstasegError
 
 __all__ = ["MaskRCNNExport"]
@@ -89,7 +84,7 @@ class MaskRCNNExport(nn.Module):
         height, width = image.shape[-2:]
         ratio_wh = (image_size_tensor(image) / model_size).float().flip(0)
         boxes = boxes * torch.cat((ratio_wh, ratio_wh))
-        masks = paste_masks(probs, boxes, height, width, m.inference_config.mask_threshold)
+        masks = paste_masks_in_image(probs, boxes, (height, width), m.inference_config.mask_threshold)
         return boxes, scores, labels, masks, mask_scores
 
     def _proposals(self, rpn_in: list[Tensor], model_size: Tensor) -> Tensor:
@@ -99,8 +94,9 @@ class MaskRCNNExport(nn.Module):
         generator = m.anchor_generator
         boxes_per_level, scores_per_level = [], []
         for level, feature in enumerate(rpn_in):
-            anchors = grid_anchors(generator.cell_anchors[level], feature, generator.strides[level],
-                                   generator.offset)
+            stride = generator.strides[level]
+            anchors = grid_anchors(generator.cell_anchors[level], tuple(feature.shape[-2:]), (stride, stride),
+                                   generator.offset, feature.device)
             level_logits = logits[level][0]
             k = torch.sym_min(cfg.pre_nms_topk_test, level_logits.shape[0])
             scores, index = level_logits.topk(k)
@@ -119,7 +115,8 @@ class MaskRCNNExport(nn.Module):
 
     def _pool(self, maps: list[Tensor], boxes: Tensor, resolution: int) -> Tensor:
         cfg = self.model.box_config
-        return multiscale_roi_align(maps, boxes, self.model.roi_scales, resolution, cfg.sampling_ratio, cfg.aligned)
+        rois = torch.cat((torch.zeros_like(boxes[:, :1]), boxes), dim=1)
+        return multiscale_roi_align(maps, rois, self.model.roi_scales, resolution, cfg.sampling_ratio, cfg.aligned)
 
     def _detect(self, maps: list[Tensor], proposals: Tensor, model_size: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """``detect_boxes`` for one image: per-class NMS over class-specific boxes."""

@@ -17,15 +17,11 @@ from torch import Tensor, nn
 
 from instaseg.detectors.yolact import CROP_PADDING, Yolact
 from instaseg.errors import InstasegError
-from instaseg.export.graph import (
-    clip_boxes,
-    crop_masks,
-    dense_fast_nms,
-    image_size_tensor,
-    resize_to,
-    sort_by_score,
-)
-from instaseg.export.ops import batched_nms_indices
+from instaseg.ops.crop_masks import crop_masks
+from instaseg.ops.fast_nms import dense_fast_nms
+from instaseg.ops.graph_ops import batched_nms_indices, sort_by_score
+from instaseg.structures.boxes import clip_boxes_to_image as clip_boxes
+from instaseg.structures.image_list import image_size_tensor, resize_image as resize_to
 from instaseg.targets.anchors import yolact_anchors
 
 __all__ = ["YolactExport"]

@@ -1,13 +1,13 @@
 """Greedy non-maximum suppression: ``nms`` and ``batched_nms``.
 
 Soft-NMS (``soft_nms.py``) and YOLACT's Fast NMS (``fast_nms.py``) reuse the helpers here: the
-threshold rounding (``_floor_to_dtype``), the suppression-pair sweep and the chunk sizes.
+threshold rounding (``floor_to_dtype``), the suppression-pair sweep and the chunk sizes.
 
 All boxes are ``(N, 4)`` absolute-pixel ``xyxy`` in continuous coordinates (width ``x2 - x1``, no
 "+1"), with IoU as in :func:`instaseg.structures.boxes.box_iou`: empty or inverted boxes have
 area 0 and IoU 0 with everything (torchvision would use a negative area for inverted boxes).
 Coordinates must be finite. An IoU "above the threshold" compares the IoU computed in the boxes'
-dtype with the threshold as real numbers, like torchvision (see ``_floor_to_dtype``).
+dtype with the threshold as real numbers, like torchvision (see ``floor_to_dtype``).
 
 Greedy NMS without a per-box loop
 ---------------------------------
@@ -35,7 +35,7 @@ from torch import Tensor
 from instaseg.ops._dispatch import torchvision_ops
 from instaseg.structures.boxes import box_iou
 
-__all__ = ["nms", "batched_nms"]
+__all__ = ["nms", "batched_nms", "floor_to_dtype"]
 
 # Windows are tested in cells of this many columns: a cell's max IoU screens it before the
 # (slow) exact comparison and nonzero run on the few cells that can hold a pair.
@@ -98,7 +98,7 @@ def _nms_torch(
     if scores.shape != boxes.shape[:1] or (idxs is not None and idxs.shape != scores.shape):
         raise ValueError(f"scores and idxs must be ({boxes.shape[0]},)")
     order = torch.argsort(scores, descending=True, stable=True)
-    threshold = _floor_to_dtype(float(iou_threshold), boxes.dtype)
+    threshold = floor_to_dtype(float(iou_threshold), boxes.dtype)
     # An IoU (<= 1) never exceeds a threshold >= 1 (or NaN): nothing is suppressed.
     if boxes.shape[0] <= 1 or not threshold < 1.0:
         return order
@@ -114,7 +114,7 @@ def _nms_torch(
     return _select(order, keep)
 
 
-def _floor_to_dtype(value: float, dtype: torch.dtype) -> float:
+def floor_to_dtype(value: float, dtype: torch.dtype) -> float:
     """The largest number of ``dtype`` that is ``<= value``.
 
     Comparing a ``dtype`` tensor with it, ``x > result`` holds exactly when ``x > value`` holds
