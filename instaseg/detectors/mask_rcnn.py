@@ -26,7 +26,8 @@ from instaseg.detectors.rcnn_masks import paste_detections
 from instaseg.losses.rcnn import fast_rcnn_losses, mask_loss, maskiou_loss, rpn_losses
 from instaseg.ops.poolers import multiscale_roi_align
 from instaseg.structures.boxes import BoxCoder
-from instaseg.structures.image_list import ImageList, batch_images, resize_image, resized_shape
+from instaseg.structures.image_list import (ImageList, batch_images, pad_to_multiple, resize_image,
+                                            resize_shortest_side, resized_shape)
 from instaseg.structures.instances import Instances, Targets
 from instaseg.targets.maskiou import in_box_fraction, maskiou_targets
 from instaseg.targets.matcher import Matcher
@@ -129,7 +130,9 @@ class MaskRCNN(Detector):
     def preprocess(self, images: list[Tensor]) -> ImageList:
         """RGB ``(3, H, W)`` images in [0, 255] -> normalized, resized (inference only), padded batch.
 
-        Training images arrive already resized by the data transforms (with their targets).
+        Training images arrive already resized by the data transforms (with their targets). While
+        ``torch.export`` traces (one image, symbolic sides) the size rule runs as tensor arithmetic
+        (:func:`resize_shortest_side`) and the padding as :func:`pad_to_multiple`.
         """
         cfg = self.input_config
         # The statistics in the model's dtype from the config's numbers: float32 buffers cast to
@@ -137,16 +140,22 @@ class MaskRCNN(Detector):
         dtype, device = self.pixel_mean.dtype, self.pixel_mean.device
         mean = torch.tensor(cfg.pixel_mean, dtype=dtype, device=device).view(3, 1, 1)
         std = torch.tensor(cfg.pixel_std, dtype=dtype, device=device).view(3, 1, 1)
+        traced = torch.compiler.is_exporting()
         prepared = []
         for image in images:
             image = image.to(device=device, dtype=dtype)
-            if not self.training:
+            if traced:
+                image, _ = resize_shortest_side(image, cfg.min_size_test, cfg.max_size_test)
+            elif not self.training:
                 h, w = image.shape[-2:]
                 size = resized_shape(h, w, cfg.min_size_test, cfg.max_size_test, cfg.resize_rounding)
                 image = resize_image(image, size, cfg.resize_filter)
             if cfg.channel_order == "BGR":
                 image = image.flip(0)
             prepared.append((image - mean) / std)
+        if traced:
+            return ImageList(pad_to_multiple(torch.stack(prepared), cfg.size_divisibility),
+                             [(p.shape[-2], p.shape[-1]) for p in prepared])
         return batch_images(prepared, cfg.size_divisibility)
 
     def features(self, batch: Tensor) -> dict[str, Tensor]:

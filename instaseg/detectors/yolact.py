@@ -39,10 +39,10 @@ from instaseg.losses.yolact import (
 )
 from instaseg.ops.crop_masks import CROP_RULES, crop_masks
 from instaseg.ops.fast_nms import fast_nms
-from instaseg.ops.nms import batched_nms
+from instaseg.ops.multiclass_nms import multiclass_nms
 from instaseg.ops.soft_nms import batched_soft_nms
 from instaseg.structures.boxes import BoxCoder, clip_boxes_to_image
-from instaseg.structures.image_list import batch_images, resize_image
+from instaseg.structures.image_list import batch_images, rescale_boxes, resize_image, size_tensor
 from instaseg.structures.instances import Instances, Targets
 from instaseg.targets.anchors import yolact_anchors
 from instaseg.targets.matcher import Matcher
@@ -65,6 +65,9 @@ _PASTE_CHUNK = 8
 def _upsample_and_threshold(mask_probs: Tensor, size: tuple[int, int], threshold: float) -> Tensor:
     """``mask_probs (N, h, w)`` bilinearly resized to ``size = (H, W)``, then ``>= threshold``:
     ``(N, H, W)`` bool, written chunk by chunk into the result."""
+    if torch.compiler.is_exporting():  # a traced graph: N is symbolic, so one resize for all
+        probs = F.interpolate(mask_probs[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+        return probs >= threshold
     masks = torch.empty((mask_probs.shape[0], *size), dtype=torch.bool, device=mask_probs.device)
     for start in range(0, mask_probs.shape[0], _PASTE_CHUNK):
         chunk = mask_probs[start : start + _PASTE_CHUNK, None]
@@ -173,7 +176,7 @@ class Yolact(Detector):
         prepared = []
         for image in images:
             image = image.to(self.pixel_mean.device, torch.float32)
-            if not self.training and tuple(image.shape[-2:]) != (size, size):
+            if not self.training:  # resize_image returns an image already at size as it is
                 image = resize_image(image, (size, size))
             if self.input_config.channel_order == "BGR":
                 image = image.flip(0)
@@ -257,7 +260,10 @@ class Yolact(Detector):
             boxes = self.box_coder.decode(deltas, raw.anchors)
             if self.clip_boxes_before_nms:
                 boxes = clip_boxes_to_image(boxes, size)
-            keep = (probs.max(dim=1).values > inf.score_thresh).nonzero().squeeze(1)  # reference's prefilter
+            if torch.compiler.is_exporting():  # no data-dependent prefilter in a graph; the dense
+                keep = torch.arange(probs.shape[0], device=probs.device)  # suppression ranks them last
+            else:
+                keep = (probs.max(dim=1).values > inf.score_thresh).nonzero().squeeze(1)  # reference's prefilter
             box_index, labels, scores = self._suppress(boxes[keep], probs[keep])
             chosen = keep[box_index]
         with record_function("instaseg.masks"):
@@ -283,17 +289,18 @@ class Yolact(Detector):
         if inf.nms == "fast_nms":
             return fast_nms(boxes, probs.T.contiguous(), inf.nms_thresh, self.nms_top_k, inf.score_thresh,
                             inf.detections_per_image, keep_below_threshold=self.fill_below_threshold)
+        if inf.nms == "nms":  # greedy, one set per class (the boxes shared)
+            box_index, labels = multiclass_nms(boxes[:, None].expand(-1, probs.shape[1], -1), probs, inf.nms_thresh,
+                                               inf.score_thresh, inf.detections_per_image)
+            return box_index, labels, probs[box_index, labels]
+        if inf.nms != "soft_nms":
+            raise ValueError(f"unknown nms {inf.nms!r}: use 'fast_nms', 'nms' or 'soft_nms'")
         box_index, labels = (probs > inf.score_thresh).nonzero(as_tuple=True)
         scores = probs[box_index, labels]
-        if inf.nms == "nms":
-            keep = batched_nms(boxes[box_index], scores, labels, inf.nms_thresh)
-            kept_scores = scores[keep]
-        elif inf.nms == "soft_nms":  # kept in selection order, i.e. by decreasing decayed score
-            keep, kept_scores = batched_soft_nms(boxes[box_index], scores, labels, iou_threshold=inf.nms_thresh,
-                                                 sigma=inf.soft_nms_sigma, method=inf.soft_nms_method,
-                                                 score_threshold=inf.score_thresh)
-        else:
-            raise ValueError(f"unknown nms {inf.nms!r}: use 'fast_nms', 'nms' or 'soft_nms'")
+        # kept in selection order, i.e. by decreasing decayed score
+        keep, kept_scores = batched_soft_nms(boxes[box_index], scores, labels, iou_threshold=inf.nms_thresh,
+                                             sigma=inf.soft_nms_sigma, method=inf.soft_nms_method,
+                                             score_threshold=inf.score_thresh)
         n = inf.detections_per_image
         return box_index[keep[:n]], labels[keep[:n]], kept_scores[:n]
 
@@ -348,11 +355,12 @@ class Yolact(Detector):
         results = []
         for i, ((in_h, in_w), (h, w)) in enumerate(zip(raw.image_sizes, image_sizes)):
             det = self.detect(raw, i)
-            if det.boxes.shape[0] == 0:
+            if not torch.compiler.is_exporting() and det.boxes.shape[0] == 0:
                 results.append(Instances.empty((h, w), det.boxes.device))
                 continue
-            scale = det.boxes.new_tensor([w / in_w, h / in_h, w / in_w, h / in_h])
-            boxes = clip_boxes_to_image(det.boxes * scale, (h, w))
+            # (h, w) may be symbolic (a traced graph): sizes as tensors
+            boxes = rescale_boxes(det.boxes, (in_h, in_w), (h, w))
+            boxes = clip_boxes_to_image(boxes, size_tensor((h, w), boxes.device))
             with record_function("instaseg.paste"):
                 masks = _upsample_and_threshold(det.mask_probs, (h, w), self.inference_config.mask_threshold)
             results.append(Instances(boxes, det.scores, det.labels, masks, det.mask_scores))

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = ["ImageList", "batch_images", "resized_shape", "resize_image", "resize_shortest_side", "image_size_tensor",
+           "size_tensor", "rescale_boxes",
            "pad_to_multiple", "RESIZE_ROUNDINGS", "RESIZE_FILTERS"]
 
 
@@ -116,9 +117,26 @@ def resize_image(image: Tensor, size: tuple[int, int], resize_filter: str = "bil
     return F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]
 
 
+def size_tensor(size: tuple[int, int], device: torch.device | str | None = None) -> Tensor:
+    """``(2,)`` float64 ``[H, W]`` of ``size = (H, W)``; the sides may be symbolic (a traced graph)."""
+    return torch.stack([torch.scalar_tensor(s, dtype=torch.float64, device=device) for s in size])
+
+
 def image_size_tensor(image: Tensor) -> Tensor:
     """``(2,)`` float64 ``[H, W]`` of ``image (C, H, W)``, traced from its (symbolic) shape."""
-    return torch.stack([torch.scalar_tensor(s, dtype=torch.float64, device=image.device) for s in image.shape[-2:]])
+    return size_tensor(tuple(image.shape[-2:]), image.device)
+
+
+def rescale_boxes(
+    boxes: Tensor, from_size: tuple[int, int], to_size: tuple[int, int], ratio_dtype: torch.dtype = torch.float64
+) -> Tensor:
+    """Map ``boxes (N, 4)`` from an image of ``from_size = (h, w)`` to one of ``to_size`` (the sides
+    may be symbolic): the ratios ``to / from`` are divisions in ``ratio_dtype``, then cast to the
+    boxes' dtype. float32 is torchvision's ``resize_boxes`` (float64 boxes then match torchvision's
+    to the last bit); float64 is Python's ``w / in_w`` (YOLACT's)."""
+    ratios = size_tensor(to_size, boxes.device).to(ratio_dtype) / size_tensor(from_size, boxes.device).to(ratio_dtype)
+    ratio_h, ratio_w = ratios.unbind()
+    return boxes * torch.stack((ratio_w, ratio_h, ratio_w, ratio_h)).to(boxes.dtype)
 
 
 def resize_shortest_side(image: Tensor, min_size: int, max_size: int) -> tuple[Tensor, Tensor]:

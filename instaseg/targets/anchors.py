@@ -191,6 +191,10 @@ class AnchorGenerator(nn.Module):
             raise ValueError(f"expected {self.num_levels} feature sizes, got {len(feature_sizes)}")
         device = torch.device(device) if device is not None else torch.device("cpu")
         dtype = dtype if dtype is not None else torch.get_default_dtype()
+        if torch.compiler.is_exporting():  # symbolic sizes: neither cached nor made ints
+            strides = self.level_strides(list(feature_sizes), image_size)
+            return [grid_anchors(cell, size, stride, self.offset, device, dtype)
+                    for cell, size, stride in zip(self.cell_anchors, feature_sizes, strides)]
         sizes = tuple((int(h), int(w)) for h, w in feature_sizes)
         strides = tuple(self.level_strides(list(sizes), image_size))
         key = (sizes, strides, device, dtype)

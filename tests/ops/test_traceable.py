@@ -12,6 +12,7 @@ import importlib
 from instaseg.ops import fast_nms, multiscale_roi_align, paste_masks_in_image
 from instaseg.ops.fast_nms import dense_fast_nms
 from instaseg.ops.graph_ops import sort_by_score
+from instaseg.ops.multiclass_nms import multiclass_nms
 from instaseg.ops.nms import floor_to_dtype
 from instaseg.ops.paste_masks import paste_masks_dense
 from instaseg.structures.boxes import clip_boxes_to_image
@@ -157,3 +158,24 @@ def test_dense_fast_nms_fill_matches_fast_nms(top_k, max_detections):
         assert (expected[2] <= 0.05).any()  # the case this checks: below-threshold entries fill
     none = dense_fast_nms(boxes, scores, 0.5, top_k, 1.0, max_detections, keep_below_threshold=True)
     assert all(t.numel() == 0 for t in none)
+
+
+@pytest.mark.parametrize("max_keep", [5, 100])
+def test_multiclass_nms_traced_path_matches_the_eager_one(max_keep, monkeypatch):
+    boxes = torch.stack([_random_boxes(50, scale=30.0) for _ in range(4)], dim=1)  # (R, C, 4)
+    scores = torch.rand(50, 4) ** 2
+    scores[7, 2] = scores[9, 2]  # a tie inside a class
+    scores[3] = -math.inf  # a row that may never be kept
+    expected = multiclass_nms(boxes, scores, 0.5, 0.05, max_keep)
+    assert expected[0].numel() > 0 and not (expected[0] == 3).any()
+    monkeypatch.setattr(torch.compiler, "is_exporting", lambda: True)
+    for a, b in zip(multiclass_nms(boxes, scores, 0.5, 0.05, max_keep), expected):
+        assert torch.equal(a, b)
+
+
+def test_anchor_generator_traced_path_matches_the_cached_one(monkeypatch):
+    generator = AnchorGenerator(((32.0,), (64.0,)), ((0.5, 1.0, 2.0),) * 2, (8, 16), offset=0.5)
+    expected = generator([(5, 7), (3, 4)])
+    monkeypatch.setattr(torch.compiler, "is_exporting", lambda: True)
+    for got, want in zip(generator([(5, 7), (3, 4)]), expected):
+        assert torch.equal(got, want)
