@@ -1,11 +1,14 @@
 """Mask R-CNN (He et al. 2017), and Mask Scoring R-CNN when a MaskIoU head is given.
 
-The contract every instaseg detector follows:
+The :class:`~instaseg.detectors.base.Detector` contract:
 
-* ``forward(images, targets=None) -> MaskRCNNOutput`` (raw tensors). In training mode the
-  targets only choose which anchors and RoIs the heads see; nothing is computed from them here.
+* ``forward(images, targets=None)``: in training mode a :class:`MaskRCNNTrainOutput` (the
+  targets only choose which anchors and RoIs the heads see; nothing is computed from them here);
+  in inference a :class:`MaskRCNNOutput` (proposals and the box head's outputs on them). Each
+  dataclass is filled completely: no field depends on the mode.
 * ``loss(raw, targets) -> (total, {name: scalar})`` with L = L_cls + L_box + L_mask (+ the RPN's).
-* ``postprocess(raw, image_sizes) -> list[Instances]`` in the original images' coordinates.
+* ``postprocess(raw, image_sizes) -> list[Instances]`` in the original images' coordinates: the
+  per-class NMS, the mask branch on the detections and the paste run here, not in ``forward``.
 """
 
 from __future__ import annotations
@@ -23,31 +26,54 @@ from instaseg.detectors.rcnn_masks import paste_detections
 from instaseg.losses.rcnn import fast_rcnn_losses, mask_loss, maskiou_loss, rpn_losses
 from instaseg.ops.poolers import multiscale_roi_align
 from instaseg.structures.boxes import BoxCoder
-from instaseg.structures.image_list import ImageList, batch_images, resize_image, resized_shape
+from instaseg.structures.image_list import (ImageList, batch_images, pad_to_multiple, resize_image,
+                                            resize_shortest_side, resized_shape)
 from instaseg.structures.instances import Instances, Targets
 from instaseg.targets.maskiou import in_box_fraction, maskiou_targets
 from instaseg.targets.matcher import Matcher
 from instaseg.targets.rcnn import SampledRoIs, mask_targets, rpn_targets, sample_rois
 
-__all__ = ["MaskRCNN", "MaskRCNNOutput"]
+__all__ = ["MaskRCNN", "MaskRCNNOutput", "MaskRCNNTrainOutput", "MaskPredictions"]
 
 
 @dataclass
-class MaskRCNNOutput:
-    """Raw outputs. Training fills ``sampled``/``class_logits``/``box_deltas``; inference ``detections``."""
+class MaskPredictions:
+    """The mask branch's outputs for the detections of a batch, image-major."""
+
+    probs: Tensor  # (N, M, M) mask probabilities of each detection's class, over its box
+    scores: Tensor | None  # (N,) rescored mask scores S_cls x S_iou (MS R-CNN); None without a MaskIoU head
+
+
+@dataclass
+class MaskRCNNTrainOutput:
+    """Raw outputs of a training-mode forward: what :meth:`MaskRCNN.loss` reads."""
 
     image_sizes: list[tuple[int, int]]  # sizes of the images as the model saw them (after resizing)
     anchors: list[Tensor]  # per level (A_l, 4)
     objectness_logits: list[Tensor]  # per level (B, A_l)
     anchor_deltas: list[Tensor]  # per level (B, A_l, 4)
     proposals: list[Tensor]  # per image (R_i, 4)
-    mask_logits: Tensor  # (P, K, M, M): positives (training) or detections (inference), image-major
-    sampled: list[SampledRoIs] | None = None
-    class_logits: Tensor | None = None  # (R, C + 1) over the sampled RoIs of all images
-    box_deltas: Tensor | None = None  # (R, 4C)
-    detections: list[Detections] | None = None
-    maskiou: Tensor | None = None  # (P, C) predicted MaskIoU of each mask (Mask Scoring R-CNN)
-    roi_features: Tensor | None = None  # (P, C, R, R) mask-branch RoI features (MaskIoU head input)
+    sampled: list[SampledRoIs]  # per image: the RoIs the box head saw, positives first
+    class_logits: Tensor  # (R, C + 1) over the sampled RoIs of all images, background last
+    box_deltas: Tensor  # (R, 4C)
+    mask_logits: Tensor  # (P, K, M, M) of the positives that train the mask head, image-major
+    roi_features: Tensor  # (P, C, R, R) mask-branch RoI features (MaskIoU head input)
+    maskiou: Tensor | None  # (P, C) predicted MaskIoU (Mask Scoring R-CNN); None without the head
+
+
+@dataclass
+class MaskRCNNOutput:
+    """Raw outputs of an inference-mode forward: what :meth:`MaskRCNN.postprocess` reads.
+
+    No suppression has run on the box branch yet: per-class NMS, the mask branch (which sees the
+    detections) and the paste belong to ``postprocess``.
+    """
+
+    image_sizes: list[tuple[int, int]]  # sizes of the images as the model saw them (after resizing)
+    proposals: list[Tensor]  # per image (R_i, 4) xyxy in the resized image's frame
+    class_logits: Tensor  # (R, C + 1) over the proposals of all images, background last
+    box_deltas: Tensor  # (R, 4C)
+    roi_maps: list[Tensor]  # the feature maps RoIs pool from (the mask branch's input), (B, C, H_l, W_l)
 
 
 class MaskRCNN(Detector):
@@ -104,7 +130,9 @@ class MaskRCNN(Detector):
     def preprocess(self, images: list[Tensor]) -> ImageList:
         """RGB ``(3, H, W)`` images in [0, 255] -> normalized, resized (inference only), padded batch.
 
-        Training images arrive already resized by the data transforms (with their targets).
+        Training images arrive already resized by the data transforms (with their targets). While
+        ``torch.export`` traces (one image, symbolic sides) the size rule runs as tensor arithmetic
+        (:func:`resize_shortest_side`) and the padding as :func:`pad_to_multiple`.
         """
         cfg = self.input_config
         # The statistics in the model's dtype from the config's numbers: float32 buffers cast to
@@ -112,16 +140,22 @@ class MaskRCNN(Detector):
         dtype, device = self.pixel_mean.dtype, self.pixel_mean.device
         mean = torch.tensor(cfg.pixel_mean, dtype=dtype, device=device).view(3, 1, 1)
         std = torch.tensor(cfg.pixel_std, dtype=dtype, device=device).view(3, 1, 1)
+        traced = torch.compiler.is_exporting()
         prepared = []
         for image in images:
             image = image.to(device=device, dtype=dtype)
-            if not self.training:
+            if traced:
+                image, _ = resize_shortest_side(image, cfg.min_size_test, cfg.max_size_test)
+            elif not self.training:
                 h, w = image.shape[-2:]
                 size = resized_shape(h, w, cfg.min_size_test, cfg.max_size_test, cfg.resize_rounding)
                 image = resize_image(image, size, cfg.resize_filter)
             if cfg.channel_order == "BGR":
                 image = image.flip(0)
             prepared.append((image - mean) / std)
+        if traced:
+            return ImageList(pad_to_multiple(torch.stack(prepared), cfg.size_divisibility),
+                             [(p.shape[-2], p.shape[-1]) for p in prepared])
         return batch_images(prepared, cfg.size_divisibility)
 
     def features(self, batch: Tensor) -> dict[str, Tensor]:
@@ -134,7 +168,11 @@ class MaskRCNN(Detector):
         return features
 
     # ------------------------------------------------------------------------------ forward
-    def forward(self, images: list[Tensor], targets: list[Targets] | None = None) -> MaskRCNNOutput:
+    def forward(
+        self, images: list[Tensor], targets: list[Targets] | None = None
+    ) -> MaskRCNNTrainOutput | MaskRCNNOutput:
+        """Training mode: :class:`MaskRCNNTrainOutput` (needs ``targets``, which pick the RoIs);
+        inference: :class:`MaskRCNNOutput` (box head on the proposals, nothing suppressed)."""
         if self.training and targets is None:
             raise ValueError("training mode needs targets: model(images, targets)")
         with record_function("instaseg.preprocess"):
@@ -155,13 +193,14 @@ class MaskRCNN(Detector):
                 cfg.post_nms_topk_train if self.training else cfg.post_nms_topk_test,
                 cfg.nms_thresh, cfg.min_box_size,
             )
-        raw = MaskRCNNOutput(batch.image_sizes, anchors, logits, deltas, proposals, mask_logits=torch.empty(0))
         roi_maps = [features[n] for n in self.roi_features]
-        if self.training:
-            self._forward_train(raw, roi_maps, targets)
-        else:
-            self._forward_inference(raw, roi_maps)
-        return raw
+        if not self.training:
+            with record_function("instaseg.box_roi_pool"):
+                pooled = self._pool(roi_maps, proposals, self.box_config.pooler_resolution)
+            with record_function("instaseg.box_head"):
+                class_logits, box_deltas = self.box_predictor(self.box_head(pooled))
+            return MaskRCNNOutput(batch.image_sizes, proposals, class_logits, box_deltas, roi_maps)
+        return self._forward_train(batch.image_sizes, anchors, logits, deltas, proposals, roi_maps, targets)
 
     def _pool(self, maps: list[Tensor], boxes: list[Tensor], resolution: int) -> Tensor:
         rois = torch.cat([torch.cat([b.new_full((b.shape[0], 1), i), b], dim=1) for i, b in enumerate(boxes)])
@@ -170,62 +209,43 @@ class MaskRCNN(Detector):
             method=self.box_config.pooler_type,
         )
 
-    def _forward_train(self, raw: MaskRCNNOutput, maps: list[Tensor], targets: list[Targets]) -> None:
+    def _forward_train(
+        self, image_sizes: list[tuple[int, int]], anchors: list[Tensor], logits: list[Tensor], deltas: list[Tensor],
+        proposals: list[Tensor], maps: list[Tensor], targets: list[Targets],
+    ) -> MaskRCNNTrainOutput:
         cfg = self.box_config
-        raw.sampled = [
+        sampled = [
             sample_rois(p, t.boxes, t.labels, self.num_classes, self.roi_matcher, cfg.batch_size_per_image,
                         cfg.positive_fraction, cfg.append_gt_boxes)
-            for p, t in zip(raw.proposals, targets)
+            for p, t in zip(proposals, targets)
         ]
-        box_features = self.box_head(self._pool(maps, [s.boxes for s in raw.sampled], cfg.pooler_resolution))
-        raw.class_logits, raw.box_deltas = self.box_predictor(box_features)
-        positives = [s.boxes[: self._mask_count(s)] for s in raw.sampled]
+        box_features = self.box_head(self._pool(maps, [s.boxes for s in sampled], cfg.pooler_resolution))
+        class_logits, box_deltas = self.box_predictor(box_features)
+        positives = [s.boxes[: self._mask_count(s)] for s in sampled]
         if self.c4:  # the C4 mask head reuses the res5 features of the positive RoIs
-            starts = torch.tensor([0] + [s.boxes.shape[0] for s in raw.sampled]).cumsum(0)
-            index = torch.cat([torch.arange(self._mask_count(s)) + int(starts[i]) for i, s in enumerate(raw.sampled)])
+            starts = torch.tensor([0] + [s.boxes.shape[0] for s in sampled]).cumsum(0)
+            index = torch.cat([torch.arange(self._mask_count(s)) + int(starts[i]) for i, s in enumerate(sampled)])
             mask_features = box_features[index.to(box_features.device)]
         else:
             mask_features = self._pool(maps, positives, self.mask_config.pooler_resolution)
-        raw.mask_logits = self.mask_head(mask_features)
-        raw.roi_features = mask_features
+        mask_logits = self.mask_head(mask_features)
+        maskiou = None
         if self.maskiou_head is not None:
-            classes = torch.cat([s.labels[: self._mask_count(s)] for s in raw.sampled])
-            raw.maskiou = self._predict_maskiou(raw, classes)
+            classes = torch.cat([s.labels[: self._mask_count(s)] for s in sampled])
+            maskiou = self._predict_maskiou(mask_logits, mask_features, classes)
+        return MaskRCNNTrainOutput(image_sizes, anchors, logits, deltas, proposals, sampled, class_logits, box_deltas,
+                                   mask_logits, mask_features, maskiou)
 
-    def _predict_maskiou(self, raw: MaskRCNNOutput, classes: Tensor) -> Tensor:
+    def _predict_maskiou(self, mask_logits: Tensor, roi_features: Tensor, classes: Tensor) -> Tensor:
         # The head sees the mask as a fixed input: its loss scores the mask, it does not change it.
-        probs = self.class_mask_probabilities(raw.mask_logits, classes).detach()
-        return self.maskiou_head(raw.roi_features, probs)
-
-    def _forward_inference(self, raw: MaskRCNNOutput, maps: list[Tensor]) -> None:
-        cfg, inf = self.box_config, self.inference_config
-        with record_function("instaseg.box_roi_pool"):
-            pooled = self._pool(maps, raw.proposals, cfg.pooler_resolution)
-        with record_function("instaseg.box_head"):
-            class_logits, box_deltas = self.box_predictor(self.box_head(pooled))
-        with record_function("instaseg.detect"):
-            raw.detections = detect_boxes(
-                full_precision(class_logits), full_precision(box_deltas), raw.proposals, raw.image_sizes, self.box_coder, inf.score_thresh,
-                inf.nms_thresh, inf.detections_per_image, inf.nms, inf.soft_nms_method, inf.soft_nms_sigma,
-                inf.min_box_size,
-            )
-        boxes = [d.boxes for d in raw.detections]
-        with record_function("instaseg.mask_head"):
-            if self.c4:
-                mask_features = self.box_head(self._pool(maps, boxes, cfg.pooler_resolution))
-            else:
-                mask_features = self._pool(maps, boxes, self.mask_config.pooler_resolution)
-            raw.mask_logits = full_precision(self.mask_head(mask_features))
-            raw.roi_features = mask_features
-        if self.maskiou_head is not None:
-            with record_function("instaseg.maskiou_head"):
-                raw.maskiou = full_precision(self._predict_maskiou(raw, torch.cat([d.labels for d in raw.detections])))
+        probs = self.class_mask_probabilities(mask_logits, classes).detach()
+        return self.maskiou_head(roi_features, probs)
 
     # ------------------------------------------------------------------------------ loss
-    def loss(self, raw: MaskRCNNOutput, targets: list[Targets]) -> tuple[Tensor, dict[str, Tensor]]:
+    def loss(self, raw: MaskRCNNTrainOutput, targets: list[Targets]) -> tuple[Tensor, dict[str, Tensor]]:
         """Total loss and its named terms (RPN, box classification/regression, mask)."""
-        if raw.sampled is None:
-            raise ValueError("loss() needs the outputs of a training-mode forward")
+        if not isinstance(raw, MaskRCNNTrainOutput):
+            raise TypeError("loss() needs the outputs of a training-mode forward (MaskRCNNTrainOutput)")
         anchors = torch.cat(raw.anchors)
         labels, target_deltas = zip(*[
             rpn_targets(anchors, t.boxes, self.rpn_matcher, self.rpn_config.batch_size_per_image,
@@ -293,18 +313,45 @@ class MaskRCNN(Detector):
 
     @torch.no_grad()
     def postprocess(self, raw: MaskRCNNOutput, image_sizes: list[tuple[int, int]]) -> list[Instances]:
-        """Detections in the original images (``image_sizes[i] = (H, W)`` before resizing)."""
-        if raw.detections is None:
-            raise ValueError("postprocess() needs the outputs of an inference-mode forward")
-        labels = torch.cat([d.labels for d in raw.detections])
-        probs = self.class_mask_probabilities(raw.mask_logits, labels)
-        mask_scores = None
-        if self.maskiou_head is not None:  # S_mask = S_cls x S_iou; box results keep S_cls
-            scores = torch.cat([d.scores for d in raw.detections])
-            predicted_iou = raw.maskiou[torch.arange(labels.numel(), device=labels.device), labels]
-            mask_scores = scores * predicted_iou.clamp(0, 1)
+        """Detections in the original images (``image_sizes[i] = (H, W)`` before resizing):
+        per-class NMS (:meth:`detect`), the mask branch on the detections (:meth:`predict_masks`),
+        boxes rescaled and masks pasted into the original images."""
+        if not isinstance(raw, MaskRCNNOutput):
+            raise TypeError("postprocess() needs the outputs of an inference-mode forward (MaskRCNNOutput)")
+        detections = self.detect(raw)
+        masks = self.predict_masks(raw.roi_maps, detections)
         with record_function("instaseg.paste"):
             return paste_detections(
-                raw.detections, probs, mask_scores, raw.image_sizes, image_sizes,
+                detections, masks.probs, masks.scores, raw.image_sizes, image_sizes,
                 self.mask_config.paste, self.inference_config.mask_threshold,
             )
+
+    def detect(self, raw: MaskRCNNOutput) -> list[Detections]:
+        """The box branch's detections per image (per-class NMS), in the resized images' frame."""
+        inf = self.inference_config
+        with record_function("instaseg.detect"):
+            return detect_boxes(
+                full_precision(raw.class_logits), full_precision(raw.box_deltas), raw.proposals, raw.image_sizes,
+                self.box_coder, inf.score_thresh, inf.nms_thresh, inf.detections_per_image, inf.nms,
+                inf.soft_nms_method, inf.soft_nms_sigma, inf.min_box_size,
+            )
+
+    def predict_masks(self, maps: list[Tensor], detections: list[Detections]) -> MaskPredictions:
+        """The mask branch (and the MaskIoU head) on the detections' boxes, image-major."""
+        boxes = [d.boxes for d in detections]
+        labels = torch.cat([d.labels for d in detections])
+        with record_function("instaseg.mask_head"):
+            if self.c4:  # the C4 mask head reuses res5 on the box resolution
+                mask_features = self.box_head(self._pool(maps, boxes, self.box_config.pooler_resolution))
+            else:
+                mask_features = self._pool(maps, boxes, self.mask_config.pooler_resolution)
+            mask_logits = full_precision(self.mask_head(mask_features))
+        probs = self.class_mask_probabilities(mask_logits, labels)
+        if self.maskiou_head is None:
+            return MaskPredictions(probs, None)
+        with record_function("instaseg.maskiou_head"):
+            maskiou = full_precision(self._predict_maskiou(mask_logits, mask_features, labels))
+        # S_mask = S_cls x S_iou; box results keep S_cls
+        scores = torch.cat([d.scores for d in detections])
+        predicted_iou = maskiou[torch.arange(labels.numel(), device=labels.device), labels]
+        return MaskPredictions(probs, scores * predicted_iou.clamp(0, 1))

@@ -1,20 +1,24 @@
-"""From raw head outputs to boxes: RPN proposal selection and the box branch's detections."""
+"""From raw head outputs to boxes: RPN proposal selection and the box branch's detections.
+
+Both run one image at a time with instaseg's ops, which take their traceable paths (graph NMS
+nodes, symbolic sizes) while ``torch.export`` traces: the exported graph runs these functions.
+"""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from instaseg.ops.nms import batched_nms
+from instaseg.ops.graph_ops import batched_nms_indices, sort_by_score
+from instaseg.ops.multiclass_nms import multiclass_nms
 from instaseg.ops.soft_nms import batched_soft_nms
 from instaseg.structures.boxes import BoxCoder, clip_boxes_to_image
+from instaseg.structures.image_list import size_tensor
 
-__all__ = ["Detections", "select_proposals", "detect_boxes", "top_batched_nms"]
-
-# First try of top_batched_nms: NMS over this many candidates per box wanted.
-_PREFIX_FACTOR = 4
+__all__ = ["Detections", "select_proposals", "detect_boxes"]
 
 
 def select_proposals(
@@ -38,29 +42,42 @@ def select_proposals(
     ``anchor_deltas``: per level ``(B, A_l, 4)``.
     """
     batch = objectness_logits[0].shape[0]
-    boxes_per_level, scores_per_level, level_ids = [], [], []
-    for level, (level_anchors, logits, deltas) in enumerate(zip(anchors, objectness_logits, anchor_deltas)):
-        k = min(pre_nms_topk, logits.shape[1])
+    boxes_per_level, scores_per_level = [], []
+    for level_anchors, logits, deltas in zip(anchors, objectness_logits, anchor_deltas):
+        k = torch.sym_min(pre_nms_topk, logits.shape[1])
         scores, index = logits.topk(k, dim=1)  # (B, k), sorted
         picked_deltas = deltas.gather(1, index[..., None].expand(-1, -1, 4))
         picked_anchors = level_anchors[index]  # (B, k, 4)
         decoded = box_coder.decode(picked_deltas.reshape(-1, 4), picked_anchors.reshape(-1, 4))
         boxes_per_level.append(decoded.view(batch, k, 4))
         scores_per_level.append(scores)
-        level_ids.append(torch.full((k,), level, dtype=torch.int64, device=scores.device))
-    all_boxes = torch.cat(boxes_per_level, dim=1)
-    all_scores = torch.cat(scores_per_level, dim=1)
-    all_levels = torch.cat(level_ids)
-    proposals = []
-    for b, size in enumerate(image_sizes):
-        boxes = clip_boxes_to_image(all_boxes[b], size)
-        scores, levels = all_scores[b], all_levels
+    return [
+        _image_proposals([b[i] for b in boxes_per_level], [s[i] for s in scores_per_level], size, post_nms_topk,
+                         nms_thresh, min_box_size)
+        for i, size in enumerate(image_sizes)
+    ]
+
+
+def _image_proposals(
+    boxes_per_level: list[Tensor], scores_per_level: list[Tensor], size: tuple[int, int], post_nms_topk: int,
+    nms_thresh: float, min_box_size: float,
+) -> Tensor:
+    """One image's proposals from its per-level candidates ``(k_l, 4)``, ``(k_l,)``: clipped,
+    filtered, NMS per level, then the ``post_nms_topk`` best of all levels (ties by level, then
+    by rank within the level)."""
+    kept_boxes, kept_scores = [], []
+    limit = size_tensor(size, boxes_per_level[0].device)
+    for boxes, scores in zip(boxes_per_level, scores_per_level):
+        boxes = clip_boxes_to_image(boxes, limit)
         wh = boxes[:, 2:] - boxes[:, :2]
-        keep = (wh > min_box_size).all(dim=1) & torch.isfinite(scores) & torch.isfinite(boxes).all(dim=1)
-        boxes, scores, levels = boxes[keep], scores[keep], levels[keep]
-        keep = batched_nms(boxes, scores, levels, nms_thresh)[:post_nms_topk]
-        proposals.append(boxes[keep])
-    return proposals
+        valid = (wh > min_box_size).all(dim=1) & torch.isfinite(scores) & torch.isfinite(boxes).all(dim=1)
+        scores = torch.where(valid, scores, -math.inf)  # NMS (score > -inf) never selects them
+        keep = batched_nms_indices(boxes[None], scores[None], nms_thresh, -math.inf, post_nms_topk)[:, 1]
+        kept_boxes.append(boxes[keep])
+        kept_scores.append(scores[keep])
+    boxes, scores = torch.cat(kept_boxes), torch.cat(kept_scores)
+    order = sort_by_score(scores, torch.arange(scores.shape[0], device=scores.device), post_nms_topk)
+    return boxes[order]
 
 
 @dataclass
@@ -89,58 +106,36 @@ def detect_boxes(
     """Per-class detections from the box head's ``class_logits (R, C + 1)`` (background last)
     and ``box_deltas (R, 4C)`` for the concatenated ``proposals`` of all images.
 
-    Softmax scores; class-specific boxes decoded and clipped; candidates above ``score_thresh``;
-    per-class NMS (or SoftNMS, Bodla et al. 2017); the ``detections_per_image`` best.
+    Softmax scores; class-specific boxes decoded and clipped; candidates above ``score_thresh``
+    whose sides are at least ``min_box_size``; per-class NMS (or SoftNMS, Bodla et al. 2017); the
+    ``detections_per_image`` best.
     """
+    if nms not in ("nms", "soft_nms"):
+        raise ValueError(f"unknown nms {nms!r}: use 'nms' or 'soft_nms'")
     num_classes = class_logits.shape[1] - 1
     probs = torch.softmax(class_logits, dim=1)[:, :num_classes]
-    counts = [p.shape[0] for p in proposals]
     boxes_all = box_coder.decode(box_deltas, torch.cat(proposals)).view(-1, num_classes, 4)
-    results = []
-    for boxes, scores, size in zip(boxes_all.split(counts), probs.split(counts), image_sizes):
-        boxes = clip_boxes_to_image(boxes, size)
+    results, start = [], 0
+    for image_proposals, size in zip(proposals, image_sizes):
+        stop = start + image_proposals.shape[0]
+        boxes = clip_boxes_to_image(boxes_all[start:stop], size_tensor(size, boxes_all.device))  # (R, C, 4)
+        scores = probs[start:stop]  # (R, C)
+        start = stop
+        big_enough = ((boxes[..., 2:] - boxes[..., :2]) >= min_box_size).all(dim=-1)
+        if nms == "nms":
+            rows, labels = multiclass_nms(boxes, torch.where(big_enough, scores, -math.inf), nms_thresh, score_thresh,
+                                          detections_per_image)
+            results.append(Detections(boxes[rows, labels], scores[rows, labels], labels))
+            continue
         labels = torch.arange(num_classes, device=scores.device).expand_as(scores)
         boxes, scores, labels = boxes.reshape(-1, 4), scores.reshape(-1), labels.reshape(-1)
-        keep = (scores > score_thresh) & ((boxes[:, 2:] - boxes[:, :2]) >= min_box_size).all(dim=1)
+        keep = (scores > score_thresh) & big_enough.reshape(-1)
         boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
-        if nms == "soft_nms":
-            keep, scores_kept = batched_soft_nms(
-                boxes, scores, labels, iou_threshold=nms_thresh, sigma=soft_nms_sigma,
-                method=soft_nms_method, score_threshold=score_thresh,
-            )
-            # batched_soft_nms already returns the kept boxes by decreasing decayed score
-            keep, scores_out = keep[:detections_per_image], scores_kept[:detections_per_image]
-        elif nms == "nms":
-            keep = top_batched_nms(boxes, scores, labels, nms_thresh, detections_per_image)
-            scores_out = scores[keep]
-        else:
-            raise ValueError(f"unknown nms {nms!r}: use 'nms' or 'soft_nms'")
-        results.append(Detections(boxes[keep], scores_out, labels[keep]))
+        keep, scores_kept = batched_soft_nms(
+            boxes, scores, labels, iou_threshold=nms_thresh, sigma=soft_nms_sigma,
+            method=soft_nms_method, score_threshold=score_thresh,
+        )
+        # batched_soft_nms already returns the kept boxes by decreasing decayed score
+        keep = keep[:detections_per_image]
+        results.append(Detections(boxes[keep], scores_kept[:detections_per_image], labels[keep]))
     return results
-
-
-def top_batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float, max_keep: int) -> Tensor:
-    """``batched_nms(boxes, scores, idxs, iou_threshold)[:max_keep]``, without running NMS on all boxes.
-
-    In greedy per-category NMS a box's fate depends only on the boxes of its category ranked above
-    it (higher score; equal scores by lower index). So NMS over the candidates scoring at least
-    some ``s`` (kept in their original order, hence ranked alike) keeps exactly the boxes of the
-    full run that score at least ``s``; once it keeps ``max_keep`` boxes, those are the full run's
-    first ``max_keep``. The candidate set grows 4x until that holds (or it is everything).
-    With ``score_thresh = 0`` Mask R-CNN's 1000 RoIs x 80 classes give 80000 candidates, of which
-    a few hundred decide the 100 detections.
-
-    ``boxes (N, 4)``, ``scores (N,)``, ``idxs (N,)`` -> ``(K,)`` int64 indices, K <= max_keep.
-    """
-    n = scores.numel()
-    prefix = _PREFIX_FACTOR * max(max_keep, 1)
-    while prefix < n:
-        cut = scores.topk(prefix, sorted=False).values.min()
-        chosen = torch.nonzero(scores >= cut).squeeze(1)  # ties at the cut included, order kept
-        if chosen.numel() >= n:
-            break
-        keep = batched_nms(boxes[chosen], scores[chosen], idxs[chosen], iou_threshold)
-        if keep.numel() >= max_keep:
-            return chosen[keep[:max_keep]]
-        prefix *= _PREFIX_FACTOR
-    return batched_nms(boxes, scores, idxs, iou_threshold)[:max_keep]

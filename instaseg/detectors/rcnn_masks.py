@@ -7,21 +7,10 @@ from torch import Tensor
 
 from instaseg.detectors.rcnn_inference import Detections
 from instaseg.ops.paste_masks import paste_masks_in_image, paste_masks_torchvision_style
+from instaseg.structures.image_list import rescale_boxes
 from instaseg.structures.instances import Instances
 
-__all__ = ["rescale_boxes", "paste_detections"]
-
-
-def rescale_boxes(boxes: Tensor, from_size: tuple[int, int], to_size: tuple[int, int]) -> Tensor:
-    """Map ``boxes (N, 4)`` from an image of ``from_size = (h, w)`` to one of ``to_size``.
-
-    The ratios are float32 divisions, as torchvision's ``resize_boxes`` computes them (and the
-    exported graph), so float64 boxes match torchvision's to the last bit.
-    """
-    ratios = torch.tensor(to_size, dtype=torch.float32) / torch.tensor(from_size, dtype=torch.float32)
-    ratio_h, ratio_w = ratios.tolist()
-    scale = torch.tensor([ratio_w, ratio_h, ratio_w, ratio_h], dtype=boxes.dtype, device=boxes.device)
-    return boxes * scale
+__all__ = ["paste_detections"]
 
 
 def paste_detections(
@@ -42,7 +31,8 @@ def paste_detections(
     start = 0
     for det, model_size, image_size in zip(detections, model_sizes, image_sizes):
         n = det.boxes.shape[0]
-        boxes = rescale_boxes(det.boxes, model_size, image_size)
+        # float32 ratios, as torchvision's resize_boxes (float64 boxes then match its to the last bit)
+        boxes = rescale_boxes(det.boxes, model_size, image_size, ratio_dtype=torch.float32)
         probs = mask_probs[start : start + n]
         if paste == "torchvision":
             masks = paste_masks_torchvision_style(probs, boxes, image_size) >= mask_threshold

@@ -2,13 +2,14 @@
 
 The instaseg model contract (see ``instaseg.detectors.mask_rcnn``):
 
-* ``forward(images, targets=None) -> YolactOutput``: head outputs; in training also the anchor
-  matches and the masks of the sampled positives, in inference also the detections (Fast NMS,
-  masks assembled at prototype resolution and cropped by the predicted boxes).
+* ``forward(images, targets=None)``: the heads' outputs, a :class:`YolactOutput` in inference; in
+  training a :class:`YolactTrainOutput`, which adds the anchor matches and the masks of the sampled
+  positives.
 * ``loss(raw, targets) -> (total, {name: scalar})``: L = L_cls + 1.5 L_box + 6.125 L_mask +
   L_semantic (+ 25 L_rescoring for YOLACT++), normalized as in dbolya/yolact ``MultiBoxLoss``.
-* ``postprocess(raw, image_sizes) -> list[Instances]``: masks upsampled to the original image
-  and thresholded at 0.5; boxes scaled to it.
+* ``postprocess(raw, image_sizes) -> list[Instances]``: per image the detections (Fast NMS,
+  masks assembled at prototype resolution and cropped by the predicted boxes), then masks
+  upsampled to the original image and thresholded at 0.5, boxes scaled to it.
 
 Four post-processing rules are arguments, set from ``model.conventions`` (see
 :class:`~instaseg.config.schema.YolactConventions`): dbolya/yolact's for converted weights,
@@ -36,25 +37,24 @@ from instaseg.losses.yolact import (
     prototype_mask_loss,
     semantic_seg_loss,
 )
+from instaseg.ops.crop_masks import CROP_RULES, crop_masks
 from instaseg.ops.fast_nms import fast_nms
-from instaseg.ops.nms import batched_nms
+from instaseg.ops.multiclass_nms import multiclass_nms
 from instaseg.ops.soft_nms import batched_soft_nms
 from instaseg.structures.boxes import BoxCoder, clip_boxes_to_image
-from instaseg.structures.image_list import batch_images, resize_image
+from instaseg.structures.image_list import batch_images, rescale_boxes, resize_image, size_tensor
 from instaseg.structures.instances import Instances, Targets
 from instaseg.targets.anchors import yolact_anchors
 from instaseg.targets.matcher import Matcher
 from instaseg.targets.yolact import (
-    CROP_RULES,
     AnchorTargets,
-    crop_masks,
     downsample_masks,
     mask_iou_targets,
     match_anchors,
     sample_mask_positives,
 )
 
-__all__ = ["Yolact", "YolactOutput", "YolactDetections"]
+__all__ = ["Yolact", "YolactOutput", "YolactTrainOutput", "YolactDetections"]
 
 CROP_PADDING = 1.0  # prototype pixels; the reference's ``crop(..., padding=1)``
 # Masks upsampled per chunk of this many: all 100 at once would be one large fresh float buffer
@@ -65,6 +65,9 @@ _PASTE_CHUNK = 8
 def _upsample_and_threshold(mask_probs: Tensor, size: tuple[int, int], threshold: float) -> Tensor:
     """``mask_probs (N, h, w)`` bilinearly resized to ``size = (H, W)``, then ``>= threshold``:
     ``(N, H, W)`` bool, written chunk by chunk into the result."""
+    if torch.compiler.is_exporting():  # a traced graph: N is symbolic, so one resize for all
+        probs = F.interpolate(mask_probs[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+        return probs >= threshold
     masks = torch.empty((mask_probs.shape[0], *size), dtype=torch.bool, device=mask_probs.device)
     for start in range(0, mask_probs.shape[0], _PASTE_CHUNK):
         chunk = mask_probs[start : start + _PASTE_CHUNK, None]
@@ -86,18 +89,32 @@ class YolactDetections:
 
 @dataclass
 class YolactOutput:
+    """Raw outputs of an inference-mode forward (the heads' outputs): what :meth:`Yolact.postprocess` reads."""
+
     image_sizes: list[tuple[int, int]]  # sizes as the model saw them (after resizing)
     anchors: Tensor  # (A, 4) xyxy in input pixels
     class_logits: Tensor  # (B, A, C + 1), background last
     box_deltas: Tensor  # (B, A, 4)
     mask_coefficients: Tensor  # (B, A, k) in [-1, 1]
     prototypes: Tensor  # (B, k, h, w)
-    semantic_logits: Tensor | None = None  # (B, C, H3, W3), training only
-    anchor_targets: list[AnchorTargets] | None = None  # training: per image
-    mask_index: list[Tensor] | None = None  # training: anchors whose masks train, per image
-    mask_logits: list[Tensor] | None = None  # training: (P_i, h, w) per image
-    rescoring_iou: list[Tensor] | None = None  # training (YOLACT++): (P_i, C) per image
-    detections: list[YolactDetections] | None = None  # inference
+
+
+@dataclass
+class YolactTrainOutput:
+    """Raw outputs of a training-mode forward: the heads' outputs, the anchor matches and the
+    masks of the sampled positives; what :meth:`Yolact.loss` reads."""
+
+    image_sizes: list[tuple[int, int]]  # sizes as the model saw them
+    anchors: Tensor  # (A, 4) xyxy in input pixels
+    class_logits: Tensor  # (B, A, C + 1), background last
+    box_deltas: Tensor  # (B, A, 4)
+    mask_coefficients: Tensor  # (B, A, k) in [-1, 1]
+    prototypes: Tensor  # (B, k, h, w)
+    anchor_targets: list[AnchorTargets]  # per image
+    mask_index: list[Tensor]  # per image: the anchors whose masks train
+    mask_logits: list[Tensor]  # per image (P_i, h, w)
+    semantic_logits: Tensor | None  # (B, C, H3, W3); None without a semantic head
+    rescoring_iou: list[Tensor] | None  # YOLACT++: (P_i, C) per image; None without a re-scoring head
 
 
 class Yolact(Detector):
@@ -128,7 +145,7 @@ class Yolact(Detector):
         """The last four: instaseg's rules by default; dbolya/yolact's are ``False``, ``"pixel_index"``,
         ``True``, ``False``. ``clip_boxes_before_nms``: decoded boxes clipped to the input before
         suppression (else only in :meth:`postprocess`); ``crop_rule``: the pixels a box keeps of
-        its mask (:func:`~instaseg.targets.yolact.crop_masks`), in training and inference;
+        its mask (:func:`~instaseg.ops.crop_masks.crop_masks`), in training and inference;
         ``fill_below_threshold``: Fast NMS keeps each class's surviving top-k entries at or below
         the score threshold (:func:`~instaseg.ops.fast_nms.fast_nms`); ``clamp_rescoring_iou``:
         YOLACT++'s predicted IoU clamped to [0, 1] in the mask score."""
@@ -159,7 +176,7 @@ class Yolact(Detector):
         prepared = []
         for image in images:
             image = image.to(self.pixel_mean.device, torch.float32)
-            if not self.training and tuple(image.shape[-2:]) != (size, size):
+            if not self.training:  # resize_image returns an image already at size as it is
                 image = resize_image(image, (size, size))
             if self.input_config.channel_order == "BGR":
                 image = image.flip(0)
@@ -177,7 +194,9 @@ class Yolact(Detector):
                               device=levels[0].device, dtype=dtype)
 
     # ------------------------------------------------------------------------------ forward
-    def forward(self, images: list[Tensor], targets: list[Targets] | None = None) -> YolactOutput:
+    def forward(self, images: list[Tensor], targets: list[Targets] | None = None) -> YolactTrainOutput | YolactOutput:
+        """Training mode: :class:`YolactTrainOutput` (needs ``targets``); inference:
+        :class:`YolactOutput`, the heads' outputs (suppression runs in :meth:`postprocess`)."""
         if self.training and targets is None:
             raise ValueError("training mode needs targets: model(images, targets)")
         with record_function("instaseg.preprocess"):
@@ -193,39 +212,45 @@ class Yolact(Detector):
         size = int(batch.shape[-1])
         raw = YolactOutput([(size, size)] * batch.shape[0], self._anchors(levels, size), logits, deltas,
                            coefficients, prototypes)
-        if self.training:
-            if self.semantic_head is not None:
-                raw.semantic_logits = self.semantic_head(levels[0])
-            self._forward_train(raw, targets)
-        else:
-            raw.detections = [self._detect(raw, i) for i in range(batch.shape[0])]
-        return raw
+        if not self.training:
+            return raw
+        semantic_logits = self.semantic_head(levels[0]) if self.semantic_head is not None else None
+        return self._forward_train(raw, semantic_logits, targets)
 
-    def _to_proto_frame(self, boxes: Tensor, raw: YolactOutput) -> Tensor:
+    def _to_proto_frame(self, boxes: Tensor, raw: YolactOutput | YolactTrainOutput) -> Tensor:
         h, w = raw.prototypes.shape[-2:]
         size = raw.image_sizes[0][0]
         return boxes * boxes.new_tensor([w / size, h / size, w / size, h / size])
 
-    def _forward_train(self, raw: YolactOutput, targets: list[Targets]) -> None:
+    def _forward_train(self, raw: YolactOutput, semantic_logits: Tensor | None,
+                       targets: list[Targets]) -> YolactTrainOutput:
         cfg = self.loss_config
-        raw.anchor_targets, raw.mask_index, raw.mask_logits, raw.rescoring_iou = [], [], [], []
+        anchor_targets, mask_index, all_mask_logits, rescoring_iou = [], [], [], []
         for i, target in enumerate(targets):
             with torch.no_grad():
                 matched = match_anchors(raw.anchors, target.boxes.to(raw.anchors), target.labels, self.num_classes,
                                         self.matcher, target.crowd_boxes.to(raw.anchors), cfg.crowd_iou)
             index = sample_mask_positives(matched.positive, cfg.masks_to_train)
             mask_logits = torch.einsum("khw,pk->phw", raw.prototypes[i], raw.mask_coefficients[i, index])
-            raw.anchor_targets.append(matched)
-            raw.mask_index.append(index)
-            raw.mask_logits.append(mask_logits)
+            anchor_targets.append(matched)
+            mask_index.append(index)
+            all_mask_logits.append(mask_logits)
             if self.rescoring_head is not None:
                 # The head sees the mask as a fixed input: its loss scores the mask, it does not change it.
                 gt_boxes = self._to_proto_frame(target.boxes.to(mask_logits)[matched.gt_index[index]], raw)
                 probs = crop_masks(mask_logits.detach().sigmoid(), gt_boxes, CROP_PADDING, self.crop_rule)
-                raw.rescoring_iou.append(self.rescoring_head(probs))
+                rescoring_iou.append(self.rescoring_head(probs))
+        return YolactTrainOutput(
+            raw.image_sizes, raw.anchors, raw.class_logits, raw.box_deltas, raw.mask_coefficients, raw.prototypes,
+            anchor_targets, mask_index, all_mask_logits, semantic_logits,
+            rescoring_iou if self.rescoring_head is not None else None,
+        )
 
     @torch.no_grad()
-    def _detect(self, raw: YolactOutput, i: int) -> YolactDetections:
+    def detect(self, raw: YolactOutput, i: int) -> YolactDetections:
+        """Image ``i``'s detections in the model's input frame: boxes decoded, class-wise
+        suppression, masks assembled at prototype resolution and cropped by the boxes (+ YOLACT++
+        re-scoring)."""
         inf = self.inference_config
         size = raw.image_sizes[i]
         with record_function("instaseg.suppress"):
@@ -235,7 +260,10 @@ class Yolact(Detector):
             boxes = self.box_coder.decode(deltas, raw.anchors)
             if self.clip_boxes_before_nms:
                 boxes = clip_boxes_to_image(boxes, size)
-            keep = (probs.max(dim=1).values > inf.score_thresh).nonzero().squeeze(1)  # reference's prefilter
+            if torch.compiler.is_exporting():  # no data-dependent prefilter in a graph; the dense
+                keep = torch.arange(probs.shape[0], device=probs.device)  # suppression ranks them last
+            else:
+                keep = (probs.max(dim=1).values > inf.score_thresh).nonzero().squeeze(1)  # reference's prefilter
             box_index, labels, scores = self._suppress(boxes[keep], probs[keep])
             chosen = keep[box_index]
         with record_function("instaseg.masks"):
@@ -261,25 +289,26 @@ class Yolact(Detector):
         if inf.nms == "fast_nms":
             return fast_nms(boxes, probs.T.contiguous(), inf.nms_thresh, self.nms_top_k, inf.score_thresh,
                             inf.detections_per_image, keep_below_threshold=self.fill_below_threshold)
+        if inf.nms == "nms":  # greedy, one set per class (the boxes shared)
+            box_index, labels = multiclass_nms(boxes[:, None].expand(-1, probs.shape[1], -1), probs, inf.nms_thresh,
+                                               inf.score_thresh, inf.detections_per_image)
+            return box_index, labels, probs[box_index, labels]
+        if inf.nms != "soft_nms":
+            raise ValueError(f"unknown nms {inf.nms!r}: use 'fast_nms', 'nms' or 'soft_nms'")
         box_index, labels = (probs > inf.score_thresh).nonzero(as_tuple=True)
         scores = probs[box_index, labels]
-        if inf.nms == "nms":
-            keep = batched_nms(boxes[box_index], scores, labels, inf.nms_thresh)
-            kept_scores = scores[keep]
-        elif inf.nms == "soft_nms":  # kept in selection order, i.e. by decreasing decayed score
-            keep, kept_scores = batched_soft_nms(boxes[box_index], scores, labels, iou_threshold=inf.nms_thresh,
-                                                 sigma=inf.soft_nms_sigma, method=inf.soft_nms_method,
-                                                 score_threshold=inf.score_thresh)
-        else:
-            raise ValueError(f"unknown nms {inf.nms!r}: use 'fast_nms', 'nms' or 'soft_nms'")
+        # kept in selection order, i.e. by decreasing decayed score
+        keep, kept_scores = batched_soft_nms(boxes[box_index], scores, labels, iou_threshold=inf.nms_thresh,
+                                             sigma=inf.soft_nms_sigma, method=inf.soft_nms_method,
+                                             score_threshold=inf.score_thresh)
         n = inf.detections_per_image
         return box_index[keep[:n]], labels[keep[:n]], kept_scores[:n]
 
     # ------------------------------------------------------------------------------ loss
-    def loss(self, raw: YolactOutput, targets: list[Targets]) -> tuple[Tensor, dict[str, Tensor]]:
+    def loss(self, raw: YolactTrainOutput, targets: list[Targets]) -> tuple[Tensor, dict[str, Tensor]]:
         """Total loss and its terms; B, C, M, I divided by the batch's positives, S by the batch size."""
-        if raw.anchor_targets is None:
-            raise ValueError("loss() needs the outputs of a training-mode forward")
+        if not isinstance(raw, YolactTrainOutput):
+            raise TypeError("loss() needs the outputs of a training-mode forward (YolactTrainOutput)")
         cfg = self.loss_config
         labels = torch.stack([t.labels for t in raw.anchor_targets])
         num_pos = float(max(1, int((labels >= 0).logical_and(labels < self.num_classes).sum())))
@@ -319,16 +348,19 @@ class Yolact(Detector):
     # ------------------------------------------------------------------------------ results
     @torch.no_grad()
     def postprocess(self, raw: YolactOutput, image_sizes: list[tuple[int, int]]) -> list[Instances]:
-        """Detections in the original images (``image_sizes[i] = (H, W)`` before resizing)."""
-        if raw.detections is None:
-            raise ValueError("postprocess() needs the outputs of an inference-mode forward")
+        """Detections in the original images (``image_sizes[i] = (H, W)`` before resizing): per
+        image :meth:`detect`, then boxes scaled and clipped to the image and masks upsampled there."""
+        if not isinstance(raw, YolactOutput):
+            raise TypeError("postprocess() needs the outputs of an inference-mode forward (YolactOutput)")
         results = []
-        for det, (in_h, in_w), (h, w) in zip(raw.detections, raw.image_sizes, image_sizes):
-            if det.boxes.shape[0] == 0:
+        for i, ((in_h, in_w), (h, w)) in enumerate(zip(raw.image_sizes, image_sizes)):
+            det = self.detect(raw, i)
+            if not torch.compiler.is_exporting() and det.boxes.shape[0] == 0:
                 results.append(Instances.empty((h, w), det.boxes.device))
                 continue
-            scale = det.boxes.new_tensor([w / in_w, h / in_h, w / in_w, h / in_h])
-            boxes = clip_boxes_to_image(det.boxes * scale, (h, w))
+            # (h, w) may be symbolic (a traced graph): sizes as tensors
+            boxes = rescale_boxes(det.boxes, (in_h, in_w), (h, w))
+            boxes = clip_boxes_to_image(boxes, size_tensor((h, w), boxes.device))
             with record_function("instaseg.paste"):
                 masks = _upsample_and_threshold(det.mask_probs, (h, w), self.inference_config.mask_threshold)
             results.append(Instances(boxes, det.scores, det.labels, masks, det.mask_scores))

@@ -2,8 +2,9 @@
 
 Both formats hold the same graph: :func:`export_wrapper` turns a built detector into a module
 ``image (3, H, W) float RGB in [0, 255] -> (boxes, scores, labels, masks, mask_scores)`` (see
-:data:`OUTPUT_NAMES`), traced once by ``torch.export`` with the image height and width symbolic
-(``dynamic=True``) or fixed to the example's size.
+:data:`OUTPUT_NAMES`) that runs the model's own ``preprocess -> forward -> postprocess`` for one
+image, traced once by ``torch.export`` with the image height and width symbolic (``dynamic=True``)
+or fixed to the example's size.
 
 * ONNX (``torch.onnx.export(..., dynamo=True)``, opset 18): NMS and RoIAlign become the standard
   ``NonMaxSuppression`` and ``RoiAlign`` operators, so ONNX Runtime (or any runtime with those
@@ -25,12 +26,11 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from instaseg.detectors.base import Detector
 from instaseg.detectors.mask_rcnn import MaskRCNN
 from instaseg.detectors.yolact import Yolact
 from instaseg.errors import InstasegError
 from instaseg.export.ops import ONNX_TRANSLATIONS
-from instaseg.export.rcnn import MaskRCNNExport
-from instaseg.export.yolact import YolactExport
 from instaseg.ops import fast_kernels
 from instaseg.structures.instances import Instances
 
@@ -66,12 +66,63 @@ def export_wrapper(model: nn.Module) -> nn.Module:
             (Soft-NMS, torchvision-style paste, RoIPool).
     """
     if isinstance(model, MaskRCNN):
-        wrapper: nn.Module = MaskRCNNExport(model)
+        _check_exportable_rcnn(model)
     elif isinstance(model, Yolact):
-        wrapper = YolactExport(model)
+        _check_exportable_yolact(model)
     else:
         raise InstasegError(f"no exporter for {type(model).__name__}: expected a MaskRCNN or Yolact model")
-    return wrapper.eval()
+    return DetectorExport(model).eval()
+
+
+class DetectorExport(nn.Module):
+    """A detector's own inference, ``predict``, for one image: ``forward(image (3, H, W) float RGB
+    in [0, 255])`` -> ``boxes (N, 4)`` float xyxy in input-image pixels, ``scores (N,)`` class
+    scores, ``labels (N,)`` int64 in ``[0, num_classes)``, ``masks (N, H, W)`` bool and
+    ``mask_scores (N,)`` (MS R-CNN, YOLACT++: the rescored mask score; otherwise the class score),
+    best first.
+
+    Nothing is re-implemented here: while ``torch.export`` traces, the model's ``preprocess ->
+    forward -> postprocess`` take the traceable paths of instaseg's ops (graph ops for NMS and
+    RoIAlign, fixed-size Fast NMS, whole-image mask paste), each tested to agree with its eager path.
+    """
+
+    def __init__(self, model: Detector) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        model = self.model
+        result = model.postprocess(model([image]), [(image.shape[-2], image.shape[-1])])[0]
+        # A graph output of its own when the model does not rescore masks (ONNX names each output once).
+        mask_scores = result.mask_scores if result.mask_scores is not None else result.scores.clone()
+        return result.boxes, result.scores, result.labels, result.masks, mask_scores
+
+
+def _check_exportable_rcnn(model: MaskRCNN) -> None:
+    """Raise :class:`InstasegError` for settings the exported graph does not reproduce."""
+    problems = []
+    if model.inference_config.nms != "nms":
+        problems.append(f"inference.nms={model.inference_config.nms!r} (only 'nms' exports)")
+    if model.mask_config.paste != "centres":
+        problems.append(f"mask_head.paste={model.mask_config.paste!r} (only 'centres' exports)")
+    if model.box_config.pooler_type != "align":
+        problems.append(f"box_head.pooler_type={model.box_config.pooler_type!r} (only 'align' exports)")
+    if model.input_config.resize_rounding != "floor":
+        problems.append(f"input.resize_rounding={model.input_config.resize_rounding!r} (only 'floor' exports)")
+    if model.input_config.resize_filter != "bilinear":
+        problems.append(f"input.resize_filter={model.input_config.resize_filter!r} (only 'bilinear' exports: "
+                        "Pillow's uint8 filter is not a graph operation)")
+    if model.rpn_config.anchor_strides != "fixed":
+        problems.append(f"model.rpn.anchor_strides={model.rpn_config.anchor_strides!r} (only 'fixed' exports)")
+    if problems:
+        raise InstasegError("cannot export this Mask R-CNN: " + "; ".join(problems))
+
+
+def _check_exportable_yolact(model: Yolact) -> None:
+    """Raise :class:`InstasegError` for settings the exported graph does not reproduce."""
+    if model.inference_config.nms not in ("fast_nms", "nms"):
+        raise InstasegError(f"cannot export YOLACT with inference.nms={model.inference_config.nms!r}: "
+                            "use 'fast_nms' or 'nms'")
 
 
 def _example_image(example: Tensor | tuple[int, int]) -> Tensor:

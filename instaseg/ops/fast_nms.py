@@ -7,13 +7,16 @@ Boxes are ``(N, 4)`` absolute-pixel ``xyxy`` in continuous coordinates with IoU 
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
-from instaseg.ops.nms import (_chunk_elements, _floor_to_dtype, _select, _suppression_edges,
+from instaseg.structures.boxes import box_iou
+from instaseg.ops.nms import (_chunk_elements, floor_to_dtype, _select, _suppression_edges,
                               _suppression_matrix)
 
-__all__ = ["fast_nms"]
+__all__ = ["fast_nms", "dense_fast_nms"]
 
 
 def fast_nms(
@@ -48,10 +51,13 @@ def fast_nms(
         ``box_index (K,)`` int64 into the N boxes, ``labels (K,)`` int64 in ``0..C-1`` and
         ``scores (K,)``, by decreasing score (ties by class, then by rank within the class).
     """
+    if torch.compiler.is_exporting():  # a traced graph: fixed-size lists, no data-dependent sweep
+        return dense_fast_nms(boxes, scores, iou_threshold, top_k, score_threshold, max_detections,
+                              keep_below_threshold)
     if scores.dim() != 2 or boxes.shape[-1] != 4 or boxes.shape[-2] != scores.shape[1]:
         raise ValueError(f"expected scores (C, N) and boxes (N, 4) or (C, N, 4), got "
                          f"{tuple(scores.shape)} and {tuple(boxes.shape)}")
-    score_floor = _floor_to_dtype(float(score_threshold), scores.dtype)
+    score_floor = floor_to_dtype(float(score_threshold), scores.dtype)
     box_index, labels, entry_scores = _ranked_entries(scores, top_k, score_floor, keep_below_threshold)
     if boxes.dim() == 2:
         entry_boxes = boxes.index_select(0, box_index)
@@ -99,7 +105,7 @@ def _fast_suppressed(boxes: Tensor, labels: Tensor, iou_threshold: float) -> Ten
     """
     m, device = boxes.shape[0], boxes.device
     suppressed = torch.zeros(m, dtype=torch.uint8, device=device)
-    threshold = _floor_to_dtype(iou_threshold, boxes.dtype)
+    threshold = floor_to_dtype(iou_threshold, boxes.dtype)
     if m <= 1 or not threshold < 1.0:
         return suppressed.bool()
     edges = _suppression_edges(boxes, labels, threshold) if threshold >= 0.0 else None
@@ -140,3 +146,41 @@ def _top_k_stable(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
     index = chosen.nonzero()[:, 1].view(-1, k)  # ascending column index within each row
     values, order = scores.gather(1, index).sort(dim=1, descending=True, stable=True)
     return values, index.gather(1, order)
+
+
+def dense_fast_nms(
+    boxes: Tensor, scores: Tensor, iou_threshold: float, top_k: int, score_threshold: float, max_detections: int,
+    keep_below_threshold: bool = False,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`fast_nms` on fixed-size lists, traceable (what it runs while ``torch.export`` traces),
+    for ``boxes (N, 4)`` shared by all classes and ``scores (C, N)``: ``(box_index, labels, scores)``,
+    best first, the same as :func:`fast_nms` returns.
+
+    Per class the ``min(top_k, N)`` best boxes form the list; entries at or below the score
+    threshold are invalid. They rank last in their list, so they never sit above a valid entry in
+    the IoU matrix's upper triangle and cannot suppress one; they are dropped at the end.
+    With ``keep_below_threshold`` (dbolya/yolact's rule) the valid entries are the candidate boxes,
+    those with any class score above the threshold: the others rank last in every list (their
+    scores set to -inf), and every surviving candidate counts whatever its score in the class.
+    """
+    k = torch.sym_min(top_k, boxes.shape[0])
+    score_floor = floor_to_dtype(float(score_threshold), scores.dtype)
+    if keep_below_threshold:
+        candidate = (scores > score_floor).any(dim=0)  # (N,)
+        ranked_scores = torch.where(candidate[None], scores, -math.inf)
+        _, index = ranked_scores.topk(k, dim=1)  # (C, k), best first, candidates first
+        class_scores, valid = scores.gather(1, index), candidate[index]
+    else:
+        class_scores, index = scores.topk(k, dim=1)  # (C, k), best first
+        valid = class_scores > score_floor
+    iou = box_iou(boxes[index], boxes[index])  # (C, k, k)
+    upper = torch.ones(k, k, dtype=torch.bool, device=boxes.device).triu(diagonal=1)
+    # Entry j is suppressed if an earlier entry i < j of its class overlaps it (column-wise any).
+    suppressed = ((iou > floor_to_dtype(float(iou_threshold), boxes.dtype)) & upper).any(dim=1)
+    keep = valid & ~suppressed
+    flat_scores = torch.where(keep, class_scores, -math.inf).flatten()
+    # Best first; ties by class, then by rank within the class (the flat class-major position).
+    order = torch.argsort(flat_scores, descending=True, stable=True)[:max_detections]
+    order = order[torch.nonzero(keep.flatten()[order]).flatten()]
+    labels = torch.div(order, k, rounding_mode="floor")
+    return index.flatten()[order], labels, class_scores.flatten()[order]

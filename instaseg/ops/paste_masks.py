@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["paste_masks_in_image", "paste_masks_torchvision_style"]
+__all__ = ["paste_masks_in_image", "paste_masks_dense", "paste_masks_torchvision_style"]
 
 
 def _as_mask_stack(masks: Tensor) -> Tensor:
@@ -83,6 +83,8 @@ def paste_masks_in_image(
         ``(N, H, W)`` float probabilities in the masks' float dtype, or bool when ``threshold`` is
         given. Boxes with non-positive width or height (or non-finite coordinates) paste nothing.
     """
+    if torch.compiler.is_exporting():  # a traced graph: image size symbolic, no per-mask regions
+        return paste_masks_dense(masks, boxes, image_size, threshold)
     masks = _as_mask_stack(masks)
     if boxes.shape != (masks.shape[0], 4):
         raise ValueError(f"expected boxes ({masks.shape[0]}, 4), got {tuple(boxes.shape)}")
@@ -117,6 +119,27 @@ def paste_masks_in_image(
         region = weights_y[k, : yb - ya] @ columns[k, :, : xb - xa]
         out[n, ya:yb, xa:xb] = region >= threshold if threshold is not None else region.to(out_dtype)
     return out
+
+
+def paste_masks_dense(
+    masks: Tensor, boxes: Tensor, image_size: tuple[int, int], threshold: float | None = None
+) -> Tensor:
+    """:func:`paste_masks_in_image` over the whole image, traceable (what it runs while
+    ``torch.export`` traces): the same sampling rule as two batched matmuls per mask, with no
+    data-dependent region. ``masks (N, Mh, Mw)``, ``boxes (N, 4)`` -> ``(N, H, W)`` probabilities,
+    or bool ``probs >= threshold``. Only the summation order differs from the eager paste (a pixel
+    within float rounding of the threshold may flip)."""
+    height, width = image_size
+    x1, y1, x2, y2 = boxes.unbind(dim=1)
+    valid = ((x2 > x1) & (y2 > y1))[:, None, None]
+    zeros = torch.zeros_like(x1)
+    weights_x = _bilinear_weights(zeros, width, x1, x2, masks.shape[2])  # (N, W, Mw)
+    weights_y = _bilinear_weights(zeros, height, y1, y2, masks.shape[1])  # (N, H, Mh)
+    # A degenerate box divides by zero: its weights are NaN or inf, so zero them out.
+    weights_x = torch.where(valid, weights_x, 0.0)
+    weights_y = torch.where(valid, weights_y, 0.0)
+    probs = torch.bmm(weights_y, torch.bmm(masks, weights_x.transpose(1, 2)))
+    return probs if threshold is None else probs >= threshold
 
 
 def _expand_boxes_about_centre(boxes: Tensor, scale: float) -> Tensor:

@@ -90,7 +90,9 @@ def multiscale_roi_align(
             return roi_pool(feature, level_rois, (out_h, out_w), scale)
         return roi_align(feature, level_rois, (out_h, out_w), scale, sampling_ratio, aligned)
 
-    if len(features) == 1 or rois.shape[0] == 0:
+    # A traced graph (torch.export) has no branch on the RoI counts, which are symbolic there.
+    traced = torch.compiler.is_exporting()
+    if len(features) == 1 or (not traced and rois.shape[0] == 0):
         return pool(features[0], rois, scales[0])
     min_level = round(-math.log2(scales[0]))
     max_level = round(-math.log2(scales[-1]))
@@ -100,10 +102,12 @@ def multiscale_roi_align(
     pieces, piece_index = [], []
     for level, (feature, scale) in enumerate(zip(features, scales)):
         index = torch.nonzero(levels == level).squeeze(1)
-        if index.numel() > 0:
+        if traced or index.numel() > 0:
             pieces.append(pool(feature, rois[index], scale))
             piece_index.append(index)
     order = torch.cat(piece_index)
+    if traced:  # position of RoI k among the concatenated pieces
+        return torch.cat(pieces).index_select(0, torch.argsort(order))
     inverse = torch.empty_like(order)
     inverse[order] = torch.arange(order.numel(), device=order.device)
     merged = pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=0)

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from instaseg.ops.graph_ops import roi_align_op
 from instaseg.ops._dispatch import torchvision_ops
 from instaseg.ops._utils import (
     check_roi_boxes_shape,
@@ -68,6 +69,17 @@ def roi_align(
     check_roi_boxes_shape(boxes)
     rois = boxes if isinstance(boxes, Tensor) else convert_boxes_to_roi_format(boxes)
     rois = rois.to(device=input.device)
+    if torch.compiler.is_exporting():  # one graph node (ONNX RoiAlign) rather than the traced kernel
+        out_h, out_w = pair(output_size)
+        return roi_align_op(input, rois, spatial_scale, out_h, out_w, sampling_ratio, aligned)
+    return roi_align_kernel(input, rois, output_size, spatial_scale, sampling_ratio, aligned)
+
+
+def roi_align_kernel(
+    input: Tensor, rois: Tensor, output_size: int | tuple[int, int], spatial_scale: float, sampling_ratio: int,
+    aligned: bool,
+) -> Tensor:
+    """:func:`roi_align`'s eager computation on ``rois (K, 5)`` (the kernel of its graph op)."""
     tv_ops = torchvision_ops()
     if tv_ops is not None:  # optional compiled kernel, chosen at call time (see _dispatch.py)
         # Compiled kernels require the rois in the input's dtype.

@@ -2,7 +2,7 @@
 
 Boxes are ``(N, 4)`` absolute-pixel ``xyxy`` in continuous coordinates with IoU as in
 :func:`instaseg.structures.boxes.box_iou`; thresholds compare as real numbers (see
-:func:`instaseg.ops.nms._floor_to_dtype`), as in :mod:`instaseg.ops.nms`.
+:func:`instaseg.ops.nms.floor_to_dtype`), as in :mod:`instaseg.ops.nms`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import math
 import torch
 from torch import Tensor
 
-from instaseg.ops.nms import _chunk_elements, _floor_to_dtype
+from instaseg.ops.nms import _chunk_elements, floor_to_dtype
 from instaseg.structures.boxes import box_iou
 
 __all__ = ["soft_nms", "batched_soft_nms"]
@@ -88,8 +88,8 @@ def _soft_nms_torch(
     if boxes.dim() != 2 or boxes.shape[1] != 4 or scores.shape != boxes.shape[:1]:
         raise ValueError(f"expected boxes (N, 4) and scores (N,), got {tuple(boxes.shape)}, "
                          f"{tuple(scores.shape)}")
-    threshold = _floor_to_dtype(float(iou_threshold), boxes.dtype)
-    score_ceil = -_floor_to_dtype(-float(score_threshold), scores.dtype)  # x >= it <=> x >= thr
+    threshold = floor_to_dtype(float(iou_threshold), boxes.dtype)
+    score_ceil = -floor_to_dtype(-float(score_threshold), scores.dtype)  # x >= it <=> x >= thr
 
     def factors(rows: Tensor, cols: Tensor) -> Tensor:
         return _decay_factors(boxes, idxs, rows, cols, method, threshold, sigma).to(scores.dtype)

@@ -24,25 +24,26 @@ __all__ = [
 
 
 def box_area(boxes: Tensor) -> Tensor:
-    """Areas of ``boxes (N, 4)`` xyxy -> ``(N,)``. Degenerate boxes have area 0 (never negative)."""
-    wh = (boxes[:, 2:] - boxes[:, :2]).clamp(min=0)
-    return wh[:, 0] * wh[:, 1]
+    """Areas of ``boxes (..., N, 4)`` xyxy -> ``(..., N)``. Degenerate boxes have area 0 (never negative)."""
+    wh = (boxes[..., 2:] - boxes[..., :2]).clamp(min=0)
+    return wh[..., 0] * wh[..., 1]
 
 
 def _pairwise_intersection(boxes1: Tensor, boxes2: Tensor) -> Tensor:
-    top_left = torch.max(boxes1[:, None, :2], boxes2[None, :, :2])
-    bottom_right = torch.min(boxes1[:, None, 2:], boxes2[None, :, 2:])
+    top_left = torch.max(boxes1[..., :, None, :2], boxes2[..., None, :, :2])
+    bottom_right = torch.min(boxes1[..., :, None, 2:], boxes2[..., None, :, 2:])
     wh = (bottom_right - top_left).clamp(min=0)
     return wh[..., 0] * wh[..., 1]
 
 
 def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
-    """Pairwise IoU of ``boxes1 (N, 4)`` and ``boxes2 (M, 4)`` xyxy -> ``(N, M)`` in [0, 1].
+    """Pairwise IoU of ``boxes1 (..., N, 4)`` and ``boxes2 (..., M, 4)`` xyxy -> ``(..., N, M)`` in
+    [0, 1] (leading dimensions broadcast: ``(C, k, 4)`` with itself gives each set's matrix).
 
     A pair whose union is empty (two degenerate boxes) has IoU 0 rather than NaN.
     """
     inter = _pairwise_intersection(boxes1, boxes2)
-    union = box_area(boxes1)[:, None] + box_area(boxes2)[None, :] - inter
+    union = box_area(boxes1)[..., :, None] + box_area(boxes2)[..., None, :] - inter
     return torch.where(union > 0, inter / union.clamp(min=torch.finfo(inter.dtype).tiny), 0.0)
 
 
@@ -53,8 +54,14 @@ def box_ioa(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     return torch.where(area2 > 0, inter / area2.clamp(min=torch.finfo(inter.dtype).tiny), 0.0)
 
 
-def clip_boxes_to_image(boxes: Tensor, size: tuple[int, int]) -> Tensor:
-    """Clip ``boxes (..., 4)`` xyxy to an image of ``size = (height, width)``: x in [0, W], y in [0, H]."""
+def clip_boxes_to_image(boxes: Tensor, size: tuple[int, int] | Tensor) -> Tensor:
+    """Clip ``boxes (..., 4)`` xyxy to an image of ``size = (height, width)``: x in [0, W], y in [0, H].
+
+    ``size`` may be a ``(2,)`` tensor ``[H, W]`` (a traced graph's image size, :func:`image_size_tensor`).
+    """
+    if isinstance(size, Tensor):
+        limit = torch.stack((size[1], size[0], size[1], size[0])).to(boxes.dtype)
+        return torch.minimum(boxes.clamp(min=0), limit)
     height, width = size
     x = boxes[..., 0::2].clamp(min=0, max=width)
     y = boxes[..., 1::2].clamp(min=0, max=height)

@@ -10,7 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["ImageList", "batch_images", "resized_shape", "resize_image", "RESIZE_ROUNDINGS", "RESIZE_FILTERS"]
+__all__ = ["ImageList", "batch_images", "resized_shape", "resize_image", "resize_shortest_side", "image_size_tensor",
+           "size_tensor", "rescale_boxes",
+           "pad_to_multiple", "RESIZE_ROUNDINGS", "RESIZE_FILTERS"]
 
 
 @dataclass
@@ -107,11 +109,71 @@ def resize_image(image: Tensor, size: tuple[int, int], resize_filter: str = "bil
     """
     if resize_filter not in RESIZE_FILTERS:
         raise ValueError(f"unknown resize filter {resize_filter!r}: use one of {RESIZE_FILTERS}")
-    if tuple(image.shape[-2:]) == tuple(size):
+    # At equal size bilinear resampling is the identity; a traced graph (symbolic sides) resamples.
+    if not torch.compiler.is_exporting() and tuple(image.shape[-2:]) == tuple(size):
         return image
     if resize_filter == "pil_bilinear":
         return _resize_pil_bilinear(image, size)
     return F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]
+
+
+def size_tensor(size: tuple[int, int], device: torch.device | str | None = None) -> Tensor:
+    """``(2,)`` float64 ``[H, W]`` of ``size = (H, W)``; the sides may be symbolic (a traced graph)."""
+    return torch.stack([torch.scalar_tensor(s, dtype=torch.float64, device=device) for s in size])
+
+
+def image_size_tensor(image: Tensor) -> Tensor:
+    """``(2,)`` float64 ``[H, W]`` of ``image (C, H, W)``, traced from its (symbolic) shape."""
+    return size_tensor(tuple(image.shape[-2:]), image.device)
+
+
+def rescale_boxes(
+    boxes: Tensor, from_size: tuple[int, int], to_size: tuple[int, int], ratio_dtype: torch.dtype = torch.float64
+) -> Tensor:
+    """Map ``boxes (N, 4)`` from an image of ``from_size = (h, w)`` to one of ``to_size`` (the sides
+    may be symbolic): the ratios ``to / from`` are divisions in ``ratio_dtype``, then cast to the
+    boxes' dtype. float32 is torchvision's ``resize_boxes`` (float64 boxes then match torchvision's
+    to the last bit); float64 is Python's ``w / in_w`` (YOLACT's)."""
+    ratios = size_tensor(to_size, boxes.device).to(ratio_dtype) / size_tensor(from_size, boxes.device).to(ratio_dtype)
+    ratio_h, ratio_w = ratios.unbind()
+    return boxes * torch.stack((ratio_w, ratio_h, ratio_w, ratio_h)).to(boxes.dtype)
+
+
+def resize_shortest_side(image: Tensor, min_size: int, max_size: int) -> tuple[Tensor, Tensor]:
+    """:func:`resized_shape` (``"floor"``) and :func:`resize_image` (``"bilinear"``) for an image
+    whose sides are symbolic (a traced graph).
+
+    ``image (3, H, W)`` -> ``(resized (3, h, w), size (2,) float64 [h, w])``. The scale and the
+    sizes are float64 arithmetic, as the eager rule (torchvision's) does, so both pick the same
+    size for every input size.
+    """
+    size = image_size_tensor(image)
+    short, long = size.min(), size.max()
+    scale = torch.minimum(torch.full_like(short, min_size) / short, torch.full_like(long, max_size) / long)
+    new_size = torch.floor(size * scale).clamp(min=1)
+    height, width = (v.item() for v in new_size.long().unbind())  # data-dependent sizes
+    torch._check(height >= 1)
+    torch._check(width >= 1)
+    return resize_image(image, (height, width)), new_size
+
+
+def pad_to_multiple(batch: Tensor, divisor: int) -> Tensor:
+    """:func:`batch_images`' padding for one traced image: zero-pad ``batch (B, C, H, W)`` at the
+    bottom/right to multiples of ``divisor``.
+
+    The padded sides are ``divisor * blocks`` with ``blocks`` a fresh symbol: every feature map's
+    size is then a plain multiple of it, which keeps ``torch.export``'s shape algebra (and so the
+    export time) small for inputs whose size is itself data-dependent.
+    """
+    if divisor <= 1:
+        return batch
+    height, width = batch.shape[-2:]
+    sides = torch.stack([torch.scalar_tensor(s, dtype=torch.int64, device=batch.device) for s in (height, width)])
+    blocks_h, blocks_w = (v.item() for v in ((sides + divisor - 1) // divisor).unbind())
+    for blocks, side in ((blocks_h, height), (blocks_w, width)):
+        torch._check(blocks >= 1)
+        torch._check(blocks * divisor >= side)
+    return F.pad(batch, (0, blocks_w * divisor - width, 0, blocks_h * divisor - height))
 
 
 def _resize_pil_bilinear(image: Tensor, size: tuple[int, int]) -> Tensor:

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 __all__ = [
     "AnchorGenerator",
+    "grid_anchors",
     "yolact_anchors",
     "YOLACT_ASPECT_RATIOS",
     "YOLACT_SCALES",
@@ -62,6 +63,26 @@ def _cell_anchors_detectron2(sizes: Sequence[float], ratios: Sequence[float]) ->
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     # Grid arithmetic in half precision would lose whole pixels on large maps; do it in float32.
     return dtype if dtype in (torch.float32, torch.float64) else torch.float32
+
+
+def grid_anchors(
+    cell_anchors: Tensor, size: tuple[int, int], stride: tuple[int, int], offset: float,
+    device: torch.device | str | None = None, dtype: torch.dtype = torch.float32,
+) -> Tensor:
+    """One level's anchors: ``cell_anchors (A, 4)`` centred at every cell of a ``size = (H_l, W_l)``
+    grid with ``stride = (stride_y, stride_x)`` -> ``(H_l * W_l * A, 4)`` xyxy, location-major
+    (row ``y``, then column ``x``, then the cell anchors). The sides may be symbolic (a traced
+    graph: the feature map's shape)."""
+    height, width = size
+    stride_y, stride_x = stride
+    work = _compute_dtype(dtype)
+    cell = cell_anchors.to(device=device, dtype=work)
+    shifts_x = torch.arange(width, device=device, dtype=work) * stride_x + offset * stride_x
+    shifts_y = torch.arange(height, device=device, dtype=work) * stride_y + offset * stride_y
+    shift_y, shift_x = torch.meshgrid(shifts_y, shifts_x, indexing="ij")  # x fastest when flat
+    shift_x, shift_y = shift_x.reshape(-1), shift_y.reshape(-1)
+    shifts = torch.stack((shift_x, shift_y, shift_x, shift_y), dim=1)
+    return (shifts[:, None, :] + cell[None, :, :]).reshape(-1, 4).to(dtype)
 
 
 class AnchorGenerator(nn.Module):
@@ -151,21 +172,6 @@ class AnchorGenerator(nn.Module):
             raise ValueError("stride_rule='padded_size' needs the padded image size")
         return [(int(image_size[0]) // h, int(image_size[1]) // w) for h, w in feature_sizes]
 
-    def _grid_anchors(
-        self, cell: Tensor, size: tuple[int, int], stride: tuple[int, int], device: torch.device,
-        dtype: torch.dtype,
-    ) -> Tensor:
-        height, width = size
-        stride_y, stride_x = stride
-        work = _compute_dtype(dtype)
-        cell = cell.to(device=device, dtype=work)
-        shifts_x = torch.arange(width, device=device, dtype=work) * stride_x + self.offset * stride_x
-        shifts_y = torch.arange(height, device=device, dtype=work) * stride_y + self.offset * stride_y
-        shift_y, shift_x = torch.meshgrid(shifts_y, shifts_x, indexing="ij")  # x fastest when flat
-        shift_x, shift_y = shift_x.reshape(-1), shift_y.reshape(-1)
-        shifts = torch.stack((shift_x, shift_y, shift_x, shift_y), dim=1)
-        return (shifts[:, None, :] + cell[None, :, :]).reshape(-1, 4).to(dtype)
-
     def forward(
         self,
         feature_sizes: list[tuple[int, int]],
@@ -185,13 +191,17 @@ class AnchorGenerator(nn.Module):
             raise ValueError(f"expected {self.num_levels} feature sizes, got {len(feature_sizes)}")
         device = torch.device(device) if device is not None else torch.device("cpu")
         dtype = dtype if dtype is not None else torch.get_default_dtype()
+        if torch.compiler.is_exporting():  # symbolic sizes: neither cached nor made ints
+            strides = self.level_strides(list(feature_sizes), image_size)
+            return [grid_anchors(cell, size, stride, self.offset, device, dtype)
+                    for cell, size, stride in zip(self.cell_anchors, feature_sizes, strides)]
         sizes = tuple((int(h), int(w)) for h, w in feature_sizes)
         strides = tuple(self.level_strides(list(sizes), image_size))
         key = (sizes, strides, device, dtype)
         anchors = self._cache.get(key)
         if anchors is None:
             anchors = [
-                self._grid_anchors(cell, size, stride, device, dtype)
+                grid_anchors(cell, size, stride, self.offset, device, dtype)
                 for cell, size, stride in zip(self.cell_anchors, sizes, strides)
             ]
             if len(self._cache) >= _MAX_CACHE_ENTRIES:

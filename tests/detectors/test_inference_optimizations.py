@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from instaseg.hub import build_model
-from instaseg.detectors.rcnn_inference import top_batched_nms
+from instaseg.ops.nms import top_batched_nms
 from instaseg.layers import FrozenBatchNorm2d
 from instaseg.layers.fusion import fast_paths
 from instaseg.ops.nms import batched_nms

@@ -33,8 +33,13 @@ def test_ms_rcnn_trains_and_fuses_scores():
     model.eval()
     raw = model(list(images))
     results = model.postprocess(raw, [(96, 96)] * 2)
-    labels = torch.cat([d.labels for d in raw.detections])
-    predicted = raw.maskiou[torch.arange(labels.numel()), labels].clamp(0, 1)
+    detections = model.detect(raw)
+    labels = torch.cat([d.labels for d in detections])
+    # the MaskIoU head's prediction for each detection's class, by hand
+    features = model._pool(raw.roi_maps, [d.boxes for d in detections], model.mask_config.pooler_resolution)
+    with torch.no_grad():
+        maskiou = model._predict_maskiou(model.mask_head(features), features, labels)
+    predicted = maskiou[torch.arange(labels.numel()), labels].clamp(0, 1)
     scores = torch.cat([r.scores for r in results])
     mask_scores = torch.cat([r.mask_scores for r in results])
     assert labels.numel() > 0

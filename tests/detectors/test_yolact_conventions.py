@@ -248,7 +248,7 @@ def test_550_preset_crops_like_yolact(r50) -> None:
     probs = torch.zeros(300, 3, dtype=torch.float64)
     probs[torch.arange(300), torch.arange(300) % 3] = 0.1 + 0.8 * torch.rand(300, generator=generator,
                                                                               dtype=torch.float64)
-    det = r50._detect(_raw(anchors, probs), 0)
+    det = r50.detect(_raw(anchors, probs), 0)
     assert len(det.boxes) == 100
     windows = torch.stack([_ref_crop_window(box, PROTO, PROTO) for box in _relative(det.boxes)])
     differ = ((det.mask_probs > 0) != windows).flatten(1).any(1)
@@ -275,7 +275,7 @@ def test_550_preset_fills_fast_nms_like_yolact(r50) -> None:
     generator = torch.Generator().manual_seed(2)
     anchors = _random_boxes(40, generator, 0.0, 500.0, 120.0)
     probs = torch.rand(40, 3, generator=generator, dtype=torch.float64) * 0.12
-    det = r50._detect(_raw(anchors, probs), 0)
+    det = r50.detect(_raw(anchors, probs), 0)
     expected = _ref_on_raw(_raw(anchors, probs), r50)
     assert any(s <= r50.inference_config.score_thresh for _, _, s in expected)
     assert len(det.scores) == len(expected), f"{len(det.scores)} detections, yolact keeps {len(expected)}"
@@ -293,8 +293,7 @@ def test_550_preset_does_not_clip_boxes_before_nms(r50) -> None:
     anchors = torch.tensor([[-250.0, 100, 150, 300], [0, 100, 150, 300], [300, 420, 500, 700]])
     probs = torch.tensor([[0.9, 0.01, 0.01], [0.8, 0.01, 0.01], [0.01, 0.7, 0.01]], dtype=torch.float64)
     raw = _raw(anchors, probs)
-    det = r50._detect(raw, 0)
-    raw.detections = [det]
+    det = r50.detect(raw, 0)
     expected = _ref_on_raw(raw, r50)
     class0 = det.boxes[det.labels == 0].tolist()
     assert [0.0, 100.0, 150.0, 300.0] in class0 and [-250.0, 100.0, 150.0, 300.0] in class0, class0
@@ -318,7 +317,7 @@ def test_550_pp_preset_does_not_clamp_the_rescoring_iou() -> None:
     prototypes = torch.rand(1, 32, PROTO, PROTO, generator=generator, dtype=torch.float64)
     coefficients = torch.rand(1, 20, 32, generator=generator, dtype=torch.float64) * 2 - 1
     raw = _raw(anchors, probs, prototypes, coefficients)
-    det = model._detect(raw, 0)
+    det = model.detect(raw, 0)
     assert (det.mask_scores > det.scores).any(), "the predicted IoU (> 1 here) was clamped"
     expected = _ref_on_raw(raw, model)
     _, scores, mask_scores, _, _ = _ref_postprocess(expected, _relative(anchors), coefficients[0],
@@ -368,7 +367,7 @@ def test_yolact_r50_550_gives_yolacts_detections_end_to_end() -> None:
     with torch.no_grad():
         raw = model([image])
         result = model.postprocess(raw, [(height, width)])[0]
-    det = raw.detections[0]
+        det = model.detect(raw, 0)
 
     head = get_preset("yolact_r50_550").model.head
     priors = _ref_priors([69, 35, 18, 9, 5], [list(s) for s in head.anchor_scales], list(head.aspect_ratios),

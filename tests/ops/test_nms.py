@@ -198,7 +198,7 @@ def test_nms_low_precision_agrees_with_dense_path(dtype):
     scores = torch.rand(300).to(dtype)
     for threshold in (0.3, 0.6):
         order = torch.argsort(scores, descending=True, stable=True)
-        floor = nms_module._floor_to_dtype(threshold, dtype)
+        floor = nms_module.floor_to_dtype(threshold, dtype)
         expected = order[_dense_greedy(boxes[order], None, floor)]
         assert torch.equal(_nms_torch(boxes, scores, threshold), expected)
 

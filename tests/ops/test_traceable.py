@@ -1,5 +1,5 @@
-"""The traceable building blocks of the export wrappers, against the eager instaseg functions they
-replay and against slow references written here."""
+"""The traceable paths of instaseg's ops (what ``torch.export`` traces: fixed-size lists, symbolic
+sizes, graph ops) against their eager paths and against slow references written here."""
 
 from __future__ import annotations
 
@@ -8,24 +8,17 @@ import math
 import pytest
 import torch
 
-from instaseg.export.graph import (
-    clip_boxes,
-    crop_masks,
-    dense_fast_nms,
-    floor_to_float32,
-    grid_anchors,
-    multiscale_roi_align,
-    pad_to_multiple,
-    paste_mask_probs,
-    paste_masks,
-    resize_shortest_side,
-    sort_by_score,
-)
-from instaseg.ops import fast_nms, multiscale_roi_align as eager_multiscale_roi_align, paste_masks_in_image
+import importlib
+from instaseg.ops import fast_nms, multiscale_roi_align, paste_masks_in_image
+from instaseg.ops.fast_nms import dense_fast_nms
+from instaseg.ops.graph_ops import sort_by_score
+from instaseg.ops.multiclass_nms import multiclass_nms
+from instaseg.ops.nms import floor_to_dtype
+from instaseg.ops.paste_masks import paste_masks_dense
 from instaseg.structures.boxes import clip_boxes_to_image
-from instaseg.structures.image_list import batch_images, resize_image, resized_shape
-from instaseg.targets.anchors import AnchorGenerator
-from instaseg.targets.yolact import crop_masks as eager_crop_masks
+from instaseg.structures.image_list import (batch_images, pad_to_multiple, resize_image, resize_shortest_side,
+                                            resized_shape)
+from instaseg.targets.anchors import AnchorGenerator, grid_anchors
 
 
 def _random_boxes(n: int, scale: float = 40.0) -> torch.Tensor:
@@ -49,10 +42,10 @@ def test_pad_to_multiple_matches_batch_images():
     assert pad_to_multiple(image[None], 1).shape == (1, 3, 37, 70)
 
 
-def test_clip_boxes_matches_clip_boxes_to_image():
+def test_clip_boxes_to_a_size_tensor_matches_a_size_tuple():
     boxes = _random_boxes(20, scale=80.0) - 20.0
     size = torch.tensor([37.0, 51.0], dtype=torch.float64)
-    assert torch.equal(clip_boxes(boxes, size), clip_boxes_to_image(boxes, (37, 51)))
+    assert torch.equal(clip_boxes_to_image(boxes, size), clip_boxes_to_image(boxes, (37, 51)))
 
 
 @pytest.mark.parametrize("convention", ["detectron2", "torchvision"])
@@ -62,19 +55,25 @@ def test_grid_anchors_match_the_anchor_generator(convention):
     sizes = [(5, 7), (3, 4)]
     expected = generator(sizes)
     for level, (h, w) in enumerate(sizes):
-        got = grid_anchors(generator.cell_anchors[level], torch.zeros(1, 1, h, w), generator.strides[level],
-                           generator.offset)
+        stride = generator.strides[level]
+        got = grid_anchors(generator.cell_anchors[level], (h, w), (stride, stride), generator.offset)
         assert torch.equal(got, expected[level])
 
 
-def test_multiscale_roi_align_matches_the_eager_pooler():
+def test_multiscale_roi_align_traced_path_matches_the_eager_one(monkeypatch):
     features = [torch.randn(1, 3, 32 // 2**i, 40 // 2**i) for i in range(4)]
     scales = [1 / 4, 1 / 8, 1 / 16, 1 / 32]
     boxes = torch.cat((_random_boxes(10, scale=30.0), _random_boxes(6, scale=120.0) * 2))
     rois = torch.cat((torch.zeros(16, 1), boxes), dim=1)
-    expected = eager_multiscale_roi_align(features, rois, scales, 7, 0, True)
-    assert torch.equal(multiscale_roi_align(features, boxes, scales, 7, 0, True), expected)
-    assert multiscale_roi_align(features, boxes[:0], scales, 7, 0, True).shape == (0, 3, 7, 7)
+    expected = multiscale_roi_align(features, rois, scales, 7, 0, True)
+    monkeypatch.setattr(torch.compiler, "is_exporting", lambda: True)
+    calls = []
+    roi_align_module = importlib.import_module("instaseg.ops.roi_align")
+    op = roi_align_module.roi_align_op
+    monkeypatch.setattr(roi_align_module, "roi_align_op", lambda *args: calls.append(1) or op(*args))
+    assert torch.equal(multiscale_roi_align(features, rois, scales, 7, 0, True), expected)
+    assert len(calls) == 4  # one graph node per level, empty levels included
+    assert multiscale_roi_align(features, rois[:0], scales, 7, 0, True).shape == (0, 3, 7, 7)
 
 
 def reference_paste(mask: torch.Tensor, box: list[float], height: int, width: int) -> torch.Tensor:
@@ -99,29 +98,23 @@ def reference_paste(mask: torch.Tensor, box: list[float], height: int, width: in
     return out
 
 
-def test_paste_mask_probs_matches_a_pixel_loop():
+def test_paste_masks_dense_matches_a_pixel_loop():
     masks = torch.rand(4, 5, 5)
     boxes = torch.tensor([[2.3, 1.5, 9.8, 7.1], [-3.0, 4.0, 6.0, 15.0], [5.0, 5.0, 5.0, 8.0], [0.0, 0.0, 14.0, 12.0]])
-    got = paste_mask_probs(masks, boxes, 12, 14)
+    got = paste_masks_dense(masks, boxes, (12, 14))
     for n in range(4):
         expected = reference_paste(masks[n].double(), boxes[n].tolist(), 12, 14)
         torch.testing.assert_close(got[n].double(), expected, atol=1e-5, rtol=0)
 
 
-def test_paste_masks_matches_paste_masks_in_image():
+def test_paste_masks_traced_path_matches_the_eager_one(monkeypatch):
     masks = torch.rand(12, 14, 14)
     boxes = torch.cat((_random_boxes(10, scale=50.0) - 5.0, torch.tensor([[3.0, 3.0, 3.0, 9.0], [0, 0, 60, 45]])))
-    got = paste_masks(masks, boxes, 45, 60, 0.5)
     expected = paste_masks_in_image(masks, boxes, (45, 60), threshold=0.5)
+    monkeypatch.setattr(torch.compiler, "is_exporting", lambda: True)
+    got = paste_masks_in_image(masks, boxes, (45, 60), threshold=0.5)
     # Same formula; only the summation order of the matmuls may differ (a pixel at 0.5 +- 1e-7).
     assert (got != expected).float().mean() < 1e-4
-
-
-@pytest.mark.parametrize("rule", ["pixel_centre", "pixel_index"])
-def test_crop_masks_matches_the_eager_crop(rule):
-    masks, boxes = torch.rand(40, 20, 24), _random_boxes(40, scale=20.0) - 2.0
-    boxes[:5] = boxes[:5, [2, 3, 0, 1]]  # inverted
-    assert torch.equal(crop_masks(masks, boxes, 1.0, rule), eager_crop_masks(masks, boxes, 1.0, rule))
 
 
 def test_sort_by_score_breaks_ties_by_key():
@@ -131,9 +124,9 @@ def test_sort_by_score_breaks_ties_by_key():
     assert sort_by_score(scores, keys, 4).tolist() == expected
 
 
-def test_floor_to_float32():
+def test_floor_to_dtype_float32():
     for value in (0.3, 0.5, 0.7, 0.05, 1.0 / 3.0):
-        low = floor_to_float32(value)
+        low = floor_to_dtype(value, torch.float32)
         assert low <= value
         assert torch.nextafter(torch.tensor(low, dtype=torch.float32), torch.tensor(math.inf)).item() > value
 
@@ -145,6 +138,7 @@ def test_dense_fast_nms_matches_fast_nms(top_k, max_detections):
     scores[1, 10] = scores[1, 11]  # a tie inside a class
     got = dense_fast_nms(boxes, scores, 0.5, top_k, 0.05, max_detections)
     expected = fast_nms(boxes, scores, 0.5, top_k, 0.05, max_detections)
+    assert expected[0].numel() > 0
     for a, b in zip(got, expected):
         assert torch.equal(a, b)
     none = dense_fast_nms(boxes, scores, 0.5, top_k, 1.0, max_detections)
@@ -164,3 +158,24 @@ def test_dense_fast_nms_fill_matches_fast_nms(top_k, max_detections):
         assert (expected[2] <= 0.05).any()  # the case this checks: below-threshold entries fill
     none = dense_fast_nms(boxes, scores, 0.5, top_k, 1.0, max_detections, keep_below_threshold=True)
     assert all(t.numel() == 0 for t in none)
+
+
+@pytest.mark.parametrize("max_keep", [5, 100])
+def test_multiclass_nms_traced_path_matches_the_eager_one(max_keep, monkeypatch):
+    boxes = torch.stack([_random_boxes(50, scale=30.0) for _ in range(4)], dim=1)  # (R, C, 4)
+    scores = torch.rand(50, 4) ** 2
+    scores[7, 2] = scores[9, 2]  # a tie inside a class
+    scores[3] = -math.inf  # a row that may never be kept
+    expected = multiclass_nms(boxes, scores, 0.5, 0.05, max_keep)
+    assert expected[0].numel() > 0 and not (expected[0] == 3).any()
+    monkeypatch.setattr(torch.compiler, "is_exporting", lambda: True)
+    for a, b in zip(multiclass_nms(boxes, scores, 0.5, 0.05, max_keep), expected):
+        assert torch.equal(a, b)
+
+
+def test_anchor_generator_traced_path_matches_the_cached_one(monkeypatch):
+    generator = AnchorGenerator(((32.0,), (64.0,)), ((0.5, 1.0, 2.0),) * 2, (8, 16), offset=0.5)
+    expected = generator([(5, 7), (3, 4)])
+    monkeypatch.setattr(torch.compiler, "is_exporting", lambda: True)
+    for got, want in zip(generator([(5, 7), (3, 4)]), expected):
+        assert torch.equal(got, want)
