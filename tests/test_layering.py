@@ -37,6 +37,9 @@ modules by string and imports nothing, so ``import instaseg`` stays light.
 Floors order what may be imported; a few packages must also keep away from a floor below them
 (:data:`APART`): ``engine`` trains, evaluates and measures the model it is handed, so it never
 imports ``detectors`` (the CLI and ``instaseg.hub`` build the model and pass it, or a factory, in).
+The one exception is the contract itself (:data:`CONTRACTS`): ``detectors/base.py`` declares what
+``forward``, ``loss``, ``postprocess`` and ``predict`` take and return, imports nothing above
+``structures``, and is what the engine types the model it is handed against.
 """
 
 from __future__ import annotations
@@ -68,6 +71,8 @@ FLOORS: tuple[tuple[str, ...], ...] = (
 )
 # package -> packages below it that it must not import all the same
 APART: dict[str, tuple[str, ...]] = {"engine": ("detectors",)}
+# modules of a kept-apart package that declare a contract and may be imported all the same
+CONTRACTS = frozenset({"instaseg.detectors.base"})
 FLOOR = {package: level for level, packages in enumerate(FLOORS) for package in packages}
 ROOT = Path(instaseg.__file__).parent
 
@@ -222,9 +227,17 @@ def test_no_package_imports_a_higher_floor():
 
 
 def test_packages_kept_apart_do_not_import_each_other():
-    found = [i for i in package_imports() if i.target_package in APART.get(i.source_package, ())]
+    found = [i for i in package_imports()
+             if i.target_package in APART.get(i.source_package, ()) and i.target not in CONTRACTS]
     report = "\n".join(f"  {i}  ({i.source_package} must not import {i.target_package})" for i in found)
     assert not found, f"{len(found)} imports between packages kept apart:\n{report}"
+
+
+def test_contracts_import_nothing_above_structures():
+    """A contract module may be imported past a kept-apart rule only while it brings no detector
+    code along: it reads nothing above ``structures``."""
+    found = [i for i in module_imports() if i.source in CONTRACTS and FLOOR[i.target_package] > FLOOR["structures"]]
+    assert not found, "contract modules import above structures:\n" + "\n".join(f"  {i}" for i in found)
 
 
 def test_no_import_circle_between_packages():

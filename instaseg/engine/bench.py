@@ -31,6 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from instaseg.config.schema import InputConfig
+from instaseg.detectors.base import Detector
 from instaseg.structures.instances import Targets
 
 __all__ = ["BenchResult", "STAGE_GROUPS", "bench_image_size", "synthetic_targets", "time_iterations", "stage_times",
@@ -254,7 +255,7 @@ def _compile_layers(model: nn.Module, freeze: bool) -> None:
             module.compile(dynamic=False)
 
 
-def _predict_step(model: nn.Module, images: list[Tensor], precision: str,
+def _predict_step(model: Detector, images: list[Tensor], precision: str,
                   device: torch.device) -> Callable[[], object]:
     model.eval()
 
@@ -265,7 +266,7 @@ def _predict_step(model: nn.Module, images: list[Tensor], precision: str,
     return step
 
 
-def _train_step(model: nn.Module, images: list[Tensor], targets: list[Targets], precision: str,
+def _train_step(model: Detector, images: list[Tensor], targets: list[Targets], precision: str,
                 device: torch.device) -> Callable[[], object]:
     from torch.profiler import record_function
 
@@ -289,7 +290,7 @@ def _train_step(model: nn.Module, images: list[Tensor], targets: list[Targets], 
     return step
 
 
-def benchmark_model(model: nn.Module, image_size: tuple[int, int], name: str, *, device: str = "cpu",
+def benchmark_model(model: Detector, image_size: tuple[int, int], name: str, *, device: str = "cpu",
                     iters: int = 5, warmup: int = 1, train: bool = False, batch_size: int | None = None,
                     precision: str = "float32", compile: bool = False, stages: bool = True,
                     flops: bool = True) -> BenchResult:

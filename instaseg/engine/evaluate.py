@@ -25,9 +25,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from tqdm import tqdm
 
+from instaseg.detectors.base import Detector
 from instaseg.engine.distributed import all_gather_objects, broadcast_object, is_main_process, unwrap_model
 from instaseg.engine.logging import get_logger
 from instaseg.engine.run_data import val_samples
@@ -41,7 +42,7 @@ METRIC_TYPES = ("bbox", "segm")
 
 
 def evaluate_model(
-    model: nn.Module,
+    model: Detector,
     dataset: Any,
     num_workers: int = 0,
     progress: bool = True,

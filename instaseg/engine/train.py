@@ -49,6 +49,7 @@ from torch import nn
 
 from instaseg.config.io import config_from_dict, save_yaml
 from instaseg.config.schema import Config
+from instaseg.detectors.base import Detector
 from instaseg.engine.checkpoint import (load_checkpoint, load_state_dict_checked, point_last_at, rotate_checkpoints,
                                        save_checkpoint)
 from instaseg.engine.distributed import (all_gather_objects, any_across_ranks, barrier, destroy_distributed,
@@ -69,10 +70,10 @@ __all__ = ["train", "train_on_dataset", "NonFiniteLossError", "CheckpointWriteEr
 
 # config -> a freshly initialised model that keeps the detector contract. Called once per run, after
 # the random generators are seeded with train.seed, so the initial weights are a function of the config.
-ModelFactory = Callable[[Config], nn.Module]
+ModelFactory = Callable[[Config], Detector]
 # the fresh model -> report lines: the caller's initialisation of it (fine-tuning from a checkpoint);
 # not called when the run resumes from its own checkpoint, which holds every weight.
-Initialiser = Callable[[nn.Module], Iterable[str]]
+Initialiser = Callable[[Detector], Iterable[str]]
 
 # (dataset, config, micro_batch_size, start_micro_batch, distributed) -> infinite stream of batches
 TrainLoaderFn = Callable[[Any, Config, int, int, bool], Iterable[Any]]
@@ -123,7 +124,7 @@ class _Run:
     """Everything the loop reads and updates (built once by :func:`_setup`)."""
 
     config: Config
-    model: nn.Module  # the bare model: loss(), predict(), state_dict()
+    model: Detector  # the bare model: loss(), predict(), state_dict()
     ddp_model: nn.Module  # DDP wrapper when distributed (forward only), else the model
     optimizer: torch.optim.Optimizer
     schedule: LRSchedule

@@ -12,7 +12,8 @@ from collections.abc import Callable
 
 import torch
 
-from instaseg.ops.graph_ops import batched_nms_indices, roi_align_op
+from instaseg.ops.graph_ops import batched_nms_indices
+from instaseg.ops.roi_align import roi_align_op
 
 __all__ = ["batched_nms_indices", "roi_align_op", "ONNX_TRANSLATIONS"]
 

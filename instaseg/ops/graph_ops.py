@@ -2,11 +2,12 @@
 stable ranking the detectors' suppression returns.
 
 instaseg's own ``nms`` and ``roi_align`` are data-dependent Python (sweeps, groups, ``tolist``):
-right for eager speed, untraceable. Each is wrapped here in a ``torch.library`` custom op, which
+right for eager speed, untraceable. Each is wrapped in a ``torch.library`` custom op, which
 ``torch.export`` keeps as one opaque node, with an eager kernel that calls instaseg's op (so an
-exported program computes what the model computes). :func:`instaseg.ops.roi_align` hands its call
-to :func:`roi_align_op` while ``torch.export`` traces; the ONNX translations to the standard
-operators (``NonMaxSuppression``, ``RoiAlign``) live in :mod:`instaseg.export.ops`.
+exported program computes what the model computes): NMS here, RoIAlign next to its kernel
+(:func:`instaseg.ops.roi_align.roi_align_op`, to which :func:`instaseg.ops.roi_align` hands its call
+while ``torch.export`` traces). The ONNX translations to the standard operators
+(``NonMaxSuppression``, ``RoiAlign``) live in :mod:`instaseg.export.ops`.
 
 The ops live in the ``instaseg`` namespace: a saved ``torch.export`` program needs
 ``import instaseg.export`` (which imports this module) before loading.
@@ -19,7 +20,7 @@ from torch import Tensor
 
 from instaseg.ops.nms import nms as instaseg_nms
 
-__all__ = ["batched_nms_indices", "roi_align_op", "sort_by_score"]
+__all__ = ["batched_nms_indices", "sort_by_score"]
 
 
 @torch.library.custom_op("instaseg::batched_nms_indices", mutates_args=())
@@ -53,38 +54,6 @@ def batched_nms_indices(
 def _(boxes: Tensor, scores: Tensor, iou_threshold: float, score_threshold: float, max_per_batch: int) -> Tensor:
     count = torch.library.get_ctx().new_dynamic_size()
     return boxes.new_empty((count, 2), dtype=torch.int64)
-
-
-@torch.library.custom_op("instaseg::roi_align", mutates_args=())
-def roi_align_op(
-    features: Tensor,
-    rois: Tensor,
-    spatial_scale: float,
-    output_height: int,
-    output_width: int,
-    sampling_ratio: int,
-    aligned: bool,
-) -> Tensor:
-    """:func:`instaseg.ops.roi_align` as one node: ``features (N, C, H, W)``, ``rois (K, 5)``
-    ``[batch_index, x1, y1, x2, y2]`` in image pixels -> ``(K, C, output_height, output_width)``."""
-    from instaseg.ops.roi_align import roi_align_kernel  # roi_align hands traced calls to this op
-
-    pooled = roi_align_kernel(features, rois, (output_height, output_width), spatial_scale, sampling_ratio, aligned)
-    # With no RoIs the eager op returns an empty view of `features`; a custom op may not alias.
-    return pooled.clone() if pooled.numel() == 0 else pooled
-
-
-@roi_align_op.register_fake
-def _(
-    features: Tensor,
-    rois: Tensor,
-    spatial_scale: float,
-    output_height: int,
-    output_width: int,
-    sampling_ratio: int,
-    aligned: bool,
-) -> Tensor:
-    return features.new_empty((rois.shape[0], features.shape[1], output_height, output_width))
 
 
 def sort_by_score(scores: Tensor, tie_keys: Tensor, limit: int) -> Tensor:

@@ -23,7 +23,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from instaseg.ops.graph_ops import roi_align_op
 from instaseg.ops._dispatch import torchvision_ops
 from instaseg.ops._utils import (
     check_roi_boxes_shape,
@@ -33,7 +32,7 @@ from instaseg.ops._utils import (
     reassemble_bins,
 )
 
-__all__ = ["roi_align", "RoIAlign"]
+__all__ = ["roi_align", "roi_align_op", "RoIAlign"]
 
 # Upper bound on bilinear taps (index + weight pairs) built per call: bounds their memory (2**22
 # taps: at most 32 MiB of indices + 16 MiB of weights) while keeping calls large enough.
@@ -246,3 +245,33 @@ def _axis_taps(
     high = (low + 1).clamp(max=length - 1)
     zero = frac.new_zeros(())
     return low, high, torch.where(inside, 1.0 - frac, zero), torch.where(inside, frac, zero)
+
+
+@torch.library.custom_op("instaseg::roi_align", mutates_args=())
+def roi_align_op(
+    features: Tensor,
+    rois: Tensor,
+    spatial_scale: float,
+    output_height: int,
+    output_width: int,
+    sampling_ratio: int,
+    aligned: bool,
+) -> Tensor:
+    """:func:`instaseg.ops.roi_align` as one node: ``features (N, C, H, W)``, ``rois (K, 5)``
+    ``[batch_index, x1, y1, x2, y2]`` in image pixels -> ``(K, C, output_height, output_width)``."""
+    pooled = roi_align_kernel(features, rois, (output_height, output_width), spatial_scale, sampling_ratio, aligned)
+    # With no RoIs the eager op returns an empty view of `features`; a custom op may not alias.
+    return pooled.clone() if pooled.numel() == 0 else pooled
+
+
+@roi_align_op.register_fake
+def _(
+    features: Tensor,
+    rois: Tensor,
+    spatial_scale: float,
+    output_height: int,
+    output_width: int,
+    sampling_ratio: int,
+    aligned: bool,
+) -> Tensor:
+    return features.new_empty((rois.shape[0], features.shape[1], output_height, output_width))
