@@ -312,8 +312,9 @@ def test_smoke_run_of_each_block(block, smoke_dirs, capsys):
     import ablations
 
     work, out = smoke_dirs
+    # An untrained model fills every detection slot: 10 keep the evaluation of each variant quick.
     args = ["--iterations", "2", "--images", "8", "--seeds", "1", "--blocks", block, "--work", str(work),
-            "--out", str(out), "--device", "cpu"]
+            "--out", str(out), "--device", "cpu", "--set", "model.inference.detections_per_image=10"]
     assert ablations.main(args) == 0
     text = out.read_text()
     expected = [t.title for t in tables((block,))]
@@ -345,7 +346,7 @@ def test_run_on_a_coco_dataset_given_by_path(tmp_path, capsys):
     args = ["--train-json", str(data.train_annotations), "--train-images", str(data.train_images),
             "--val-json", str(data.val_annotations), "--val-images", str(data.val_images), "--blocks", "msrcnn",
             "--iterations", "2", "--seeds", "1", "--work", str(tmp_path / "work"), "--out", str(out),
-            "--device", "cpu"]
+            "--device", "cpu", "--set", "model.inference.detections_per_image=10"]
     assert ablations.main(args) == 0
     text = out.read_text()
     assert f"COCO-format dataset {data.train_annotations}" in text and "synthetic dataset" not in text

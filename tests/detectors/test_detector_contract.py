@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from instaseg.detectors.base import Detector
-from instaseg.detectors.build import build_model
+from instaseg.hub import build_model
 from instaseg.detectors.mask_rcnn import MaskRCNNOutput, MaskRCNNTrainOutput
 from instaseg.detectors.yolact import YolactOutput, YolactTrainOutput
 

@@ -203,10 +203,11 @@ def test_gradcheck(mode):
 def test_the_model_builder_makes_its_fpn_with_the_family_factory(monkeypatch, preset, factory, upsample, relu):
     """One way to build each family's FPN: the factories tested above are the builder's."""
     from instaseg.detectors import build
+    from instaseg.hub import build_model
 
     made = []
     original = getattr(build, factory)
     monkeypatch.setattr(build, factory, lambda *args, **kwargs: made.append(original(*args, **kwargs)) or made[-1])
-    model = build.build_model(preset, num_classes=2)
+    model = build_model(preset, num_classes=2)
     assert len(made) == 1 and model.neck is made[0]
     assert model.neck.upsample_mode == upsample and model.neck.relu_outputs == relu
