@@ -8,42 +8,17 @@ import torch
 
 from instaseg.ops.crop_and_resize import crop_and_resize
 
+from tests.ops._reference import bilinear_sample
+
 # the module (``instaseg.ops.crop_and_resize`` the attribute is the function)
 crop_module = importlib.import_module("instaseg.ops.crop_and_resize")
-
-
-def _bilinear_torchvision_rule(image, y, x):
-    """One bilinear sample of ``image`` (list of rows) with the RoIAlign kernel's edge rule."""
-    height, width = len(image), len(image[0])
-    if y < -1.0 or y > height or x < -1.0 or x > width:
-        return 0.0
-    y, x = max(y, 0.0), max(x, 0.0)
-    y_low, x_low = int(y), int(x)
-    if y_low >= height - 1:
-        y_low = y_high = height - 1
-        y = float(y_low)
-    else:
-        y_high = y_low + 1
-    if x_low >= width - 1:
-        x_low = x_high = width - 1
-        x = float(x_low)
-    else:
-        x_high = x_low + 1
-    ly, lx = y - y_low, x - x_low
-    hy, hx = 1.0 - ly, 1.0 - lx
-    return (
-        hy * hx * image[y_low][x_low]
-        + hy * lx * image[y_low][x_high]
-        + ly * hx * image[y_high][x_low]
-        + ly * lx * image[y_high][x_high]
-    )
 
 
 def _crop_and_resize_reference(masks, boxes, size):
     """Aligned RoIAlign with adaptive sampling, one output cell at a time, in float64."""
     out = torch.zeros(len(masks), size, size, dtype=torch.float64)
     for n, (x1, y1, x2, y2) in enumerate(boxes.tolist()):
-        image = masks[n].double().tolist()
+        image = masks[n].double()[None]
         start_x, start_y = x1 - 0.5, y1 - 0.5  # aligned: pixel centres at +0.5
         bin_w, bin_h = (x2 - x1) / size, (y2 - y1) / size
         grid_w, grid_h = math.ceil((x2 - x1) / size), math.ceil((y2 - y1) / size)
@@ -55,7 +30,7 @@ def _crop_and_resize_reference(masks, boxes, size):
                     y = start_y + i * bin_h + (iy + 0.5) * bin_h / grid_h
                     for ix in range(grid_w):
                         x = start_x + j * bin_w + (ix + 0.5) * bin_w / grid_w
-                        total += _bilinear_torchvision_rule(image, y, x)
+                        total += float(bilinear_sample(image, y, x)[0])
                 out[n, i, j] = total / count
     return out
 

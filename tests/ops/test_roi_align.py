@@ -12,6 +12,8 @@ from instaseg.ops import _dispatch
 from instaseg.ops._utils import check_roi_boxes_shape, convert_boxes_to_roi_format
 from instaseg.ops.roi_align import RoIAlign, _roi_align_torch, roi_align
 
+from tests.ops._reference import bilinear_sample
+
 # The module itself (``instaseg.ops.roi_align`` the attribute is the function, re-exported).
 roi_align_module = importlib.import_module("instaseg.ops.roi_align")
 
@@ -19,32 +21,6 @@ roi_align_module = importlib.import_module("instaseg.ops.roi_align")
 # --------------------------------------------------------------------------------------------
 # Reference: explicit loops over RoIs, bins and samples, in float64 (torchvision's CPU kernel).
 # --------------------------------------------------------------------------------------------
-def _ref_bilinear(feature: torch.Tensor, y: float, x: float) -> torch.Tensor:
-    channels, height, width = feature.shape
-    if y < -1.0 or y > height or x < -1.0 or x > width:
-        return torch.zeros(channels, dtype=torch.float64)
-    y, x = max(y, 0.0), max(x, 0.0)
-    y_low, x_low = int(y), int(x)
-    if y_low >= height - 1:
-        y_low = y_high = height - 1
-        y = float(y_low)
-    else:
-        y_high = y_low + 1
-    if x_low >= width - 1:
-        x_low = x_high = width - 1
-        x = float(x_low)
-    else:
-        x_high = x_low + 1
-    ly, lx = y - y_low, x - x_low
-    hy, hx = 1.0 - ly, 1.0 - lx
-    return (
-        hy * hx * feature[:, y_low, x_low]
-        + hy * lx * feature[:, y_low, x_high]
-        + ly * hx * feature[:, y_high, x_low]
-        + ly * lx * feature[:, y_high, x_high]
-    )
-
-
 def ref_roi_align(features, rois, output_size, spatial_scale, sampling_ratio, aligned):
     out_h, out_w = (output_size, output_size) if isinstance(output_size, int) else output_size
     features, rois = features.double(), rois.double()
@@ -67,7 +43,7 @@ def ref_roi_align(features, rois, output_size, spatial_scale, sampling_ratio, al
                     y = y1 + ph * bin_h + (iy + 0.5) * bin_h / grid_h
                     for ix in range(grid_w):
                         x = x1 + pw * bin_w + (ix + 0.5) * bin_w / grid_w
-                        total += _ref_bilinear(feature, y, x)
+                        total += bilinear_sample(feature, y, x)
                 out[k, :, ph, pw] = total / count
     return out
 
