@@ -47,6 +47,7 @@ from __future__ import annotations
 import ast
 import functools
 from collections import defaultdict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -240,33 +241,28 @@ def test_contracts_import_nothing_above_structures():
     assert not found, "contract modules import above structures:\n" + "\n".join(f"  {i}" for i in found)
 
 
-def test_no_import_circle_between_packages():
-    imports = package_imports()
+def _circles(imports: Sequence[Import], node: Callable[[Import], tuple[str, str]], kind: str) -> list[str]:
+    """One line per circle among ``node(import) = (source, target)`` edges, then the imports that make it."""
     edges: dict[str, set[str]] = defaultdict(set)
     examples: dict[tuple[str, str], Import] = {}
     for item in imports:
-        edges[item.source_package].add(item.target_package)
-        examples.setdefault((item.source_package, item.target_package), item)
-    circles = _cycles(edges)
+        source, target = node(item)
+        edges[source].add(target)
+        examples.setdefault((source, target), item)
     lines = []
-    for component in circles:
-        lines.append(f"  packages importing each other: {', '.join(component)}")
+    for component in _cycles(edges):
+        lines.append(f"  {kind} importing each other: {', '.join(component)}")
         members = set(component)
         lines += [f"    {examples[(a, b)]}" for a in component for b in sorted(edges[a] & members)]
-    assert not circles, "import circles:\n" + "\n".join(lines)
+    return lines
+
+
+def test_no_import_circle_between_packages():
+    lines = _circles(package_imports(), lambda i: (i.source_package, i.target_package), "packages")
+    assert not lines, "import circles:\n" + "\n".join(lines)
 
 
 def test_no_import_circle_between_modules():
     # Inside a package too: a circle held together by imports inside functions is still a circle.
-    edges: dict[str, set[str]] = defaultdict(set)
-    examples: dict[tuple[str, str], Import] = {}
-    for item in module_imports():
-        edges[item.source].add(item.target)
-        examples.setdefault((item.source, item.target), item)
-    circles = _cycles(edges)
-    lines = []
-    for component in circles:
-        lines.append(f"  modules importing each other: {', '.join(component)}")
-        members = set(component)
-        lines += [f"    {examples[(a, b)]}" for a in component for b in sorted(edges[a] & members)]
-    assert not circles, "import circles:\n" + "\n".join(lines)
+    lines = _circles(module_imports(), lambda i: (i.source, i.target), "modules")
+    assert not lines, "import circles:\n" + "\n".join(lines)

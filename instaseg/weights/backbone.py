@@ -29,6 +29,7 @@ from typing import Any
 from torch import Tensor
 
 from instaseg.errors import CheckpointError
+from instaseg.weights.common import rename_state_dict
 from instaseg.weights.detectron2 import block_name_to_ours, fill_missing_bn_stats
 from instaseg.weights.safe_pickle import load_weights_file, numpy_state_to_tensors
 
@@ -88,18 +89,9 @@ def _msra_name_to_ours(name: str) -> str | None:
 
 
 def _rename_backbone(state: dict[str, Tensor], rename: Any, layout: str) -> dict[str, Tensor]:
-    ours, unknown = {}, []
-    for name, value in state.items():
-        if _CLASSIFIER.match(name):
-            continue
-        new = rename(name)
-        if new is None:
-            unknown.append(name)
-        else:
-            ours[new] = value
-    if unknown:
-        raise CheckpointError(f"{len(unknown)} tensors are not part of a {layout} ResNet: {unknown[:8]}")
-    return ours
+    """``state`` less the classifier, renamed to instaseg's ResNet keys (``layout`` names the source)."""
+    backbone = {name: value for name, value in state.items() if not _CLASSIFIER.match(name)}
+    return rename_state_dict(backbone, rename, f"{layout} ResNet")
 
 
 def convert_msra_backbone(blobs: dict[str, Tensor]) -> dict[str, Tensor]:
