@@ -1,6 +1,6 @@
 """The AP cost of bfloat16 inference: one trained checkpoint evaluated in float32 and under
 ``torch.autocast(bfloat16)`` (the ``bf16`` variant of ``benchmarks/inference.py``, ``instaseg bench
---precision bfloat16``), with the median time per image of each.
+--precision bf16``), with the median time per image of each.
 
     python benchmarks/precision.py --checkpoint RUN/checkpoints/last.pt --json VAL.json --images VAL_DIR
                                    [--threads 2]
@@ -12,7 +12,6 @@ Prints a markdown table of COCO segm / bbox AP, AP50, AP75 and ms per image.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import statistics
 import sys
 import time
@@ -28,6 +27,7 @@ from _timing import markdown_table  # noqa: E402
 from instaseg.data.coco import CocoDataset  # noqa: E402
 from instaseg.hub import load_model  # noqa: E402
 from instaseg.engine.evaluate import evaluate_model  # noqa: E402
+from instaseg.engine.precision import autocast, autocast_dtype  # noqa: E402
 
 
 class _Timed(nn.Module):
@@ -38,10 +38,8 @@ class _Timed(nn.Module):
         self.model, self.precision, self.ms = model, precision, []
 
     def predict(self, images: list[torch.Tensor]) -> list:
-        context = (torch.autocast("cpu", dtype=torch.bfloat16) if self.precision == "bfloat16"
-                   else contextlib.nullcontext())
         start = time.perf_counter()
-        with context:
+        with autocast(autocast_dtype(self.precision, torch.device("cpu")), torch.device("cpu")):
             results = self.model.predict(images)
         self.ms.append((time.perf_counter() - start) * 1000 / max(1, len(images)))
         return results
@@ -59,7 +57,7 @@ def main() -> None:
     model.eval()
     dataset = CocoDataset(args.json, args.images)
     rows = []
-    for precision in ("float32", "bfloat16"):
+    for precision in ("float32", "bf16"):
         timed = _Timed(model, precision)
         metrics = evaluate_model(timed, dataset, progress=False)
         row = [precision]

@@ -20,8 +20,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train", action="store_true",
                         help="time one training iteration (forward, loss, backward, SGD step) instead")
     parser.add_argument("--batch", type=int, default=None, help="images per iteration (default 1, training 2)")
-    parser.add_argument("--precision", default="float32", choices=("float32", "bfloat16"),
-                        help="bfloat16: autocast, a separate mode whose outputs differ slightly")
+    parser.add_argument("--precision", default="float32", choices=("float32", "bf16"),
+                        help="bf16: bfloat16 autocast (train.precision's mode), outputs differ slightly")
     parser.add_argument("--compile", action="store_true", help="torch.compile the dense layers (slow first call)")
     parser.add_argument("--score-thresh", type=float, default=None,
                         help="detection score threshold (default: 0 with random weights, the checkpoint's own)")

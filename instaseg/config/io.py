@@ -20,7 +20,21 @@ import yaml
 from instaseg.config.schema import Config, mode_error
 from instaseg.errors import ConfigError
 
-__all__ = ["config_to_dict", "config_from_dict", "apply_overrides", "load_yaml", "save_yaml"]
+__all__ = ["config_to_dict", "config_from_dict", "apply_overrides", "load_yaml", "save_yaml", "RENAMED_KEYS"]
+
+# Keys renamed since configs were first saved (checkpoints and run folders hold the old ones):
+# old dotted key -> (new dotted key, old value -> new value). Read under either name.
+RENAMED_KEYS: dict[str, tuple[str, dict[Any, Any]]] = {
+    "train.amp": ("train.precision", {"none": "float32"}),
+}
+
+
+def _rename(key: str, value: Any) -> tuple[str, Any]:
+    """``(key, value)`` under the schema's current name for ``key``."""
+    if key not in RENAMED_KEYS:
+        return key, value
+    new_key, values = RENAMED_KEYS[key]
+    return new_key, values.get(value, value) if isinstance(value, str) else value
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:
@@ -119,6 +133,8 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
 
 def _dataclass_from_dict(cls: type, data: dict[str, Any], prefix: str) -> Any:
     hints = typing.get_type_hints(cls)
+    data = dict(_rename(f"{prefix}.{k}" if prefix else k, v) for k, v in data.items())
+    data = {k.rsplit(".", 1)[-1]: v for k, v in data.items()}
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(data) - set(names))
     if unknown:
@@ -166,8 +182,9 @@ def apply_overrides(config: Config, overrides: list[str]) -> Config:
             value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError as error:
             raise ConfigError(f"{key}: cannot parse value {raw!r}: {error}") from None
-        if isinstance(value, str) and value.lower() in {"none", "null"}:
+        if isinstance(value, str) and value.lower() in {"none", "null"} and key not in RENAMED_KEYS:
             value = None
+        key, value = _rename(key, value)
         config = _set_path(config, key.split("."), value, key)
     return config
 

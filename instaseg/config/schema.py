@@ -47,7 +47,7 @@ __all__ = [
     "RescoringIoU",
     "OptimizerName",
     "ScheduleName",
-    "AmpMode",
+    "Precision",
     "AugmentationName",
     "mode_choices",
     "mode_error",
@@ -97,7 +97,7 @@ FastNmsFill = Literal["top_k", "none"]
 RescoringIoU = Literal["raw", "clamp"]
 OptimizerName = Literal["sgd", "adamw"]
 ScheduleName = Literal["step", "cosine"]
-AmpMode = Literal["none", "bf16", "fp16"]
+Precision = Literal["float32", "bf16", "fp16"]
 AugmentationName = Literal["rcnn", "yolact"]
 
 
@@ -438,7 +438,9 @@ class TrainConfig:
     ims_per_batch: int = 16
     accumulate: int = 1  # gradient accumulation steps per optimizer step
     clip_grad_norm: float = 0.0  # 0 disables clipping
-    amp: AmpMode = "none"  # "none", "bf16", "fp16" (GPU)
+    # "bf16": the forward under bfloat16 autocast (CPU or GPU; float32 weights, losses and optimizer);
+    # "fp16": float16 autocast with loss scaling (GPU only)
+    precision: Precision = "float32"
     flip_prob: float = 0.5
     augmentation: AugmentationName = "rcnn"  # "rcnn": resize + flip; "yolact": SSD-style photometric/expand/crop
     num_workers: int = 2

@@ -32,6 +32,7 @@ from torch import Tensor, nn
 
 from instaseg.config.schema import InputConfig
 from instaseg.detectors.base import Detector
+from instaseg.engine.precision import autocast, autocast_dtype, float32_outputs
 from instaseg.structures.instances import Targets
 
 __all__ = ["BenchResult", "STAGE_GROUPS", "bench_image_size", "synthetic_targets", "time_iterations", "stage_times",
@@ -75,7 +76,7 @@ class BenchResult:
     image_size: tuple[int, int]  # (H, W) the model sees
     batch_size: int
     threads: int
-    precision: str  # "float32", or "bfloat16" (autocast)
+    precision: str  # "float32", or "bf16" (autocast: instaseg.engine.precision)
     compiled: bool
     times_ms: list[float]
     peak_memory_mb: float
@@ -229,14 +230,6 @@ def peak_memory(device: torch.device | str) -> Iterator[dict[str, float | str]]:
         result["kind"] = "peak RSS (process lifetime)"
 
 
-def _precision_context(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
-    if precision == "float32":
-        return contextlib.nullcontext()
-    if precision == "bfloat16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    raise ValueError(f"unknown precision {precision!r}: use 'float32' or 'bfloat16'")
-
-
 def _compile_layers(model: nn.Module, freeze: bool) -> None:
     """``torch.compile`` the dense layers in place (state-dict keys unchanged); the data-dependent
     parts (proposal selection, NMS, RoIAlign, paste) stay eager.
@@ -259,8 +252,10 @@ def _predict_step(model: Detector, images: list[Tensor], precision: str,
                   device: torch.device) -> Callable[[], object]:
     model.eval()
 
+    dtype = autocast_dtype(precision, device)
+
     def step() -> object:
-        with _precision_context(precision, device):
+        with autocast(dtype, device):
             return model.predict(images)
 
     return step
@@ -275,12 +270,14 @@ def _train_step(model: Detector, images: list[Tensor], targets: list[Targets], p
     # A tiny learning rate: the weights barely move, so every timed iteration does the same work.
     optimizer = torch.optim.SGD(params, lr=1e-6, momentum=0.9)
 
+    dtype = autocast_dtype(precision, device)
+
     def step() -> object:
         optimizer.zero_grad(set_to_none=True)
-        with _precision_context(precision, device):
+        with autocast(dtype, device):
             raw = model(images, targets)
-            with record_function("instaseg.loss"):
-                total, _ = model.loss(raw, targets)
+        with record_function("instaseg.loss"):
+            total, _ = model.loss(float32_outputs(raw), targets)
         with record_function("instaseg.backward"):
             total.backward()
         with record_function("instaseg.optimizer"):

@@ -60,6 +60,7 @@ from instaseg.engine.evaluate import evaluate_model, write_metrics_json
 from instaseg.engine.logging import (LossMeter, MetricsWriter, format_losses, get_logger, progress_bar,
                                      setup_logger, teardown_logger)
 from instaseg.engine.optim import LRSchedule, build_optimizer, check_resumed_schedule, resolve_schedule
+from instaseg.engine.precision import autocast, autocast_dtype, bf16_is_native, float32_outputs, grad_scaler
 from instaseg.engine.rng import capture_rng_state, restore_rng_state, seed_everything
 from instaseg.engine.run_report import NUM_TRAIN_BATCHES, record_label_stats, record_train_batch, refresh_run_folder
 from instaseg.errors import ConfigError, InstasegError
@@ -232,17 +233,6 @@ def _pick_device(device: str | None) -> torch.device:
     return torch.device("cuda", get_local_rank()) if torch.cuda.is_available() else torch.device("cpu")
 
 
-def _amp(amp: str, device: torch.device) -> tuple[torch.dtype | None, Any]:
-    """(autocast dtype or None, GradScaler or None). Mixed precision is CUDA-only here."""
-    if amp == "none":
-        return None, None
-    if device.type != "cuda":
-        warnings.warn(f"train.amp={amp} needs CUDA; training in float32 on {device}", stacklevel=3)
-        return None, None
-    # fp16 needs loss scaling (small gradients underflow); bf16 has float32's range and does not.
-    return (torch.bfloat16, None) if amp == "bf16" else (torch.float16, torch.amp.GradScaler("cuda"))
-
-
 def _setup(config: Config, model_factory: ModelFactory, dataset: Any, out_dir: Path, val_dataset: Any, resume: bool,
            note: str | None, progress: bool, log_period: int, device_name: str | None,
            train_loader_fn: TrainLoaderFn | None, test_loader_fn: TestLoaderFn | None,
@@ -271,7 +261,12 @@ def _setup(config: Config, model_factory: ModelFactory, dataset: Any, out_dir: P
                micro_batch=micro_batch, distributed=distributed, main=main,
                val_dataset=val_dataset, test_loader_fn=test_loader_fn, progress=progress,
                log_period=max(1, log_period), note=note, categories=_categories(dataset))
-    run.amp_dtype, run.scaler = _amp(cfg.amp, device)
+    run.amp_dtype = autocast_dtype(cfg.precision, device)
+    run.scaler = grad_scaler(run.amp_dtype, device)
+    if run.amp_dtype == torch.bfloat16 and device.type == "cpu" and not bf16_is_native():
+        logger.warning("train.precision=bf16: this CPU has no bfloat16 arithmetic (AVX512-BF16 / AMX), so it is "
+                       "emulated and convolutions run many times slower than in float32 (16x measured on an AVX2 "
+                       "CPU): use train.precision=float32 here")
     rng_states = _resume(run, last, logger, len(dataset)) if resume and last.is_file() else None
     if resume and not last.is_file():
         logger.warning(f"--resume: no checkpoint in {last.parent}; starting from scratch")
@@ -440,11 +435,9 @@ def _compute_gradients(run: _Run) -> tuple[dict[str, float] | None, float]:
         last = micro == accumulate - 1
         sync = run.ddp_model.no_sync() if run.distributed and not last else contextlib.nullcontext()
         with sync:
-            autocast = (torch.autocast(run.device.type, dtype=run.amp_dtype) if run.amp_dtype is not None
-                        else contextlib.nullcontext())
-            with autocast:
+            with autocast(run.amp_dtype, run.device):
                 raw = run.ddp_model(batch.images, targets)  # DDP's forward arms the gradient hooks
-                total, losses = run.model.loss(raw, targets)
+            total, losses = run.model.loss(float32_outputs(raw), targets)  # losses and reductions in float32
             if any_across_ranks(not bool(torch.isfinite(total.detach())), run.device):
                 finite = False
                 continue

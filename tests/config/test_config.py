@@ -83,3 +83,14 @@ def test_unknown_key_in_yaml_is_an_error(tmp_path):
     path.write_text("model:\n  num_clases: 3\n")
     with pytest.raises(ConfigError, match="num_clases"):
         load_yaml(path)
+
+
+def test_a_renamed_key_reads_under_its_old_name_from_files_and_overrides():
+    # train.amp ("none" / "bf16" / "fp16") became train.precision ("float32" / "bf16" / "fp16"):
+    # configs saved in checkpoints and run folders before the rename must still load.
+    assert config_from_dict({"train": {"amp": "none"}}).train.precision == "float32"
+    assert config_from_dict({"train": {"amp": "bf16"}}).train.precision == "bf16"
+    assert apply_overrides(Config(), ["train.amp=none"]).train.precision == "float32"
+    assert apply_overrides(Config(), ["train.amp=fp16"]).train.precision == "fp16"
+    with pytest.raises(ConfigError, match="train.precision"):
+        config_from_dict({"train": {"amp": "fp8"}})

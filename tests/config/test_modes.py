@@ -45,7 +45,7 @@ def test_the_schema_has_the_modes_the_issue_lists():
     expected = {"model.inference.nms", "model.mask_head.paste", "model.box_head.pooler_type",
                 "input.resize_rounding", "input.resize_filter", "model.rpn.anchor_strides",
                 "model.conventions.crop", "model.fpn.extra", "model.fpn.extra_from", "train.optimizer",
-                "train.schedule", "train.amp", "train.augmentation", "model.backbone.norm", "model.backbone.name",
+                "train.schedule", "train.precision", "train.augmentation", "model.backbone.norm", "model.backbone.name",
                 "model.conventions.box_clip", "model.conventions.fast_nms_fill", "model.conventions.rescoring_iou",
                 "model.inference.soft_nms_method", "model.mask_head.head", "model.mask_head.loss",
                 "model.box_head.head", "model.rpn.anchor_convention", "input.channel_order", "model.arch"}
@@ -94,15 +94,15 @@ def test_every_allowed_mode_is_accepted_or_refused_for_its_architecture():
 def test_direct_construction_and_replace_are_checked_too():
     with pytest.raises(ConfigError, match=r"model\.inference\.nms: expected one of 'nms', 'soft_nms', 'fast_nms'"):
         InferenceConfig(nms="fastnms")
-    with pytest.raises(ConfigError, match=r"train\.amp: .*'none', 'bf16', 'fp16'.*'fp8'"):
-        dataclasses.replace(TrainConfig(), amp="fp8")
+    with pytest.raises(ConfigError, match=r"train\.precision: .*'float32', 'bf16', 'fp16'.*'fp8'"):
+        dataclasses.replace(TrainConfig(), precision="fp8")
     with pytest.raises(ConfigError, match=r"model\.conventions\.crop"):
         YolactConventions(crop="pixel_center")
 
 
 def test_the_word_none_is_a_mode_where_one_is_called_none():
-    config = apply_overrides(get_preset("yolact_r18_tiny"), ["train.amp=none", "model.conventions.fast_nms_fill=none"])
-    assert config.train.amp == "none" and config.model.conventions.fast_nms_fill == "none"
+    config = apply_overrides(get_preset("yolact_r18_tiny"), ["train.precision=bf16", "model.conventions.fast_nms_fill=none"])
+    assert config.train.precision == "bf16" and config.model.conventions.fast_nms_fill == "none"
     with pytest.raises(ConfigError, match="model.inference.nms"):
         apply_overrides(config, ["model.inference.nms=none"])
 

@@ -321,7 +321,8 @@ def test_a_second_ctrl_c_inside_the_optimizer_step_saves_nothing_half_updated(re
     assert_same_state(load_checkpoint(ckpts / "last.pt")["model"], reference.weights)
 
 
-def test_non_finite_losses_are_skipped_then_stop_with_a_checkpoint(toy_data, tmp_path, monkeypatch):
+@pytest.mark.parametrize("precision", ["float32", "bf16"])
+def test_non_finite_losses_are_skipped_then_stop_with_a_checkpoint(toy_data, tmp_path, monkeypatch, precision):
     snapshots = []
     bad = {2: float("inf"), 4: float("nan"), 5: float("nan"), 6: float("nan")}
 
@@ -332,7 +333,8 @@ def test_non_finite_losses_are_skipped_then_stop_with_a_checkpoint(toy_data, tmp
         return (total * bad[call], losses) if call in bad else (total, losses)
 
     wrap_loss(monkeypatch, loss)
-    config = tiny_config("train.max_iter=12", "train.max_bad_steps=3", "train.checkpoint_period=0")
+    config = tiny_config("train.max_iter=12", "train.max_bad_steps=3", "train.checkpoint_period=0",
+                         f"train.precision={precision}")
     with pytest.warns(RuntimeWarning, match="non-finite") as record, \
             pytest.raises(NonFiniteLossError, match="3 non-finite losses in a row"):
         run_training(config, tmp_path, toy_data)
@@ -385,7 +387,7 @@ def test_gradient_accumulation_reads_accumulate_micro_batches_per_iteration(toy_
                          model_factory=build_from_config, progress=False, train_loader_fn=loader)
 
 
-def test_clip_grad_norm_bounds_the_update_and_amp_falls_back_on_cpu(toy_data, tmp_path, monkeypatch):
+def test_clip_grad_norm_bounds_the_update_and_fp16_falls_back_on_cpu(toy_data, tmp_path, monkeypatch):
     starts = []
 
     def loss(original, call, model, raw, targets):
@@ -394,7 +396,7 @@ def test_clip_grad_norm_bounds_the_update_and_amp_falls_back_on_cpu(toy_data, tm
 
     wrap_loss(monkeypatch, loss)
     config = tiny_config("train.optimizer=sgd", "train.max_iter=1", "train.warmup_iters=0", "train.weight_decay=0.0",
-                         "train.clip_grad_norm=0.000001", "train.amp=bf16")
+                         "train.clip_grad_norm=0.000001", "train.precision=fp16")
     with pytest.warns(UserWarning, match="needs CUDA"):
         run_training(config, tmp_path, toy_data)
     after = load_checkpoint(tmp_path / "checkpoints" / "last.pt")["model"]
@@ -523,3 +525,54 @@ def test_the_train_log_gives_ap_as_the_fractions_of_metrics_json(toy_data, tmp_p
     line = next(x for x in (tmp_path / "run" / "log.txt").read_text().splitlines() if "segm AP" in x)
     expected = f"bbox AP {metrics['bbox']['AP']:.3f} segm AP {metrics['segm']['AP']:.3f}"
     assert line.endswith(expected), line
+
+
+def test_bf16_training_follows_the_float32_loss_trajectory(toy_data, tmp_path, monkeypatch):
+    """train.precision=bf16: the forward runs in bfloat16, the loss sees float32 tensors, the weights and
+    optimizer state stay float32, and 40 iterations follow float32's losses. Stated tolerance: the first
+    4 losses within 1% (the weights have barely moved), the 10-iteration moving average within 15%
+    everywhere after (measured: at most 9.9%; single iterations differ by up to 45% once the sampled
+    RoIs differ), and both runs end lower than they start."""
+    curves, conv_dtypes, loss_dtypes = {}, {}, {}
+
+    def loss(original, call, model, raw, targets):
+        if precision not in conv_dtypes:  # the first call of each run
+            conv_dtypes[precision] = None
+            first_conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+            first_conv.register_forward_hook(lambda module, args, out: conv_dtypes.update({precision: out.dtype}))
+        loss_dtypes.setdefault(precision, {raw.class_logits.dtype, raw.mask_logits.dtype, raw.box_deltas.dtype})
+        total, terms = original(raw, targets)
+        curves[precision].append(float(total.detach()))
+        return total, terms
+
+    wrap_loss(monkeypatch, loss)
+    for precision in ("float32", "bf16"):
+        curves[precision] = []
+        config = tiny_config("train.max_iter=40", "train.ims_per_batch=2", "train.checkpoint_period=0",
+                             f"train.precision={precision}")
+        run_training(config, tmp_path / precision, toy_data)
+    assert conv_dtypes == {"float32": torch.float32, "bf16": torch.bfloat16}
+    assert loss_dtypes == {"float32": {torch.float32}, "bf16": {torch.float32}}
+    payload = load_checkpoint(tmp_path / "bf16" / "checkpoints" / "last.pt")
+    assert {v.dtype for v in payload["model"].values() if v.is_floating_point()} == {torch.float32}
+    moments = [v for state in payload["optimizer"]["state"].values() for v in state.values()
+               if isinstance(v, torch.Tensor) and v.dim() > 0]  # AdamW's exp_avg / exp_avg_sq
+    assert moments and {m.dtype for m in moments} == {torch.float32}
+
+    ours, theirs = np.array(curves["bf16"]), np.array(curves["float32"])
+    assert len(ours) == len(theirs) == 40
+    np.testing.assert_allclose(ours[:4], theirs[:4], rtol=0.01)
+    window = np.ones(10) / 10
+    ours_avg, theirs_avg = np.convolve(ours, window, "valid"), np.convolve(theirs, window, "valid")
+    assert np.max(np.abs(ours_avg - theirs_avg) / theirs_avg) < 0.15
+    assert ours_avg[-1] < ours_avg[0] and theirs_avg[-1] < theirs_avg[0]
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_training_says_when_the_cpu_only_emulates_bfloat16(toy_data, tmp_path, monkeypatch, native):
+    # Without AVX512-BF16 / AMX, oneDNN has no bfloat16 convolution: PyTorch falls back to its slow
+    # im2col kernel (measured 16x slower than float32 for a 64-channel 3x3 conv on an AVX2 EPYC).
+    monkeypatch.setattr("instaseg.engine.train.bf16_is_native", lambda: native)
+    run_training(tiny_config("train.max_iter=1", "train.precision=bf16"), tmp_path, toy_data)
+    log = (tmp_path / "log.txt").read_text()
+    assert ("emulated" in log) is (not native)
