@@ -27,6 +27,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="detection score threshold (default: 0 with random weights, the checkpoint's own)")
     parser.add_argument("--no-stages", action="store_true", help="skip the profiled per-stage run")
     parser.add_argument("--no-flops", action="store_true", help="skip counting FLOPs")
+    parser.add_argument("--modes", metavar="M1,M2", default=None,
+                        help="measure several modes side by side, a comma list of float32, bf16, compile, "
+                             "bf16+compile, onnxruntime (the exported graph; inference only); ignores --precision "
+                             "and --compile")
     parser.add_argument("--json", metavar="PATH", help="also write the result as JSON")
 
 
@@ -42,32 +46,31 @@ def _default_size(preset: str, checkpoint: str | None) -> int:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from instaseg.engine.bench import format_result
-    from instaseg.hub.bench import run_benchmark
+    from instaseg.engine.bench import format_modes, format_result, result_summary
+    from instaseg.hub.bench import run_benchmark, run_modes
 
     if args.device == "cuda" and not torch.cuda.is_available():
         raise InstasegError("--device cuda: no CUDA device is available to this torch build")
+    if args.modes and args.device != "cpu":
+        raise InstasegError("--modes measures on the CPU (bf16, compile and ONNX Runtime side by side)")
     if args.iters < 1 or (args.batch is not None and args.batch < 1):
         raise InstasegError("--iters and --batch must be at least 1")
     size = args.size or _default_size(args.preset, args.checkpoint)  # unknown presets raise ConfigError
-    result = run_benchmark(
-        args.preset, checkpoint=args.checkpoint, size=size, device=args.device, threads=args.threads,
-        iters=args.iters, warmup=args.warmup, train=args.train, batch_size=args.batch,
-        precision=args.precision, compile=args.compile, score_thresh=args.score_thresh,
-        stages=not args.no_stages, flops=not args.no_flops,
-    )
-    print(format_result(result))
+    if args.modes:
+        results = run_modes(args.preset, [m.strip() for m in args.modes.split(",") if m.strip()],
+                            checkpoint=args.checkpoint, size=size, threads=args.threads, iters=args.iters,
+                            warmup=args.warmup, train=args.train, batch_size=args.batch, score_thresh=args.score_thresh)
+        print(format_modes(results))
+    else:
+        results = [run_benchmark(
+            args.preset, checkpoint=args.checkpoint, size=size, device=args.device, threads=args.threads,
+            iters=args.iters, warmup=args.warmup, train=args.train, batch_size=args.batch,
+            precision=args.precision, compile=args.compile, score_thresh=args.score_thresh,
+            stages=not args.no_stages, flops=not args.no_flops,
+        )]
+        print(format_result(results[0]))
     if args.json:
-        summary = {
-            "preset": result.preset, "mode": result.mode, "device": result.device,
-            "image_size": list(result.image_size), "batch_size": result.batch_size, "threads": result.threads,
-            "precision": result.precision, "compiled": result.compiled, "times_ms": result.times_ms,
-            "median_ms": result.median_ms, "min_ms": result.min_ms, "max_ms": result.max_ms,
-            "images_per_s": result.images_per_s, "peak_memory_mb": result.peak_memory_mb,
-            "memory_kind": result.memory_kind, "stages_ms": result.stages_ms,
-            "stage_groups_ms": result.stage_groups(), "gflops": result.gflops,
-            "num_detections": result.num_detections, "torch": torch.__version__,
-        }
+        summaries = [result_summary(result) for result in results]
         with open(args.json, "w") as handle:
-            json.dump(summary, handle, indent=1)
+            json.dump(summaries if args.modes else summaries[0], handle, indent=1)
     return 0

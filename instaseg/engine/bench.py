@@ -36,7 +36,8 @@ from instaseg.engine.precision import autocast, autocast_dtype, float32_outputs
 from instaseg.structures.instances import Targets
 
 __all__ = ["BenchResult", "STAGE_GROUPS", "bench_image_size", "synthetic_targets", "time_iterations", "stage_times",
-           "count_gflops", "peak_memory", "benchmark_model", "format_result"]
+           "count_gflops", "peak_memory", "benchmark_model", "format_result", "format_modes", "result_summary",
+           "bench_images"]
 
 # Detector stage labels -> the groups the summary reports (Mask R-CNN and YOLACT labels alike).
 STAGE_GROUPS: dict[str, str] = {
@@ -84,6 +85,14 @@ class BenchResult:
     stages_ms: dict[str, float] = field(default_factory=dict)  # per label, per iteration
     gflops: float | None = None  # per image
     num_detections: int | None = None  # inference: detections in the first image
+    runtime: str = "pytorch"  # or "onnxruntime" (the exported graph)
+
+    @property
+    def label(self) -> str:
+        """The mode in words: "float32", "bf16", "float32 + compile", "onnxruntime"."""
+        if self.runtime != "pytorch":
+            return self.runtime
+        return self.precision + (" + compile" if self.compiled else "")
 
     @property
     def median_ms(self) -> float:
@@ -117,6 +126,11 @@ def bench_image_size(input_config: InputConfig, size: int) -> tuple[int, int]:
         return size, size
     divisor = max(1, input_config.size_divisibility)
     return size, int(round(size * _ASPECT / divisor)) * divisor
+
+
+def bench_images(image_size: tuple[int, int], count: int, generator: torch.Generator) -> list[Tensor]:
+    """``count`` random ``(3, H, W)`` images in [0, 255] (the benchmark's inputs)."""
+    return [torch.rand(3, *image_size, generator=generator) * 255 for _ in range(count)]
 
 
 def synthetic_targets(image_size: tuple[int, int], num_classes: int, num_objects: int = 4,
@@ -304,7 +318,7 @@ def benchmark_model(model: Detector, image_size: tuple[int, int], name: str, *, 
         _compile_layers(model, freeze=not train)
     batch = batch_size or (2 if train else 1)
     generator = torch.Generator().manual_seed(0)
-    images = [(torch.rand(3, height, width, generator=generator) * 255).to(torch_device) for _ in range(batch)]
+    images = [image.to(torch_device) for image in bench_images((height, width), batch, generator)]
     if train:
         targets = [synthetic_targets((height, width), model.num_classes, generator=generator).to(torch_device)
                    for _ in range(batch)]
@@ -326,6 +340,32 @@ def benchmark_model(model: Detector, image_size: tuple[int, int], name: str, *, 
     if flops and not compile:
         result.gflops = count_gflops(step) / batch
     return result
+
+
+def format_modes(results: list[BenchResult]) -> str:
+    """One markdown table of several modes of one model (the first is the baseline of the last column)."""
+    first = results[0]
+    h, w = first.image_size
+    lines = [f"{first.preset}: {first.mode}, {first.device}, {first.threads} threads, {h}x{w}, batch {first.batch_size}, "
+             f"torch {torch.__version__}", "",
+             f"| mode | ms / image | images / s | peak memory (MiB) | time vs {first.label} |", "|---|---|---|---|---|"]
+    for result in results:
+        lines.append(f"| {result.label} | {result.median_ms:.1f} | {result.images_per_s:.2f} | "
+                     f"{result.peak_memory_mb:.0f} | {result.median_ms / first.median_ms:.2f} |")
+    return "\n".join(lines)
+
+
+def result_summary(result: BenchResult) -> dict[str, object]:
+    """``result`` as plain JSON values (``instaseg bench --json``)."""
+    return {
+        "preset": result.preset, "mode": result.mode, "label": result.label, "runtime": result.runtime,
+        "device": result.device, "image_size": list(result.image_size), "batch_size": result.batch_size,
+        "threads": result.threads, "precision": result.precision, "compiled": result.compiled,
+        "times_ms": result.times_ms, "median_ms": result.median_ms, "min_ms": result.min_ms, "max_ms": result.max_ms,
+        "images_per_s": result.images_per_s, "peak_memory_mb": result.peak_memory_mb,
+        "memory_kind": result.memory_kind, "stages_ms": result.stages_ms, "stage_groups_ms": result.stage_groups(),
+        "gflops": result.gflops, "num_detections": result.num_detections, "torch": torch.__version__,
+    }
 
 
 def format_result(result: BenchResult) -> str:

@@ -5,16 +5,30 @@ The measuring itself is ``instaseg.engine.bench`` (model-agnostic); this builds 
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 import torch
 from torch import nn
 
 from instaseg.config.io import apply_overrides, config_from_dict
 from instaseg.detectors.build import resolve_config
-from instaseg.engine.bench import BenchResult, bench_image_size, benchmark_model
+from instaseg.engine.bench import (BenchResult, bench_image_size, bench_images, benchmark_model, peak_memory,
+                                   time_iterations)
 from instaseg.engine.checkpoint import load_checkpoint, load_state_dict_checked
+from instaseg.errors import InstasegError
 from instaseg.hub.build import model_from_config
 
-__all__ = ["build_bench_model", "run_benchmark"]
+__all__ = ["build_bench_model", "run_benchmark", "run_modes", "MODES"]
+
+# ``instaseg bench --modes``: mode -> (precision, torch.compile, runtime).
+MODES: dict[str, tuple[str, bool, str]] = {
+    "float32": ("float32", False, "pytorch"),
+    "bf16": ("bf16", False, "pytorch"),
+    "compile": ("float32", True, "pytorch"),
+    "bf16+compile": ("bf16", True, "pytorch"),
+    "onnxruntime": ("float32", False, "onnxruntime"),
+}
 
 
 def build_bench_model(preset: str, checkpoint: str | None = None, size: int = 800,
@@ -57,3 +71,47 @@ def run_benchmark(preset: str, *, checkpoint: str | None = None, size: int = 800
     model, image_size, name = build_bench_model(preset, checkpoint, size, score_thresh)
     return benchmark_model(model, image_size, name, device=device, iters=iters, warmup=warmup, train=train,
                            batch_size=batch_size, precision=precision, compile=compile, stages=stages, flops=flops)
+
+
+def run_modes(preset: str, modes: list[str], *, checkpoint: str | None = None, size: int = 800,
+              threads: int | None = None, iters: int = 5, warmup: int = 1, train: bool = False,
+              batch_size: int | None = None, score_thresh: float | None = None) -> list[BenchResult]:
+    """Measure ``preset`` (or ``checkpoint``) in each of ``modes`` (keys of :data:`MODES`), each on a
+    freshly built model with the same weights and images; no stage profile or FLOP count."""
+    unknown = [mode for mode in modes if mode not in MODES]
+    if unknown or not modes:
+        raise InstasegError(f"unknown bench mode {unknown[0] if unknown else ''!r}: use some of {', '.join(MODES)}")
+    if train and "onnxruntime" in modes:
+        raise InstasegError("the onnxruntime mode runs the exported graph, which only predicts: drop it or --train")
+    results = []
+    for mode in modes:
+        precision, compile, runtime = MODES[mode]
+        if runtime == "onnxruntime":
+            if threads:
+                torch.set_num_threads(threads)
+            torch.manual_seed(0)
+            model, image_size, name = build_bench_model(preset, checkpoint, size, score_thresh)
+            results.append(_benchmark_onnxruntime(model, image_size, name, iters, warmup))
+            continue
+        results.append(run_benchmark(preset, checkpoint=checkpoint, size=size, threads=threads, iters=iters,
+                                     warmup=warmup, train=train, batch_size=batch_size, precision=precision,
+                                     compile=compile, score_thresh=score_thresh, stages=False, flops=False))
+    return results
+
+
+def _benchmark_onnxruntime(model: nn.Module, image_size: tuple[int, int], name: str, iters: int,
+                           warmup: int) -> BenchResult:
+    """Export ``model`` for ``image_size`` (a static graph) and time ONNX Runtime on one image."""
+    from instaseg.export.exporters import OnnxPredictor, export_onnx
+
+    image = bench_images(image_size, 1, torch.Generator().manual_seed(0))[0]
+    with tempfile.TemporaryDirectory() as folder:
+        path = export_onnx(model.eval(), Path(folder) / "model.onnx", example=image_size, dynamic=False)
+        predictor = OnnxPredictor(path, num_threads=torch.get_num_threads())
+        first = predictor.run(image)
+        with peak_memory("cpu") as memory:
+            times = time_iterations(lambda: predictor.run(image), iters, warmup=max(0, warmup - 1))
+    return BenchResult(preset=name, mode="inference", device="cpu", image_size=image_size, batch_size=1,
+                       threads=torch.get_num_threads(), precision="float32", compiled=False, times_ms=times,
+                       peak_memory_mb=float(memory["mb"]), memory_kind=str(memory["kind"]),
+                       num_detections=len(first[0]), runtime="onnxruntime")

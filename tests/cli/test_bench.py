@@ -28,3 +28,27 @@ def test_bench_refuses_bad_arguments(capsys):
     assert main(["bench", "--preset", "no_such_preset", "--iters", "1"]) == 2
     assert "unknown preset" in capsys.readouterr().err
     assert main(["bench", "--preset", "mask_rcnn_r18_fpn_tiny", "--iters", "0"]) == 2
+
+
+def test_bench_modes_side_by_side_with_onnxruntime(tmp_path, capsys):
+    out = tmp_path / "modes.json"
+    assert main(["bench", "--preset", "mask_rcnn_r18_fpn_tiny", "--size", "64", "--iters", "1", "--threads", "2",
+                 "--modes", "float32,bf16,onnxruntime", "--score-thresh", "0.05", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "| mode | ms / image | images / s | peak memory (MiB) | time vs float32 |" in text
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "mode" not in line]
+    assert [row.split("|")[1].strip() for row in rows] == ["float32", "bf16", "onnxruntime"]
+    results = json.loads(out.read_text())
+    assert [r["label"] for r in results] == ["float32", "bf16", "onnxruntime"]
+    assert [r["runtime"] for r in results] == ["pytorch", "pytorch", "onnxruntime"]
+    assert all(r["median_ms"] > 0 and r["peak_memory_mb"] > 0 and r["image_size"] == [64, 96] for r in results)
+    # the exported graph finds what the model finds (the same weights and image; parity: tests/export)
+    assert results[2]["num_detections"] == results[0]["num_detections"]
+
+
+def test_bench_modes_refuses_unknown_modes_and_onnxruntime_training(capsys):
+    base = ["bench", "--preset", "mask_rcnn_r18_fpn_tiny", "--size", "64", "--iters", "1"]
+    assert main(base + ["--modes", "float32,int4"]) == 2
+    assert "unknown bench mode 'int4'" in capsys.readouterr().err
+    assert main(base + ["--modes", "float32,onnxruntime", "--train"]) == 2
+    assert "only predicts" in capsys.readouterr().err
