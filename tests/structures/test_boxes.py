@@ -47,6 +47,25 @@ def test_box_iou_matches_reference():
     torch.testing.assert_close(box_iou(a, b), _iou_reference(a, b))
 
 
+def test_box_iou_is_bit_identical_to_the_corner_tensor_form_and_differentiable():
+    """The per-coordinate in-place form computes the same float32 operations in the same order as
+    the textbook ``(N, M, 2)`` corner form, so the matrices agree bit for bit; NaN/inf boxes give 0."""
+    torch.manual_seed(0)
+    a = torch.cat([_random_boxes(40, dtype=torch.float32), torch.tensor([[3.0, 3.0, 3.0, 9.0]])])
+    b = torch.cat([_random_boxes(70, dtype=torch.float32), torch.tensor([[3.0, 3.0, 3.0, 9.0]])])
+    top_left = torch.max(a[:, None, :2], b[None, :, :2])
+    wh = (torch.min(a[:, None, 2:], b[None, :, 2:]) - top_left).clamp(min=0)
+    inter = wh[..., 0] * wh[..., 1]
+    union = box_area(a)[:, None] + box_area(b)[None, :] - inter
+    textbook = torch.where(union > 0, inter / union.clamp(min=torch.finfo(torch.float32).tiny), 0.0)
+    assert torch.equal(box_iou(a, b), textbook)
+    bad = torch.tensor([[math.nan, 0.0, 1.0, 1.0], [0.0, 0.0, math.inf, 1.0]])
+    assert torch.equal(box_iou(bad, torch.tensor([[0.0, 0.0, 1.0, 1.0]])), torch.zeros(2, 1))
+    x = _random_boxes(4).requires_grad_(True)
+    y = _random_boxes(5).requires_grad_(True)
+    assert torch.autograd.gradcheck(box_iou, (x, y)) and torch.autograd.gradcheck(box_ioa, (x, y))
+
+
 def test_box_iou_degenerate_and_empty():
     a = torch.tensor([[1.0, 1.0, 1.0, 1.0]])
     assert box_iou(a, a).item() == 0.0
