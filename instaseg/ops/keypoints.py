@@ -37,16 +37,18 @@ KEYPOINT_SCORES = ("logit", "detectron2")
 def heatmaps_to_keypoints(heatmaps: Tensor, rois: Tensor, score: str = "logit") -> Tensor:
     """Keypoints of ``heatmaps (R, K, m, m)`` logits predicted over ``rois (R, 4)`` xyxy image pixels.
 
-    Returns ``(R, K, 3)`` ``(x, y, score)`` in the RoIs' frame (continuous coordinates), in the
-    heatmaps' floating dtype; ``score`` is ``"logit"`` or ``"detectron2"`` (module docstring).
-    No gradient flows (inference only).
+    Returns ``(R, K, 3)`` ``(x, y, score)`` in the RoIs' frame (continuous coordinates), in float32
+    or the heatmaps' dtype if wider (half-precision heatmaps are decoded in float32: pixel
+    coordinates do not fit a 16-bit float); ``score`` is ``"logit"`` or ``"detectron2"`` (module
+    docstring). No gradient flows (inference only).
     """
     if score not in KEYPOINT_SCORES:
         raise ValueError(f"unknown keypoint score {score!r}, expected one of {KEYPOINT_SCORES}")
     if heatmaps.dim() != 4 or rois.shape != (heatmaps.shape[0], 4):
         raise ValueError(f"need heatmaps (R, K, m, m) and rois (R, 4), got {tuple(heatmaps.shape)}, {tuple(rois.shape)}")
-    heatmaps = heatmaps.detach()
-    rois = rois.detach().to(heatmaps.dtype)
+    dtype = torch.promote_types(heatmaps.dtype, torch.float32)
+    heatmaps = heatmaps.detach().to(dtype)
+    rois = rois.detach().to(dtype)
     num_rois, num_keypoints = heatmaps.shape[:2]
     out = heatmaps.new_zeros(num_rois, num_keypoints, 3)
     widths = (rois[:, 2] - rois[:, 0]).clamp(min=1)

@@ -95,6 +95,16 @@ def test_heatmaps_to_keypoints_hand_case_and_round_trip() -> None:
     assert torch.allclose(heatmaps_to_keypoints(one_hot, rois)[0, 0, :2], torch.tensor([12.5, 26.5]))
 
 
+def test_half_precision_heatmaps_decode_in_float32() -> None:
+    heatmaps = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    rois = torch.tensor([[100.3, 200.7, 131.2, 260.1], [5.0, 6.0, 9.5, 7.0]])
+    for dtype in (torch.float16, torch.bfloat16):
+        low = heatmaps.to(dtype)
+        out = heatmaps_to_keypoints(low, rois.to(dtype))
+        assert out.dtype == torch.float32
+        assert torch.equal(out, heatmaps_to_keypoints(low.float(), rois.to(dtype).float()))
+
+
 def test_heatmaps_to_keypoints_empty_and_bad_arguments() -> None:
     assert heatmaps_to_keypoints(torch.zeros(0, 17, 56, 56), torch.zeros(0, 4)).shape == (0, 17, 3)
     with pytest.raises(ValueError, match="score"):
