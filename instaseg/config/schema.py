@@ -49,6 +49,8 @@ __all__ = [
     "ScheduleName",
     "Precision",
     "AugmentationName",
+    "KeypointLossNormalization",
+    "KeypointScore",
     "mode_choices",
     "mode_error",
     "BackboneConfig",
@@ -58,6 +60,7 @@ __all__ = [
     "BoxHeadConfig",
     "MaskHeadConfig",
     "MaskIoUConfig",
+    "KeypointHeadConfig",
     "InferenceConfig",
     "MaskRCNNConfig",
     "YolactHeadConfig",
@@ -99,6 +102,8 @@ OptimizerName = Literal["sgd", "adamw"]
 ScheduleName = Literal["step", "cosine"]
 Precision = Literal["float32", "bf16", "fp16"]
 AugmentationName = Literal["rcnn", "yolact"]
+KeypointLossNormalization = Literal["visible", "fixed"]  # instaseg.losses.keypoints.KEYPOINT_LOSS_NORMALIZATIONS
+KeypointScore = Literal["logit", "detectron2"]  # instaseg.ops.keypoints.KEYPOINT_SCORES
 
 
 def mode_choices(mode: object) -> tuple[str, ...]:
@@ -280,6 +285,37 @@ class MaskIoUConfig:
     conv_dim: int = 256
     fc_dim: int = 1024
     loss_weight: float = 1.0
+
+
+@dataclass(frozen=True)
+class KeypointHeadConfig:
+    """Keypoint R-CNN's keypoint head (the Mask R-CNN paper's human pose task); defaults are the
+    paper's, Detectron2's and torchvision's (COCO persons).
+
+    Not yet part of ``MaskRCNNConfig``: the detector does not build a keypoint branch yet.
+    """
+
+    KEY: ClassVar[str] = "model.keypoint_head"  # where this part sits in a Config (error messages)
+    num_keypoints: int = 17
+    pooler_resolution: int = 14  # RoIAlign output; the head upsamples it 4x (deconv x2, bilinear x2)
+    sampling_ratio: int = 0  # <= 0: adaptive (Detectron2); torchvision's weights expect 2
+    conv_dims: tuple[int, ...] = (512,) * 8
+    heatmap_size: int = 56  # m of the m x m keypoint maps: 4 x pooler_resolution
+    # "visible": summed loss / valid keypoints in the batch (Detectron2's default, torchvision's mean);
+    # "fixed": / (images x K x RoIs per image x positive fraction) (Detectron2's other choice, with loss_weight 4)
+    loss_normalization: KeypointLossNormalization = "visible"
+    loss_weight: float = 1.0
+    # keypoint score at inference: "logit" at the peak (torchvision), "detectron2" (its pred_keypoints score)
+    score: KeypointScore = "logit"
+
+    def __post_init__(self) -> None:
+        _check_modes(self)
+        if self.heatmap_size != 4 * self.pooler_resolution:
+            raise ConfigError(f"{self.KEY}.heatmap_size: the head makes 4 x pooler_resolution = "
+                              f"{4 * self.pooler_resolution}, got {self.heatmap_size}")
+        if self.num_keypoints < 1 or not self.conv_dims or min(self.conv_dims) < 1:
+            raise ConfigError(f"{self.KEY}: need num_keypoints >= 1 and positive conv_dims, "
+                              f"got {self.num_keypoints} and {self.conv_dims}")
 
 
 @dataclass(frozen=True)

@@ -202,7 +202,8 @@ def _merge_group(dets: CroppedInstances, group: list[int], cut: Tensor, tile_ind
     box = torch.cat([boxes[:, :2].min(dim=0).values, boxes[:, 2:].max(dim=0).values])[None]
     masks = _stitch(dets, members, [windows[t] for t in tile_index[members].tolist()])
     return CroppedInstances(box, dets.scores[[top]], dets.labels[[top]], masks,
-                            None if dets.mask_scores is None else dets.mask_scores[[top]])
+                            None if dets.mask_scores is None else dets.mask_scores[[top]],
+                            None if dets.keypoints is None else dets.keypoints[[top]])
 
 
 def merge_tile_detections(per_tile: list[CroppedInstances], windows: list[Window], image_size: tuple[int, int],

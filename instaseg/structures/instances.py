@@ -7,6 +7,7 @@ from dataclasses import dataclass, field, fields, replace
 import torch
 from torch import Tensor
 
+from instaseg.structures.keypoints import check_keypoints
 from instaseg.structures.mask_crops import MaskCrops
 
 __all__ = ["CroppedInstances", "Instances", "Targets"]
@@ -24,6 +25,7 @@ class Instances:
     labels: Tensor  # (N,) int64 in [0, num_classes)
     masks: Tensor  # (N, H, W) bool, H x W the image size
     mask_scores: Tensor | None = None  # (N,) float; MS R-CNN / YOLACT++ mask score, else None
+    keypoints: Tensor | None = None  # (N, K, 3) float (x, y, score), image pixels; keypoint models only
 
     def __post_init__(self) -> None:
         n = self.boxes.shape[0]
@@ -35,6 +37,8 @@ class Instances:
                 raise ValueError(f"{f.name} has {value.shape[0]} rows but boxes has {n}")
         if self.masks.dim() != 3:
             raise ValueError(f"masks must be (N, H, W), got {tuple(self.masks.shape)}")
+        if self.keypoints is not None:
+            check_keypoints(self.keypoints, n)
 
     def __len__(self) -> int:
         return self.boxes.shape[0]
@@ -76,16 +80,22 @@ class Instances:
         """Concatenate detections of the same image."""
         if not items:
             raise ValueError("Instances.cat needs at least one item")
-        has_mask_scores = [it.mask_scores is not None for it in items]
-        if any(has_mask_scores) and not all(has_mask_scores):
-            raise ValueError("cannot concatenate Instances with and without mask_scores")
         return Instances(
             boxes=torch.cat([it.boxes for it in items]),
             scores=torch.cat([it.scores for it in items]),
             labels=torch.cat([it.labels for it in items]),
             masks=torch.cat([it.masks for it in items]),
-            mask_scores=torch.cat([it.mask_scores for it in items]) if all(has_mask_scores) else None,
+            mask_scores=_cat_optional("Instances", "mask_scores", [it.mask_scores for it in items]),
+            keypoints=_cat_optional("Instances", "keypoints", [it.keypoints for it in items]),
         )
+
+
+def _cat_optional(kind: str, name: str, values: list[Tensor | None]) -> Tensor | None:
+    """``torch.cat`` of an optional field: None when every item lacks it, an error when only some do."""
+    present = [v is not None for v in values]
+    if any(present) and not all(present):
+        raise ValueError(f"cannot concatenate {kind} with and without {name}")
+    return torch.cat(values) if all(present) else None  # type: ignore[arg-type]
 
 
 @dataclass
@@ -102,6 +112,7 @@ class CroppedInstances:
     labels: Tensor  # (N,) int64 in [0, num_classes)
     masks: MaskCrops  # N crops of an (H, W) image
     mask_scores: Tensor | None = None  # (N,) float or None, as in Instances
+    keypoints: Tensor | None = None  # (N, K, 3) float (x, y, score) in the whole image, or None
 
     def __post_init__(self) -> None:
         n = self.boxes.shape[0]
@@ -112,6 +123,8 @@ class CroppedInstances:
                             ("mask_scores", n if self.mask_scores is None else self.mask_scores.shape[0])):
             if count != n:
                 raise ValueError(f"{name} has {count} rows but boxes has {n}")
+        if self.keypoints is not None:
+            check_keypoints(self.keypoints, n)
 
     def __len__(self) -> int:
         return self.boxes.shape[0]
@@ -125,28 +138,34 @@ class CroppedInstances:
         """Select detections by a bool mask, an index tensor or list, or a slice."""
         picked = torch.arange(len(self))[index].reshape(-1)
         return CroppedInstances(self.boxes[picked], self.scores[picked], self.labels[picked], self.masks[picked],
-                                None if self.mask_scores is None else self.mask_scores[picked])
+                                None if self.mask_scores is None else self.mask_scores[picked],
+                                None if self.keypoints is None else self.keypoints[picked])
 
     def to(self, device: torch.device | str) -> "CroppedInstances":
         return CroppedInstances(self.boxes.to(device), self.scores.to(device), self.labels.to(device),
                                 self.masks.to(device),
-                                None if self.mask_scores is None else self.mask_scores.to(device))
+                                None if self.mask_scores is None else self.mask_scores.to(device),
+                                None if self.keypoints is None else self.keypoints.to(device))
 
     def to_instances(self) -> Instances:
         """The same detections with full ``(N, H, W)`` masks (``N * H * W`` bytes)."""
-        return Instances(self.boxes, self.scores, self.labels, self.masks.to_full(), self.mask_scores)
+        return Instances(self.boxes, self.scores, self.labels, self.masks.to_full(), self.mask_scores,
+                         self.keypoints)
 
     @classmethod
     def from_instances(cls, instances: Instances, offset: tuple[int, int] = (0, 0),
                        image_size: tuple[int, int] | None = None) -> "CroppedInstances":
         """Detections of a region whose top-left pixel is ``offset = (x, y)`` in an ``image_size`` image.
 
-        Boxes are shifted by the offset; each mask is cut to the window of its True pixels.
+        Boxes and keypoints are shifted by the offset; each mask is cut to the window of its True pixels.
         """
         shift = torch.tensor([offset[0], offset[1], offset[0], offset[1]], dtype=instances.boxes.dtype,
                              device=instances.boxes.device)
+        keypoints = instances.keypoints
+        if keypoints is not None:  # (x, y) move with the window; the score stays
+            keypoints = keypoints + torch.cat([shift[:2], shift.new_zeros(1)]).to(keypoints.dtype)
         return cls(instances.boxes + shift, instances.scores, instances.labels,
-                   MaskCrops.from_masks(instances.masks, offset, image_size), instances.mask_scores)
+                   MaskCrops.from_masks(instances.masks, offset, image_size), instances.mask_scores, keypoints)
 
     @classmethod
     def empty(cls, image_size: tuple[int, int], device: torch.device | str = "cpu") -> "CroppedInstances":
@@ -158,15 +177,13 @@ class CroppedInstances:
         """Concatenate detections of the same image."""
         if not items:
             raise ValueError("CroppedInstances.cat needs at least one item")
-        has_mask_scores = [it.mask_scores is not None for it in items]
-        if any(has_mask_scores) and not all(has_mask_scores):
-            raise ValueError("cannot concatenate CroppedInstances with and without mask_scores")
         return CroppedInstances(
             boxes=torch.cat([it.boxes for it in items]),
             scores=torch.cat([it.scores for it in items]),
             labels=torch.cat([it.labels for it in items]),
             masks=MaskCrops.cat([it.masks for it in items]),
-            mask_scores=torch.cat([it.mask_scores for it in items]) if all(has_mask_scores) else None,
+            mask_scores=_cat_optional("CroppedInstances", "mask_scores", [it.mask_scores for it in items]),
+            keypoints=_cat_optional("CroppedInstances", "keypoints", [it.keypoints for it in items]),
         )
 
 
@@ -183,6 +200,8 @@ class Targets:
     labels: Tensor  # (G,) int64 in [0, num_classes)
     masks: Tensor  # (G, H, W) bool
     crowd_boxes: Tensor = field(default_factory=lambda: torch.zeros(0, 4))  # (Gc, 4) float xyxy
+    # (G, K, 3) float (x, y, visibility in {0, 1, 2}), image pixels (instaseg.structures.keypoints); or None
+    keypoints: Tensor | None = None
 
     def __post_init__(self) -> None:
         g = self.boxes.shape[0]
@@ -190,6 +209,8 @@ class Targets:
             raise ValueError(
                 f"Targets need equal lengths, got boxes {g}, labels {self.labels.shape[0]}, masks {self.masks.shape[0]}"
             )
+        if self.keypoints is not None:
+            check_keypoints(self.keypoints, g)
         if self.crowd_boxes.dim() != 2 or self.crowd_boxes.shape[1] != 4:
             raise ValueError(f"crowd_boxes must be (Gc, 4), got {tuple(self.crowd_boxes.shape)}")
         if self.crowd_boxes.numel() == 0:  # the default: on the boxes' device, in their dtype
@@ -200,4 +221,4 @@ class Targets:
 
     def to(self, device: torch.device | str) -> "Targets":
         return Targets(self.boxes.to(device), self.labels.to(device), self.masks.to(device),
-                       self.crowd_boxes.to(device))
+                       self.crowd_boxes.to(device), None if self.keypoints is None else self.keypoints.to(device))
