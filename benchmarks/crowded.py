@@ -5,13 +5,15 @@
 Draws the synthetic set with ``difficulty="crowded"`` (240-320 small shapes per image, about 200-300
 left visible), trains ``mask_rcnn_r18_fpn_tiny`` at the images' own size twice from the same seed:
 
-- **defaults**: the preset as it is (training: 300 RPN proposals, 64 sampled RoIs, the mask head on
-  at most 8 positives per image; test: 600 proposals, 300 detections);
-- **training caps raised**: 1000 proposals, 256 RoIs, the mask head on up to 64 positives.
+- **preset caps**: the preset as it is (training: 300 RPN proposals, 64 sampled RoIs, the mask head
+  on at most 8 positives per image; test: 600 proposals, 300 detections);
+- **fitted to the data**: the training caps ``instaseg train`` now raises for data this crowded
+  (``instaseg.config.budget.with_training_budget``: 1000 proposals, 256 RoIs, the mask head on up
+  to 64 positives for 313 objects per image).
 
 (a run folder already in ``--out`` is resumed, or reused when finished: the two trainings take
 an hour or more on 2 cores) and evaluates each with COCO maxDets fitted to the data (``instaseg.config.budget.coco_max_dets``):
-with its test caps as they are, and (defaults only) with the caps the tiny preset had before
+with its test caps as they are, and (preset caps only) with the test caps the tiny preset had before
 (50 detections, 150 proposals), which is what those caps hid. Prints a markdown table of mask and
 box AP, AR at the largest maxDets, detections per image and the training time per iteration.
 """
@@ -30,7 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _timing import markdown_table  # noqa: E402
 
-from instaseg.config.budget import coco_max_dets  # noqa: E402
+from instaseg.config.budget import coco_max_dets, training_caps, with_training_budget  # noqa: E402
 from instaseg.config.io import apply_overrides  # noqa: E402
 from instaseg.config.presets import get_preset  # noqa: E402
 from instaseg.data.coco import CocoDataset  # noqa: E402
@@ -39,8 +41,6 @@ from instaseg.engine.evaluate import evaluate_model  # noqa: E402
 from instaseg.hub import load_model, train_on_dataset  # noqa: E402
 
 PRESET = "mask_rcnn_r18_fpn_tiny"
-TRAINING_CAPS_RAISED = ["model.rpn.pre_nms_topk_train=2000", "model.rpn.post_nms_topk_train=1000",
-                        "model.box_head.batch_size_per_image=256", "model.mask_head.max_rois_per_image=64"]
 OLD_TEST_CAPS = ["model.inference.detections_per_image=50", "model.rpn.post_nms_topk_test=150",
                  "model.rpn.pre_nms_topk_test=300"]
 
@@ -97,12 +97,13 @@ def main() -> None:
     val_set = CocoDataset(root / "annotations" / "val.json", root / "val")
     stats = val_set.size_stats()
 
-    runs = {"defaults": train("defaults", [], args, train_set, out),
-            "training caps raised": train("raised", TRAINING_CAPS_RAISED, args, train_set, out)}
+    fitted = with_training_budget(get_preset(PRESET), train_set.max_instances_per_image())
+    runs = {"preset": train("defaults", [], args, train_set, out),
+            "fitted": train("raised", [f"{k}={v}" for k, v in training_caps(fitted).items()], args, train_set, out)}
     rows, report = [], {"args": vars(args), "val_instances_per_image": stats, "rows": []}
-    for trained, test_caps, label in (("defaults", [], "defaults (300 detections, 600 proposals)"),
-                                      ("defaults", OLD_TEST_CAPS, "defaults, old test caps (50 / 150)"),
-                                      ("training caps raised", [], "training caps raised")):
+    for trained, test_caps, label in (("preset", [], "preset training caps"),
+                                      ("preset", OLD_TEST_CAPS, "preset training caps, old test caps (50 / 150)"),
+                                      ("fitted", [], "training caps fitted to the data (instaseg train)")):
         result = evaluate(runs[trained]["checkpoint"], test_caps, val_set)
         ar = result["ar_key"]
         row = {"model": label, "s_per_iter": runs[trained]["s_per_iter"], **result}

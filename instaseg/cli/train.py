@@ -48,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
     train_set = CocoDataset(args.train_json, args.train_images, skip_bad=args.skip_bad)
     # num_classes comes from the data (set here, in one place), before overrides can refine it
     config = replace(config, model=replace(config.model, num_classes=train_set.num_classes))
+    config = _fit_training_caps(config, train_set.max_instances_per_image(), args.train_json)  # --set wins
     config = apply_overrides(config, args.overrides)
     if config.model.num_classes != train_set.num_classes:
         raise ConfigError(f"model.num_classes={config.model.num_classes} but {args.train_json} has "
@@ -72,6 +73,21 @@ def run(args: argparse.Namespace) -> int:
         print(f"{summary['status']} at iteration {summary['iteration']}/{summary['max_iter']} "
               f"in {summary['seconds']:.0f} s; last checkpoint {summary['last_checkpoint']}")
     return 0 if summary["status"] == "finished" else 130
+
+
+def _fit_training_caps(config, max_instances: int, where: str):
+    """The config with Mask R-CNN's training caps raised for crowded data
+    (:func:`instaseg.config.budget.with_training_budget`), saying which changed."""
+    from instaseg.config.budget import training_caps, with_training_budget
+    from instaseg.engine.distributed import get_launch_rank
+
+    fitted = with_training_budget(config, max_instances)
+    before, after = training_caps(config), training_caps(fitted)
+    changes = [f"{key} {before[key]} -> {after[key]}" for key in after if after[key] != before[key]]
+    if changes and get_launch_rank() == 0:
+        print(f"{where} has images with up to {max_instances} instances: training caps raised to learn them "
+              f"({', '.join(changes)}; --set KEY=VALUE chooses otherwise)")
+    return fitted
 
 
 def _starting_point(args: argparse.Namespace):

@@ -131,3 +131,20 @@ def test_train_warns_when_the_data_has_more_instances_than_the_caps(tmp_path, ca
     assert "up to 350 instances" in err and "at most 300 detections" in err and "--max-detections 350" in err
     assert main([*args[:-8], "--out", str(tmp_path / "run2"), *args[-8:], "--max-detections", "350"]) == 0
     assert "warning" not in capsys.readouterr().err
+
+
+def test_train_raises_the_training_caps_for_crowded_data_and_set_still_wins(crowded, tmp_path, capsys):
+    gt, images = crowded  # up to 150 instances per image
+    args = ["train", "--preset", "mask_rcnn_r18_fpn_tiny", "--train-json", str(gt), "--train-images", str(images),
+            "--no-progress", "--set", "train.max_iter=1", "--set", "train.ims_per_batch=1",
+            "--set", "train.num_workers=0", "--set", "train.warmup_iters=1", "--set", "train.plots=false"]
+    assert main([*args, "--out", str(tmp_path / "run")]) == 0
+    out = capsys.readouterr().out
+    assert "up to 150 instances: training caps raised" in out
+    for change in ("model.rpn.post_nms_topk_train 300 -> 500", "model.rpn.pre_nms_topk_train 600 -> 1000",
+                   "model.box_head.batch_size_per_image 64 -> 148", "model.mask_head.max_rois_per_image 8 -> 37"):
+        assert change in out
+    saved = (tmp_path / "run" / "config.yaml").read_text()
+    assert "max_rois_per_image: 37" in saved and "post_nms_topk_train: 500" in saved
+    assert main([*args, "--out", str(tmp_path / "run2"), "--set", "model.mask_head.max_rois_per_image=8"]) == 0
+    assert "max_rois_per_image: 8\n" in (tmp_path / "run2" / "config.yaml").read_text()

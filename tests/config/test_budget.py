@@ -75,3 +75,18 @@ def test_detectron2_conversions_keep_detectron2s_100_detections():
     config = detectron2_config(Detectron2Layout(fpn=True, depth=50, num_classes=80))
     assert config.model.inference.detections_per_image == 100  # TEST.DETECTIONS_PER_IMAGE
     assert replace(config, name="x").model.rpn.post_nms_topk_test == 1000  # RPN.POST_NMS_TOPK_TEST
+
+
+def test_training_budget_fits_crowded_data_and_leaves_sparse_data_and_yolact_alone():
+    from instaseg.config.budget import training_caps, with_training_budget
+
+    tiny = get_preset("mask_rcnn_r18_fpn_tiny")
+    assert with_training_budget(tiny, 10) == tiny  # the synthetic demo data: nothing changes
+    assert training_caps(with_training_budget(tiny, 310)) == {  # the setting benchmarks/crowded.py measured
+        "model.rpn.pre_nms_topk_train": 2000, "model.rpn.post_nms_topk_train": 1000,
+        "model.box_head.batch_size_per_image": 256, "model.mask_head.max_rois_per_image": 64}
+    assert training_caps(with_training_budget(tiny, 5000))["model.rpn.post_nms_topk_train"] == 2000  # ceiling
+    full = get_preset("mask_rcnn_r50_fpn")  # never lowered; "no cap" (0) stays no cap
+    assert training_caps(with_training_budget(full, 310)) == training_caps(full)
+    yolact = get_preset("yolact_r18_tiny")
+    assert with_training_budget(yolact, 310) == yolact and training_caps(yolact) == {}
