@@ -91,7 +91,7 @@ def _show(dataset, out: Path, max_images: int, labels: bool = True) -> int:
         sample = dataset[index]
         t = sample.targets
         picture = draw_instances(sample.image, t.boxes, t.labels, t.masks, class_names=dataset.category_names,
-                                 show_labels=labels)
+                                 show_labels=labels, keypoints=t.keypoints, skeleton=dataset.skeleton)
         target = out / Path(dataset.file_name(index)).with_suffix(".png")  # x.jpg -> x.png, sub-folders kept
         if target in written:  # x.jpg and x.png side by side
             target = target.with_name(f"{target.stem}_{sample.image_id}.png")
