@@ -78,6 +78,9 @@ def _stats(dataset) -> int:
         print(f"{name:<{width}}  {count}")
     for key, value in dataset.size_stats().items():
         print(f"{key}: {value:.1f}" if isinstance(value, float) else f"{key}: {value}")
+    if dataset.keypoint_names is not None:
+        print(f"keypoints: {dataset.num_keypoints} ({', '.join(dataset.keypoint_names)}); "
+              f"skeleton: {len(dataset.skeleton)} limbs")
     return 0
 
 

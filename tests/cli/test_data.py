@@ -77,6 +77,9 @@ def test_data_synth_keypoints_then_show_draws_the_figures(tmp_path, capsys):
     assert "classes: figure" in capsys.readouterr().out
     doc = json.loads((root / "annotations" / "train.json").read_text())
     assert len(doc["categories"][0]["keypoints"]) == 13 and doc["annotations"][0]["num_keypoints"] > 0
+    assert main(["data", "stats", "--json", str(root / "annotations" / "train.json"), "--images",
+                 str(root / "train")]) == 0
+    assert "keypoints: 13 (head, neck, left_shoulder," in capsys.readouterr().out
     out = tmp_path / "show"
     assert main(["data", "show", "--json", str(root / "annotations" / "train.json"), "--images",
                  str(root / "train"), "--out", str(out), "--no-labels"]) == 0
