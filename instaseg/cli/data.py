@@ -20,6 +20,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     synth.add_argument("--difficulty", choices=["standard", "hard", "crowded"], default="standard",
                        help="'hard': thin structures, heavy occlusion, many small objects; "
                             "'crowded': 200-300 small objects per image")
+    synth.add_argument("--keypoints", action="store_true",
+                       help="stick figures with 13 named joints and a skeleton instead of shapes "
+                            "(COCO person_keypoints format; --difficulty does not apply)")
     for name, text in (("stats", "counts per class and sizes"), ("show", "PNG overlays of the ground truth")):
         p = sub.add_parser(name, help=text)
         p.add_argument("--json", required=True, help="COCO instances json")
@@ -37,12 +40,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.data_command == "synth":
         from instaseg.data.synthetic import generate_synthetic_dataset
+        from instaseg.data.synthetic_keypoints import generate_keypoint_dataset
 
         ensure_writable_dir(args.out)
         try:
-            data = generate_synthetic_dataset(args.out, num_images=args.images, seed=args.seed,
-                                              image_size=args.size, val_fraction=args.val_fraction,
-                                              difficulty=args.difficulty, progress=True)
+            if args.keypoints:
+                data = generate_keypoint_dataset(args.out, num_images=args.images, seed=args.seed,
+                                                 image_size=args.size, val_fraction=args.val_fraction, progress=True)
+            else:
+                data = generate_synthetic_dataset(args.out, num_images=args.images, seed=args.seed,
+                                                  image_size=args.size, val_fraction=args.val_fraction,
+                                                  difficulty=args.difficulty, progress=True)
         except ValueError as error:
             raise InstasegError(str(error)) from None
         print(f"train: {data.train_annotations} ({data.train_images})")
@@ -70,6 +78,9 @@ def _stats(dataset) -> int:
         print(f"{name:<{width}}  {count}")
     for key, value in dataset.size_stats().items():
         print(f"{key}: {value:.1f}" if isinstance(value, float) else f"{key}: {value}")
+    if dataset.keypoint_names is not None:
+        print(f"keypoints: {dataset.num_keypoints} ({', '.join(dataset.keypoint_names)}); "
+              f"skeleton: {len(dataset.skeleton)} limbs")
     return 0
 
 
@@ -83,7 +94,7 @@ def _show(dataset, out: Path, max_images: int, labels: bool = True) -> int:
         sample = dataset[index]
         t = sample.targets
         picture = draw_instances(sample.image, t.boxes, t.labels, t.masks, class_names=dataset.category_names,
-                                 show_labels=labels)
+                                 show_labels=labels, keypoints=t.keypoints, skeleton=dataset.skeleton)
         target = out / Path(dataset.file_name(index)).with_suffix(".png")  # x.jpg -> x.png, sub-folders kept
         if target in written:  # x.jpg and x.png side by side
             target = target.with_name(f"{target.stem}_{sample.image_id}.png")

@@ -4,6 +4,7 @@ from instaseg.data.coco import CocoDataset, Sample
 from instaseg.data.image_io import read_image
 from instaseg.data.loader import Batch, build_test_loader, build_train_loader, collate
 from instaseg.data.synthetic import SyntheticDataset, generate_synthetic_dataset, synthetic_category_names
+from instaseg.data.synthetic_keypoints import FIGURE_KEYPOINT_NAMES, FIGURE_SKELETON, generate_keypoint_dataset
 from instaseg.data.transforms import (
     Compose,
     Expand,
@@ -16,6 +17,8 @@ from instaseg.data.transforms import (
 )
 
 __all__ = [
+    "FIGURE_KEYPOINT_NAMES",
+    "FIGURE_SKELETON",
     "Batch",
     "CocoDataset",
     "Compose",
@@ -31,6 +34,7 @@ __all__ = [
     "build_train_loader",
     "build_transforms",
     "collate",
+    "generate_keypoint_dataset",
     "generate_synthetic_dataset",
     "read_image",
     "synthetic_category_names",

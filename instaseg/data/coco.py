@@ -8,6 +8,12 @@ Frames: boxes are absolute-pixel ``xyxy`` float in continuous coordinates (COCO'
 becomes ``[x, y, x + w, y + h]``, no "+1"); masks are ``(G, H, W)`` bool; labels are ``0..C-1``
 with label ``k`` standing for ``category_ids[k]`` (category ids sorted ascending).
 
+Keypoints (a COCO ``person_keypoints`` json: categories with ``keypoints`` names and a ``skeleton``,
+annotations with ``keypoints`` and ``num_keypoints``): ``Targets.keypoints`` is ``(G, K, 3)`` float
+``(x, y, v)`` in the frame of the boxes (+0.5 on COCO's integer coordinates, ``(0, 0, 0)`` for
+``v == 0``), checked and parsed by :mod:`instaseg.data.coco_keypoints`. A json without keypoint
+names gives ``Targets.keypoints = None``, as before.
+
 Bad entries: by default the first one stops loading with a :class:`DatasetError` naming the json
 file, the image or annotation id and what to do. With ``skip_bad=True`` bad annotations and images
 are skipped instead and counted in ``dataset.skipped`` (reason -> count). A ``file_name`` that
@@ -31,6 +37,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from instaseg.data.coco_keypoints import KeypointSchema, num_keypoints_mismatch, parse_keypoint_schema, \
+    parse_keypoints
 from instaseg.data.image_io import read_image
 from instaseg.errors import DatasetError
 from instaseg.structures.instances import Targets
@@ -65,6 +73,7 @@ class _Annotation(NamedTuple):
     box_xyxy: tuple[float, float, float, float]  # clipped to the image
     iscrowd: bool
     segmentation: Any
+    keypoints: np.ndarray | None = None  # (K, 3) float32 continuous frame; None without keypoint names
 
 
 class _ImageRecord(NamedTuple):
@@ -211,6 +220,10 @@ class CocoDataset:
         category_ids: label ``k`` -> COCO category id (sorted ascending).
         category_names: label ``k`` -> name.
         image_ids: COCO image id of each item, in dataset order (json order).
+        keypoint_names: the K keypoint names the categories declare, None without keypoints.
+        skeleton: 0-based keypoint index pairs to draw (COCO's are 1-based); empty without keypoints.
+        num_keypoints: K, 0 without keypoints.
+        keypoint_flip_map: the left/right swap of a horizontal flip (None without keypoints).
         skipped: reason -> number of entries skipped (``skip_bad=True`` only). Entries found bad
             while loading items (image files, RLE runs) are counted each time they are met, and
             also reported in the item's ``Sample.skipped``: the loaders of
@@ -225,6 +238,8 @@ class CocoDataset:
         data = _read_json(self.json_path)
         self.category_ids, self.category_names = _parse_categories(self.json_path, data["categories"])
         self._label_of = {cid: k for k, cid in enumerate(self.category_ids)}
+        self.keypoint_schema: KeypointSchema | None = parse_keypoint_schema(self.json_path, data["categories"])
+        self._num_keypoints_mismatches: list[int] = []  # annotation ids whose num_keypoints disagrees
         records = self._parse_images(data["images"])
         self._parse_annotations(data["annotations"], records)
         num_annotated = sum(any(not a.iscrowd for a in r.annotations) for r in records.values())
@@ -235,6 +250,12 @@ class CocoDataset:
                          if keep_negatives or any(not a.iscrowd for a in r.annotations)]
         if self.skipped:
             warnings.warn(f"{self.json_path}: {self.skipped_summary}", stacklevel=2)
+        if self._num_keypoints_mismatches:
+            ids = self._num_keypoints_mismatches
+            warnings.warn(f"{self.json_path}: {len(ids)} annotation(s) (first: annotation id {ids[0]}) have a "
+                          "'num_keypoints' that differs from their count of keypoints with v > 0; the "
+                          "visibilities are used (COCO evaluation ignores ground truth with num_keypoints 0)",
+                          stacklevel=2)
 
     # --- loading and validation ---------------------------------------------------------------
 
@@ -281,10 +302,27 @@ class CocoDataset:
                 self._bad(reason, f"annotation id {ann_id} (image id {ann.get('image_id')}) {problem}")
                 continue
             record = records[ann["image_id"]]
+            keypoints, problem = self._keypoints(ann, record)
+            if problem is not None:
+                self._bad("bad keypoints", f"annotation id {ann_id} (image id {ann.get('image_id')}) {problem}")
+                continue
             x, y, w, h = (float(v) for v in ann["bbox"])
             box = (max(x, 0.0), max(y, 0.0), min(x + w, float(record.width)), min(y + h, float(record.height)))
             record.annotations.append(_Annotation(ann_id, self._label_of[ann["category_id"]], box,
-                                                  bool(ann.get("iscrowd", 0)), ann["segmentation"]))
+                                                  bool(ann.get("iscrowd", 0)), ann["segmentation"], keypoints))
+
+    def _keypoints(self, ann: dict, record: _ImageRecord) -> tuple[np.ndarray | None, str | None]:
+        """``(K, 3)`` keypoints of a (box- and segmentation-checked) annotation, or a problem."""
+        raw = ann.get("keypoints")
+        if self.keypoint_schema is None:
+            if raw not in (None, []):
+                return None, "has 'keypoints' but no category declares keypoint names ('keypoints' in 'categories')"
+            return None, None
+        keypoints, problem = parse_keypoints(raw, self.keypoint_schema.num_keypoints, record.height,
+                                             record.width, _BOX_TOLERANCE)
+        if keypoints is not None and num_keypoints_mismatch(ann.get("num_keypoints"), keypoints):
+            self._num_keypoints_mismatches.append(ann["id"])
+        return keypoints, problem
 
     def _annotation_problem(self, ann: dict, records: dict[int, _ImageRecord]) -> tuple[str | None, str]:
         """``(problem, reason)`` for an annotation, ``(None, "")`` when it is good."""
@@ -312,6 +350,29 @@ class CocoDataset:
     def num_classes(self) -> int:
         """Foreground classes (background not counted)."""
         return len(self.category_ids)
+
+    @property
+    def keypoint_names(self) -> tuple[str, ...] | None:
+        return None if self.keypoint_schema is None else self.keypoint_schema.names
+
+    @property
+    def skeleton(self) -> list[tuple[int, int]]:
+        return [] if self.keypoint_schema is None else list(self.keypoint_schema.skeleton)
+
+    @property
+    def num_keypoints(self) -> int:
+        return 0 if self.keypoint_schema is None else self.keypoint_schema.num_keypoints
+
+    @property
+    def keypoint_flip_map(self) -> list[int] | None:
+        """Raises :class:`DatasetError` when a ``left_`` name has no ``right_`` twin (or the reverse)."""
+        if self.keypoint_schema is None:
+            return None
+        try:
+            return self.keypoint_schema.flip_map()
+        except ValueError as error:
+            raise DatasetError(f"{self.json_path}: cannot flip its keypoints horizontally: {error}; rename the "
+                               "keypoints or train without horizontal flips (train.flip_prob=0)") from None
 
     @property
     def image_ids(self) -> list[int]:
@@ -400,8 +461,17 @@ class CocoDataset:
             labels=torch.tensor([a.label for a in instances], dtype=torch.int64),
             masks=masks,
             crowd_boxes=crowd_boxes,  # YOLACT ignores anchors inside them; Mask R-CNN does not read them
+            keypoints=self._stack_keypoints(instances),
         )
         return Sample(image=image, targets=targets, image_id=record.image_id, crowd_boxes=crowd_boxes)
+
+    def _stack_keypoints(self, instances: list[_Annotation]) -> Tensor | None:
+        """``(G, K, 3)`` float32 keypoints of ``instances``, None when the dataset has none."""
+        if self.keypoint_schema is None:
+            return None
+        rows = np.stack([a.keypoints for a in instances]) if instances else \
+            np.zeros((0, self.keypoint_schema.num_keypoints, 3), np.float32)
+        return torch.from_numpy(rows)
 
     def _decode(self, record: _ImageRecord, ann: _Annotation, found: Counter[str]) -> np.ndarray | None:
         """``(H, W)`` bool mask; compressed RLE runs are checked first (see compressed_rle_runs).

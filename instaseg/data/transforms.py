@@ -9,6 +9,14 @@ Boxes are absolute-pixel ``xyxy`` in continuous coordinates, masks ``(G, H, W)``
 frame of the image they come with. Geometric transforms drop instances left with an empty box or
 an empty mask. ``Targets.crowd_boxes`` (crowd regions, boxes only) move with the image too.
 
+Keypoints (``Targets.keypoints``, ``(G, K, 3)`` ``(x, y, v)`` in the boxes' frame, or None) move with
+the image: resizing scales ``x, y``; the flip mirrors them and swaps left and right by the flip map
+the transform was given (``RandomHorizontalFlip(p, flip_map)``; ``build_transforms`` takes the
+dataset's ``keypoint_flip_map``); expand shifts them; a crop shifts them and makes the points it
+cuts off unlabelled ``(0, 0, 0)``. Unlabelled points stay ``(0, 0, 0)`` throughout. The YOLACT
+augmentation carries them like the R-CNN one (every geometric step above), so any model may train
+on keypoint data with either.
+
 Mask resizing uses nearest neighbour at pixel centres (``nearest-exact``: output pixel ``d`` reads
 input pixel ``floor((d + 0.5) * in / out)``), on the bool masks directly: it keeps masks binary,
 needs no float copy of ``G x H x W``, and its centre convention matches the exact per-axis box
@@ -28,6 +36,7 @@ from instaseg.errors import ConfigError
 from instaseg.structures.boxes import box_iou, nonempty
 from instaseg.structures.image_list import resize_image, resized_shape
 from instaseg.structures.instances import Targets
+from instaseg.structures.keypoints import flip_keypoints
 
 __all__ = [
     "Transform",
@@ -70,8 +79,29 @@ def _select(targets: Targets, keep: Tensor) -> Targets:
     """The instances where ``keep (G,)`` bool is True. ``index_select`` rather than bool indexing:
     the latter is orders of magnitude slower on small CPU tensors with several threads."""
     index = torch.nonzero(keep).flatten()
+    keypoints = None if targets.keypoints is None else targets.keypoints.index_select(0, index)
     return Targets(targets.boxes.index_select(0, index), targets.labels.index_select(0, index),
-                   targets.masks.index_select(0, index), targets.crowd_boxes)
+                   targets.masks.index_select(0, index), targets.crowd_boxes, keypoints)
+
+
+def _move_keypoints(keypoints: Tensor | None, scale: tuple[float, float] = (1.0, 1.0),
+                    shift: tuple[float, float] = (0.0, 0.0)) -> Tensor | None:
+    """``(G, K, 3)`` keypoints with labelled ``(x, y)`` -> ``(x, y) * scale + shift``; ``v`` unchanged and
+    unlabelled points ``(0, 0, 0)``. None stays None."""
+    if keypoints is None:
+        return None
+    moved = torch.cat([keypoints[..., :1] * scale[0] + shift[0], keypoints[..., 1:2] * scale[1] + shift[1],
+                       keypoints[..., 2:]], dim=-1)
+    return torch.where(keypoints[..., 2:] > 0, moved, torch.zeros_like(moved))
+
+
+def _keypoints_inside(keypoints: Tensor | None, height: int, width: int) -> Tensor | None:
+    """``(G, K, 3)`` keypoints with those outside ``[0, width] x [0, height]`` made unlabelled ``(0, 0, 0)``."""
+    if keypoints is None:
+        return None
+    x, y = keypoints[..., 0], keypoints[..., 1]
+    inside = (x >= 0) & (x <= width) & (y >= 0) & (y <= height)
+    return torch.where(inside[..., None], keypoints, torch.zeros_like(keypoints))
 
 
 def _keep_nonempty(targets: Targets) -> Targets:
@@ -93,8 +123,9 @@ def _resize(image: Tensor, targets: Targets, size: tuple[int, int]) -> tuple[Ten
     if (height, width) == tuple(size):
         return image, targets
     scale = targets.boxes.new_tensor([size[1] / width, size[0] / height] * 2)
+    keypoints = _move_keypoints(targets.keypoints, (size[1] / width, size[0] / height))
     resized = Targets(targets.boxes * scale, targets.labels, _resize_masks(targets.masks, size),
-                      targets.crowd_boxes * scale)
+                      targets.crowd_boxes * scale, keypoints)
     return resize_image(image, size), _keep_nonempty(resized)
 
 
@@ -151,10 +182,17 @@ class ResizeSquare:
 
 
 class RandomHorizontalFlip:
-    """Mirror left-right with probability ``p``: ``x1' = W - x2``, ``x2' = W - x1``."""
+    """Mirror left-right with probability ``p``: ``x1' = W - x2``, ``x2' = W - x1``.
 
-    def __init__(self, p: float = 0.5) -> None:
+    Keypoints mirror ``x -> W - x`` and swap by ``flip_map`` (``flip_map[k]``: the keypoint that ``k``
+    becomes, :func:`~instaseg.structures.keypoints.keypoint_flip_map` of the dataset's names, e.g.
+    ``CocoDataset.keypoint_flip_map``). Flipping targets with keypoints but no ``flip_map`` raises
+    ``ValueError``: a mirrored left hand must become the right one.
+    """
+
+    def __init__(self, p: float = 0.5, flip_map: Sequence[int] | None = None) -> None:
         self.p = float(p)
+        self.flip_map = None if flip_map is None else [int(k) for k in flip_map]
 
     def __call__(self, image: Tensor, targets: Targets,
                  generator: torch.Generator | None = None) -> tuple[Tensor, Targets]:
@@ -165,11 +203,18 @@ class RandomHorizontalFlip:
         def mirror(boxes: Tensor) -> Tensor:
             return torch.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], dim=1)
 
+        keypoints = targets.keypoints
+        if keypoints is not None:
+            if self.flip_map is None:
+                raise ValueError("RandomHorizontalFlip got targets with keypoints but no flip_map: give "
+                                 "RandomHorizontalFlip(p, flip_map=dataset.keypoint_flip_map) (left and right "
+                                 "keypoints swap on a flip)")
+            keypoints = flip_keypoints(keypoints, width, self.flip_map)
         return image.flip(-1), Targets(mirror(targets.boxes), targets.labels, targets.masks.flip(-1),
-                                       mirror(targets.crowd_boxes))
+                                       mirror(targets.crowd_boxes), keypoints)
 
     def __repr__(self) -> str:
-        return f"RandomHorizontalFlip({self.p})"
+        return f"RandomHorizontalFlip({self.p}{'' if self.flip_map is None else f', flip_map={self.flip_map}'})"
 
 
 # --- photometric distortion (SSD, Liu et al. 2016; YOLACT's augmentations.py uses the same) --------
@@ -280,7 +325,8 @@ class Expand:
         masks = targets.masks.new_zeros((targets.masks.shape[0], new_h, new_w))
         masks[:, top:top + height, left:left + width] = targets.masks
         shift = targets.boxes.new_tensor([left, top, left, top])
-        return canvas, Targets(targets.boxes + shift, targets.labels, masks, targets.crowd_boxes + shift)
+        keypoints = _move_keypoints(targets.keypoints, shift=(left, top))
+        return canvas, Targets(targets.boxes + shift, targets.labels, masks, targets.crowd_boxes + shift, keypoints)
 
     def __repr__(self) -> str:
         return f"Expand({self.max_ratio}, fill={self.fill}, p={self.p})"
@@ -290,7 +336,8 @@ class RandomSampleCrop:
     """SSD "zoom in" (Liu et al. 2016, sec. 2.2): pick a mode among keep-the-image and crops whose
     best IoU with a ground-truth box is at least 0.1, 0.3, 0.7, 0.9 or anything; try up to
     ``trials`` crops of ``U(0.3, 1)`` times each side with aspect in [1/2, 2]; keep the instances
-    whose box centre lies inside the crop (YOLACT's rule), clip their boxes and cut their masks.
+    whose box centre lies inside the crop (YOLACT's rule), clip their boxes and cut their masks;
+    their keypoints outside the crop become unlabelled ``(0, 0, 0)``.
     Images without instances are returned unchanged.
     """
 
@@ -345,7 +392,9 @@ class RandomSampleCrop:
                                 boxes[:, 2].clamp(left, right) - left, boxes[:, 3].clamp(top, bottom) - top], dim=1)
 
         crowd = clip(kept.crowd_boxes)  # an ignore region keeps its part inside the crop
-        cropped = Targets(clip(kept.boxes), kept.labels, kept.masks[:, top:bottom, left:right], crowd[nonempty(crowd)])
+        keypoints = _keypoints_inside(_move_keypoints(kept.keypoints, shift=(-left, -top)), bottom - top, right - left)
+        cropped = Targets(clip(kept.boxes), kept.labels, kept.masks[:, top:bottom, left:right], crowd[nonempty(crowd)],
+                          keypoints)
         return image[:, top:bottom, left:right], _keep_nonempty(cropped)
 
     def __repr__(self) -> str:
@@ -362,8 +411,11 @@ def _final_resize(config: Config) -> Transform:
     return ResizeShortestEdge(tuple(config.input.min_size_train), config.input.max_size_train)
 
 
-def build_transforms(config: Config, train: bool) -> Compose:
+def build_transforms(config: Config, train: bool, keypoint_flip_map: Sequence[int] | None = None) -> Compose:
     """The transforms of ``config.train.augmentation``; at evaluation an identity (the model resizes).
+
+    ``keypoint_flip_map``: the dataset's left/right keypoint swap (``CocoDataset.keypoint_flip_map``),
+    needed when its targets carry keypoints and ``train.flip_prob > 0``.
 
     - ``"rcnn"``: resize (multi-scale shortest edge from ``input.min_size_train``/``max_size_train``,
       or square when ``input.square > 0``), then horizontal flip with ``train.flip_prob``.
@@ -373,7 +425,7 @@ def build_transforms(config: Config, train: bool) -> Compose:
     if not train:
         return Compose([])
     augmentation = config.train.augmentation
-    flip = RandomHorizontalFlip(config.train.flip_prob)
+    flip = RandomHorizontalFlip(config.train.flip_prob, keypoint_flip_map)
     if augmentation == "rcnn":
         return Compose([_final_resize(config), flip])
     if augmentation == "yolact":

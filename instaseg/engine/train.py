@@ -335,7 +335,11 @@ def _default_train_loader(dataset: Any, config: Config, batch_size: int, start: 
     from instaseg.data.loader import build_train_loader
     from instaseg.data.transforms import build_transforms
 
-    return build_train_loader(dataset, build_transforms(config, train=True), batch_size, config.train.num_workers,
+    # a keypoint dataset's left/right swap (CocoDataset.keypoint_flip_map); read only when flips happen,
+    # so a dataset whose keypoint names do not pair up still trains without flips
+    flip_map = getattr(dataset, "keypoint_flip_map", None) if config.train.flip_prob > 0 else None
+    transforms = build_transforms(config, train=True, keypoint_flip_map=flip_map)
+    return build_train_loader(dataset, transforms, batch_size, config.train.num_workers,
                               config.train.seed, distributed=distributed, start_iter=start)
 
 

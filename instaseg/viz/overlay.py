@@ -10,6 +10,8 @@
   is dropped when it would overlap one already placed or exceed the label budget, and every label
   is dropped when there are more than ``max_labels`` instances. When a label is dropped, a legend
   (class colour, name, count) in the emptiest corner names the classes instead.
+* Keypoints (optional): the skeleton's limbs as lines in the class colour, then each joint as a
+  white dot ringed in black, over the masks and under the labels.
 """
 
 from __future__ import annotations
@@ -202,6 +204,9 @@ def draw_instances(
     *,
     max_labels: int = 40,
     label_budget: float = 0.15,
+    keypoints: Tensor | None = None,
+    skeleton: Sequence[tuple[int, int]] = (),
+    keypoint_threshold: float = 0.0,
 ) -> Image.Image:
     """Overlay instances on ``image`` (``(H, W, 3)`` uint8 or ``(3, H, W)`` in [0, 255]).
 
@@ -209,6 +214,11 @@ def draw_instances(
     (or float, thresholded at 0.5) or :class:`MaskCrops` (each mask kept in its window, for images
     too large for a mask per detection; the same picture), ``scores (N,)`` optional. See the module
     docstring for what is drawn; ``show_labels=False`` draws neither labels nor legend.
+
+    ``keypoints (N, K, 3)`` ``(x, y, v)`` in the image's continuous pixel frame (ground truth, v the
+    COCO visibility) or ``(x, y, score)`` (predictions): the points whose third value exceeds
+    ``keypoint_threshold`` are drawn, and a limb ``(a, b)`` of ``skeleton`` (0-based pairs) where
+    both ends are.
     """
     canvas = _as_array(image).astype(np.float32)
     height, width = canvas.shape[:2]
@@ -231,10 +241,33 @@ def draw_instances(
         x1, y1, x2, y2 = boxes_np[i]
         draw.rectangle([x1, y1, max(x1, x2 - 1), max(y1, y2 - 1)], outline=tuple(int(c) for c in outlines[i]),
                        width=thickness)
+    if keypoints is not None and n:
+        _draw_keypoints(draw, keypoints.detach().cpu().to(torch.float64).numpy(), skeleton, keypoint_threshold,
+                        outlines, thickness)
     if show_labels and n:
         _draw_labels(picture, boxes_np, labels_np, None if scores is None else scores.detach().cpu().numpy(),
                      class_names, coverage, max_labels, label_budget)
     return picture
+
+
+def _draw_keypoints(draw: ImageDraw.ImageDraw, keypoints: np.ndarray, skeleton: Sequence[tuple[int, int]],
+                    threshold: float, colours: np.ndarray, thickness: int) -> None:
+    """Limbs (class colour) then joints (white dots ringed in black) of ``keypoints (N, K, 3)``.
+
+    PIL draws pixel ``(i, j)`` for integer coordinates, so a continuous point ``x`` is drawn at
+    ``x - 0.5`` (the centre of pixel ``floor(x)``).
+    """
+    if keypoints.ndim != 3 or keypoints.shape[2] != 3:
+        raise ValueError(f"keypoints must be (N, K, 3), got {keypoints.shape}")
+    radius = thickness + 1
+    for points, colour in zip(keypoints, colours):
+        shown = points[:, 2] > threshold
+        xy = points[:, :2] - 0.5
+        for a, b in skeleton:
+            if shown[a] and shown[b]:
+                draw.line([tuple(xy[a]), tuple(xy[b])], fill=tuple(int(c) for c in colour), width=thickness)
+        for x, y in xy[shown]:
+            draw.ellipse([x - radius, y - radius, x + radius, y + radius], fill=(255, 255, 255), outline=(0, 0, 0))
 
 
 def _draw_labels(picture: Image.Image, boxes: np.ndarray, labels: np.ndarray, scores: np.ndarray | None,

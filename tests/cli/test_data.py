@@ -69,3 +69,23 @@ def test_data_show_no_labels_draws_masks_and_boxes_only(dataset, tmp_path):
     assert (pictures[True][label_band] != pictures[False][label_band]).any()
     inside = (slice(23, 28), slice(8, 23))  # the mask: the same with and without labels
     assert (pictures[True][inside] == pictures[False][inside]).all()
+
+
+def test_data_synth_keypoints_then_show_draws_the_figures(tmp_path, capsys):
+    root = tmp_path / "figures"
+    assert main(["data", "synth", "--out", str(root), "--images", "3", "--size", "48", "--keypoints"]) == 0
+    assert "classes: figure" in capsys.readouterr().out
+    doc = json.loads((root / "annotations" / "train.json").read_text())
+    assert len(doc["categories"][0]["keypoints"]) == 13 and doc["annotations"][0]["num_keypoints"] > 0
+    assert main(["data", "stats", "--json", str(root / "annotations" / "train.json"), "--images",
+                 str(root / "train")]) == 0
+    assert "keypoints: 13 (head, neck, left_shoulder," in capsys.readouterr().out
+    out = tmp_path / "show"
+    assert main(["data", "show", "--json", str(root / "annotations" / "train.json"), "--images",
+                 str(root / "train"), "--out", str(out), "--no-labels"]) == 0
+    first = doc["annotations"][0]
+    ann = [a for a in doc["annotations"] if a["image_id"] == first["image_id"]][-1]  # drawn last
+    image_name = next(i["file_name"] for i in doc["images"] if i["id"] == ann["image_id"])
+    picture = np.asarray(Image.open(out / image_name))
+    x, y, v = [p for p in zip(*[iter(ann["keypoints"])] * 3) if p[2] > 0][-1]  # its joint drawn last
+    assert (picture[y, x] == 255).all()  # a white joint dot

@@ -143,3 +143,18 @@ def test_masks_kept_as_crops_draw_the_same_picture():
     full = np.asarray(draw_instances(image, boxes, labels, masks, scores))
     cropped = np.asarray(draw_instances(image, boxes, labels, MaskCrops.from_masks(masks), scores))
     assert np.array_equal(full, cropped)
+
+
+def test_keypoints_draw_joints_and_limbs_of_labelled_points_only():
+    image, boxes, masks = _one_instance((4, 4, 60, 60))
+    # joints at pixel centres (12.5, 12.5), (40.5, 12.5); the third is unlabelled (v = 0) and hidden
+    keypoints = torch.tensor([[[12.5, 12.5, 2.0], [40.5, 12.5, 1.0], [40.5, 50.5, 0.0]]])
+    plain = np.asarray(draw_instances(image, boxes, torch.tensor([2]), masks, show_labels=False))
+    picture = np.asarray(draw_instances(image, boxes, torch.tensor([2]), masks, show_labels=False,
+                                        keypoints=keypoints, skeleton=[(0, 1), (1, 2)]))
+    assert (picture[12, 12] == 255).all() and (picture[12, 40] == 255).all()  # white joint dots
+    assert (picture[12, 26] == class_colours([2])[0]).all()  # the limb between them, in the class colour
+    assert (plain[12, 26] != picture[12, 26]).any()
+    np.testing.assert_array_equal(picture[45:56, 30:50], plain[45:56, 30:50])  # no dot, no limb to v = 0
+    with pytest.raises(ValueError, match="keypoints must be"):
+        draw_instances(image, boxes, torch.tensor([2]), masks, keypoints=torch.zeros(1, 3))
