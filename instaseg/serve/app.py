@@ -103,7 +103,8 @@ def _add_api_routes(app: FastAPI, service: ModelService, review: DatasetReview |
     @app.get("/health", response_model=Health, summary="Whether the server answers")
     async def health() -> dict[str, Any]:
         status = review.status() if review is not None else None
-        return {"status": "ok", "review": None if status is None else f"{status['done']}/{status['total']}"}
+        return {"status": "ok", "review": None if status is None else f"{status['done']}/{status['total']}",
+                "score_threshold": limits.score_threshold}
 
     @app.get("/v1/model", response_model=ModelInfo, summary="Preset, classes, input convention, weights' origin")
     async def model() -> dict[str, Any]:

@@ -18,6 +18,7 @@ class Problem(BaseModel):
 class Health(BaseModel):
     status: str = Field(description="'ok' while the server answers")
     review: str | None = Field(None, description="dataset review progress, 'done/total', when a dataset is given")
+    score_threshold: float = Field(description="the server's default score threshold")
 
 
 class Rle(BaseModel):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+import anyio
 import numpy as np
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
@@ -22,9 +23,11 @@ from instaseg.errors import DatasetError, ImageTooLargeError, NotAnImageError
 
 __all__ = ["UploadError", "read_upload", "decode_upload"]
 
-# After refusing an oversized body, read (and drop) up to this much more of it, so that a client
-# still sending gets the 413 answer instead of a reset connection.
+# After refusing an oversized body, read (and drop) up to this much more of it for at most this
+# long, so that a client still sending gets the 413 answer instead of a reset connection (and one
+# that sends nothing cannot hold the request open).
 _DRAIN_BYTES = 32 * 1024 * 1024
+_DRAIN_SECONDS = 1.0
 
 
 class UploadError(Exception):
@@ -47,13 +50,14 @@ async def _limited(request: Request, max_bytes: int) -> AsyncIterator[bytes]:
 
 
 async def _drain(request: Request, seen: int) -> None:
-    try:
-        async for chunk in request.stream():
-            seen += len(chunk)
-            if seen > _DRAIN_BYTES:
-                return
-    except Exception:  # noqa: BLE001 - the client went away: nothing left to drain
-        return
+    with anyio.move_on_after(_DRAIN_SECONDS):
+        try:
+            async for chunk in request.stream():
+                seen += len(chunk)
+                if seen > _DRAIN_BYTES:
+                    return
+        except Exception:  # noqa: BLE001 - the client went away: nothing left to drain
+            return
 
 
 async def read_upload(request: Request, max_bytes: int) -> tuple[bytes, str]:

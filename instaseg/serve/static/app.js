@@ -299,6 +299,9 @@ async function start() {
   state.classes = model.classes;
   $("model-name").textContent = `${model.preset} (${model.num_classes} classes)`;
   buildClassToggles(model.classes);
+  state.threshold = health.score_threshold;
+  $("score").value = String(health.score_threshold);
+  $("score-value").textContent = state.threshold.toFixed(2);
   if (health.review !== null) {
     $("tab-review").hidden = false;
     wireReview(model.classes);
