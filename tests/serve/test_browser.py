@@ -1,13 +1,15 @@
 """The page in a real headless Chromium (Debian's chromium and chromium-driver, driven by Selenium):
 it loads without console errors, an image chosen in the file input shows its overlay, the score
 slider hides low-score instances, and the dataset grid opens an image with its ground truth beside
-the prediction. Screenshots are kept in a temporary folder (printed at the end of each test)."""
+the prediction. Screenshots are kept in a temporary folder (printed when the module ends; ``INSTASEG_SCREENSHOTS``
+names another)."""
 
 from __future__ import annotations
 
 import base64
 import io
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -34,7 +36,11 @@ WAIT_SECONDS = 120  # a shared, busy CPU: the model may take seconds per image
 
 @pytest.fixture(scope="module")
 def shots(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("serve_shots")
+    """The screenshots' folder: $INSTASEG_SCREENSHOTS (a temporary folder to keep them past pytest's
+    rotation of its own), else one under pytest's temporary root."""
+    chosen = os.environ.get("INSTASEG_SCREENSHOTS")
+    folder = Path(chosen) if chosen else tmp_path_factory.mktemp("serve_shots")
+    folder.mkdir(parents=True, exist_ok=True)
     yield folder
     print(f"\nbrowser screenshots: {folder}")
 
