@@ -53,7 +53,7 @@ def get_json(url: str) -> dict:
         return json.loads(response.read())
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def served(tmp_path_factory) -> Served:
     import uvicorn
 
