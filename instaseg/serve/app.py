@@ -91,7 +91,7 @@ def create_app(service: ModelService, review: DatasetReview | None = None, limit
         return _problem(500, f"internal error ({type(error).__name__}); the server goes on")
 
     _add_api_routes(app, service, review, limits)
-    _add_review_routes(app, review, limits)
+    _add_review_routes(app, review)
     return app
 
 
@@ -147,7 +147,7 @@ def _predict_upload(service: ModelService, data: bytes, name: str, limits: Limit
             "seconds": seconds}
 
 
-def _add_review_routes(app: FastAPI, review: DatasetReview | None, limits: Limits) -> None:
+def _add_review_routes(app: FastAPI, review: DatasetReview | None) -> None:
     none = "no dataset: start the server with --dataset-json and --dataset-images"
     sort_help = f"one of {', '.join(SORT_KEYS)} (the worst images first)"
 

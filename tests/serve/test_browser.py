@@ -28,6 +28,7 @@ pytestmark = pytest.mark.skipif(not (Path(CHROMIUM).is_file() and Path(CHROMEDRI
                                 reason="browser tests need Debian's chromium and chromium-driver "
                                        "(apt-get install chromium chromium-driver; .ci/run installs them)")
 webdriver = pytest.importorskip("selenium.webdriver", reason="browser tests need selenium (the test extra)")
+from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
@@ -122,7 +123,27 @@ def test_chosen_image_shows_its_overlay_and_the_slider_hides_low_scores(browser,
     assert after.sum() < changed.sum() and not after[hidden & ~kept_union].any()
     assert f"{len(kept)} of {len(found)} instances shown" in browser.find_element(By.ID, "predict-status").text
     browser.save_screenshot(str(shots / "predict_slider.png"))
+    _hover_names_the_instance(browser, kept)
     assert _console_errors(browser) == []
+
+
+def _hover_names_the_instance(browser, kept: list[dict]) -> None:
+    """The pointer over the smallest shown instance: the tooltip says its class and score."""
+    areas = [rle_to_bitmap(d["mask"]).sum() for d in kept]
+    target = kept[int(np.argmin(areas))]
+    mask = rle_to_bitmap(target["mask"])
+    inside = mask.copy()  # pixels whose 3x3 neighbourhood is in the mask: rounding cannot leave it
+    inside[1:-1, 1:-1] &= mask[:-2, 1:-1] & mask[2:, 1:-1] & mask[1:-1, :-2] & mask[1:-1, 2:]
+    ys, xs = np.nonzero(inside if inside.any() else mask)
+    y, x = int(ys[len(ys) // 2]), int(xs[len(xs) // 2])
+    canvas = browser.find_element(By.ID, "predict-canvas")
+    size = canvas.size  # displayed CSS pixels; offsets are from the element's centre
+    scale_x, scale_y = size["width"] / int(canvas.get_attribute("width")), size["height"] / int(canvas.get_attribute("height"))
+    ActionChains(browser).move_to_element_with_offset(
+        canvas, int((x + 0.5) * scale_x - size["width"] / 2), int((y + 0.5) * scale_y - size["height"] / 2)).perform()
+    tooltip = browser.find_element(By.ID, "tooltip")
+    WebDriverWait(browser, 10).until(lambda d: tooltip.is_displayed())
+    assert tooltip.text == f"{target['category_name']} {target['score']:.2f}"
 
 
 def test_dataset_grid_opens_truth_beside_prediction(browser, served: Served, shots: Path) -> None:
