@@ -21,3 +21,12 @@ class WeightsFetchError(InstasegError, OSError):
     """Published weights could not be obtained: offline, refused, timed out, cut off, or a file that
     fails its integrity check. The message names the URL, the expected file name and the folder where
     a file downloaded by hand is picked up."""
+
+
+class NotAnImageError(DatasetError):
+    """Bytes that no image decoder recognises (a text file named ``.png``, an upload of anything)."""
+
+
+class ImageTooLargeError(DatasetError):
+    """An image declaring more pixels than allowed: refused from its header, before decoding
+    (a "decompression bomb" declares a huge size in a tiny file to exhaust memory)."""

@@ -29,7 +29,9 @@ The floors, bottom to top (a package may import its own floor and the floors bel
     ImageNet backbone files need: files and config values, no model.
 14. ``hub``: the top floor every front end uses: build a model from a preset or config, load a
     checkpoint, apply ImageNet or published weights, save converted checkpoints, ``Predictor``.
-15. ``cli`` (and ``__main__``): commands, on top of everything.
+15. ``serve``: the web page, HTTP API and dataset review of ``instaseg serve``, around a model the hub
+    loads (or a caller hands over).
+16. ``cli`` (and ``__main__``): commands, on top of everything.
 
 The package's ``__init__`` (version and the lazy public names) sits outside the floors: it names
 modules by string and imports nothing, so ``import instaseg`` stays light.
@@ -68,6 +70,7 @@ FLOORS: tuple[tuple[str, ...], ...] = (
     ("engine", "export"),
     ("zoo",),
     ("hub",),
+    ("serve",),
     ("cli", "__main__"),
 )
 # package -> packages below it that it must not import all the same

@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "weights": ("instaseg.cli.weights", "published pretrained weights: list, fetch, info"),
     "convert": ("instaseg.cli.convert", "torchvision, Detectron2, YOLACT, MMDetection weights -> instaseg"),
     "export": ("instaseg.cli.export", "a checkpoint as ONNX (or a torch.export program), post-processing included"),
+    "serve": ("instaseg.cli.serve", "a local web page and HTTP API for predictions, and a dataset review"),
     "bench": ("instaseg.cli.bench", "inference or training-step speed, peak memory, stage times and GFLOPs"),
     "report": ("instaseg.cli.report", "redraw a run folder's pictures (results, PR curves, confusion ...)"),
 }

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import io
 import warnings
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
-from instaseg.errors import DatasetError
+from instaseg.errors import DatasetError, ImageTooLargeError, NotAnImageError
 
-__all__ = ["read_image", "to_rgb_array", "IMAGE_EXTENSIONS", "MAX_IMAGE_PIXELS"]
+__all__ = ["decode_image", "read_image", "to_rgb_array", "IMAGE_EXTENSIONS", "MAX_IMAGE_PIXELS"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 # Refuse images that declare more pixels than this (a "decompression bomb" declares a huge size in
@@ -40,29 +42,45 @@ def to_rgb_array(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
 
 
-def read_image(path: str | Path) -> np.ndarray:
+def read_image(path: str | Path, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
     """Read ``path`` as ``(H, W, 3)`` uint8 RGB; a clear :class:`DatasetError` names a bad file."""
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"{path}: image file not found")
     if path.stat().st_size == 0:
         raise DatasetError(f"{path}: image file is empty (0 bytes)")
+    return decode_image(path, str(path), max_pixels)
+
+
+def decode_image(source: str | Path | bytes | BinaryIO, name: str = "image",
+                 max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+    """Decode a file, its bytes or a binary stream as ``(H, W, 3)`` uint8 RGB; ``name`` names it in errors.
+
+    Raises:
+        NotAnImageError: no decoder recognises the bytes.
+        ImageTooLargeError: the header declares more than ``max_pixels`` pixels (refused before decoding).
+        DatasetError: any other failure (a truncated or corrupt file).
+    """
+    if isinstance(source, bytes):
+        if not source:
+            raise NotAnImageError(f"{name}: empty (0 bytes), not an image")
+        source = io.BytesIO(source)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
+            with Image.open(source) as image:
                 width, height = image.size
-                if width * height > MAX_IMAGE_PIXELS:
-                    raise DatasetError(
-                        f"{path}: declares {width}x{height} pixels, more than the {MAX_IMAGE_PIXELS} allowed "
-                        "(a decompression bomb?)"
-                    )
+                if width * height > max_pixels:
+                    raise ImageTooLargeError(f"{name}: declares {width}x{height} pixels, more than the {max_pixels} "
+                                             "allowed (a decompression bomb?)")
                 image.load()
                 return to_rgb_array(image)
     except DatasetError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise DatasetError(f"{path}: refused as a decompression bomb: {error}") from None
+        raise ImageTooLargeError(f"{name}: refused as a decompression bomb: {error}") from None
+    except UnidentifiedImageError:
+        raise NotAnImageError(f"{name}: cannot read image: not a format Pillow recognises") from None
     except Exception as error:
-        raise DatasetError(f"{path}: cannot read image ({type(error).__name__}: {error}); "
+        raise DatasetError(f"{name}: cannot read image ({type(error).__name__}: {error}); "
                            "the file may be truncated or not an image") from None
