@@ -33,17 +33,18 @@ def test_bench_refuses_bad_arguments(capsys):
 def test_bench_modes_side_by_side_with_onnxruntime(tmp_path, capsys):
     out = tmp_path / "modes.json"
     assert main(["bench", "--preset", "mask_rcnn_r18_fpn_tiny", "--size", "64", "--iters", "1", "--threads", "2",
-                 "--modes", "float32,bf16,onnxruntime", "--score-thresh", "0.05", "--json", str(out)]) == 0
+                 "--modes", "float32,onnxruntime", "--score-thresh", "0.05", "--json", str(out)]) == 0
     text = capsys.readouterr().out
     assert "| mode | ms / image | images / s | peak memory (MiB) | time vs float32 |" in text
     rows = [line for line in text.splitlines() if line.startswith("| ") and "mode" not in line]
-    assert [row.split("|")[1].strip() for row in rows] == ["float32", "bf16", "onnxruntime"]
+    # bf16 through the same path: tests/engine/test_precision.py (10x slower on CPUs without AVX512-BF16)
+    assert [row.split("|")[1].strip() for row in rows] == ["float32", "onnxruntime"]
     results = json.loads(out.read_text())
-    assert [r["label"] for r in results] == ["float32", "bf16", "onnxruntime"]
-    assert [r["runtime"] for r in results] == ["pytorch", "pytorch", "onnxruntime"]
+    assert [r["label"] for r in results] == ["float32", "onnxruntime"]
+    assert [r["runtime"] for r in results] == ["pytorch", "onnxruntime"]
     assert all(r["median_ms"] > 0 and r["peak_memory_mb"] > 0 and r["image_size"] == [64, 96] for r in results)
     # the exported graph finds what the model finds (the same weights and image; parity: tests/export)
-    assert results[2]["num_detections"] == results[0]["num_detections"]
+    assert results[1]["num_detections"] == results[0]["num_detections"]
 
 
 def test_bench_modes_refuses_unknown_modes_and_onnxruntime_training(capsys):
