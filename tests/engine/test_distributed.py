@@ -19,7 +19,9 @@ from instaseg.engine.distributed import (all_gather_objects, any_across_ranks, b
                                          unwrap_model, wrap_model)
 from instaseg.structures.instances import Targets
 
-from tests.engine.test_train import _one_thread, tiny_config  # noqa: F401 (module fixture: one thread)
+from tests.engine.test_train import tiny_config
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors (tests/conftest.py)
 
 REPO = Path(__file__).resolve().parents[2]
 TORCHRUN = Path(sys.executable).with_name("torchrun")

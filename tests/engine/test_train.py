@@ -134,14 +134,7 @@ def wrap_loss(monkeypatch, fn):
     monkeypatch.setitem(MODEL_FACTORY, "build", build)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tensors here are tiny: a second intra-op thread only adds synchronisation, and its spin-waits
-    stall a busy 2-core machine by 10-30x. One thread keeps this file fast and its timing stable."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")

@@ -13,12 +13,7 @@ from torch import nn
 from instaseg.heads.keypoint_head import KeypointHead
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors (tests/conftest.py)
 
 
 def test_keypoint_head_paper_shapes() -> None:

@@ -10,13 +10,7 @@ import torch
 from instaseg.losses.keypoints import fixed_keypoint_normalizer, keypoint_loss
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny tensors: a second thread only adds waiting (gradcheck runs hundreds of small forwards)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors (tests/conftest.py)
 
 
 def _hand_case() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -11,12 +11,7 @@ from instaseg.ops.keypoints import heatmaps_to_keypoints
 from instaseg.targets.keypoints import keypoints_to_heatmap
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors (tests/conftest.py)
 
 
 def _cubic(t: float, a: float = -0.75) -> float:

@@ -45,12 +45,7 @@ def _failing_save(fail_on_call: int, error: BaseException):
     return save
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors: a second thread only adds spin-waits (see tests/engine)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors (tests/conftest.py)
 
 
 def test_failed_checkpoint_write_stops_training_naming_the_last_good_one(toy_data, tmp_path, monkeypatch):
