@@ -65,12 +65,19 @@ def run_benchmark(preset: str, *, checkpoint: str | None = None, size: int = 800
     ``batch_size`` defaults to 1 image for inference and 2 for training; ``size`` is the shorter
     image side (YOLACT: the square side). ``threads`` sets ``torch.set_num_threads`` when given.
     """
-    if threads:
-        torch.set_num_threads(threads)
-    torch.manual_seed(0)  # the random weights of a preset, the same in every run
-    model, image_size, name = build_bench_model(preset, checkpoint, size, score_thresh)
+    model, image_size, name = _seeded_bench_model(preset, checkpoint, size, score_thresh, threads)
     return benchmark_model(model, image_size, name, device=device, iters=iters, warmup=warmup, train=train,
                            batch_size=batch_size, precision=precision, compile=compile, stages=stages, flops=flops)
+
+
+def _seeded_bench_model(preset: str, checkpoint: str | None, size: int, score_thresh: float | None,
+                        threads: int | None) -> tuple[nn.Module, tuple[int, int], str]:
+    """:func:`build_bench_model` after ``torch.set_num_threads(threads)`` (when given) and seed 0, so a
+    preset's random weights are the same in every run and mode."""
+    if threads:
+        torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    return build_bench_model(preset, checkpoint, size, score_thresh)
 
 
 def run_modes(preset: str, modes: list[str], *, checkpoint: str | None = None, size: int = 800,
@@ -87,10 +94,7 @@ def run_modes(preset: str, modes: list[str], *, checkpoint: str | None = None, s
     for mode in modes:
         precision, compile, runtime = MODES[mode]
         if runtime == "onnxruntime":
-            if threads:
-                torch.set_num_threads(threads)
-            torch.manual_seed(0)
-            model, image_size, name = build_bench_model(preset, checkpoint, size, score_thresh)
+            model, image_size, name = _seeded_bench_model(preset, checkpoint, size, score_thresh, threads)
             results.append(_benchmark_onnxruntime(model, image_size, name, iters, warmup))
             continue
         results.append(run_benchmark(preset, checkpoint=checkpoint, size=size, threads=threads, iters=iters,
