@@ -23,7 +23,7 @@ class Instances:
     boxes: Tensor  # (N, 4) float xyxy, absolute pixels, continuous coordinates
     scores: Tensor  # (N,) float, class confidence (box results use this score)
     labels: Tensor  # (N,) int64 in [0, num_classes)
-    masks: Tensor  # (N, H, W) bool, H x W the image size
+    masks: Tensor | None  # (N, H, W) bool, H x W the image size; None from a model without a mask branch
     mask_scores: Tensor | None = None  # (N,) float; MS R-CNN / YOLACT++ mask score, else None
     keypoints: Tensor | None = None  # (N, K, 3) float (x, y, score), image pixels; keypoint models only
 
@@ -35,7 +35,7 @@ class Instances:
             value = getattr(self, f.name)
             if value is not None and value.shape[0] != n:
                 raise ValueError(f"{f.name} has {value.shape[0]} rows but boxes has {n}")
-        if self.masks.dim() != 3:
+        if self.masks is not None and self.masks.dim() != 3:
             raise ValueError(f"masks must be (N, H, W), got {tuple(self.masks.shape)}")
         if self.keypoints is not None:
             check_keypoints(self.keypoints, n)
@@ -45,7 +45,9 @@ class Instances:
 
     @property
     def image_size(self) -> tuple[int, int]:
-        """``(H, W)`` of the image the masks cover."""
+        """``(H, W)`` of the image the masks cover (detections without masks do not carry it)."""
+        if self.masks is None:
+            raise ValueError("these detections have no masks (a model without a mask branch), so no image size")
         return int(self.masks.shape[1]), int(self.masks.shape[2])
 
     def __getitem__(self, index: Tensor | slice | int) -> "Instances":
@@ -84,7 +86,7 @@ class Instances:
             boxes=torch.cat([it.boxes for it in items]),
             scores=torch.cat([it.scores for it in items]),
             labels=torch.cat([it.labels for it in items]),
-            masks=torch.cat([it.masks for it in items]),
+            masks=_cat_optional("Instances", "masks", [it.masks for it in items]),
             mask_scores=_cat_optional("Instances", "mask_scores", [it.mask_scores for it in items]),
             keypoints=_cat_optional("Instances", "keypoints", [it.keypoints for it in items]),
         )

@@ -56,3 +56,15 @@ def test_batch_images_rejects_bad_input():
         batch_images([])
     with pytest.raises(ValueError):
         batch_images([torch.rand(3, 4, 4), torch.rand(1, 4, 4)])
+
+
+def test_instances_without_masks_index_and_concatenate_but_name_no_image_size():
+    # a model without a mask branch (Keypoint R-CNN with boxes and keypoints only)
+    inst = Instances(torch.rand(3, 4), torch.rand(3), torch.arange(3), None, keypoints=torch.rand(3, 5, 3))
+    assert inst[1:].masks is None and inst[1:].keypoints.shape == (2, 5, 3)
+    both = Instances.cat([inst, inst[:1]])
+    assert both.masks is None and both.keypoints.shape == (4, 5, 3)
+    with pytest.raises(ValueError, match="without masks"):
+        Instances.cat([inst, _instances(2)])
+    with pytest.raises(ValueError, match="no masks"):
+        inst.image_size
