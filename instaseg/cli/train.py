@@ -48,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
     train_set = CocoDataset(args.train_json, args.train_images, skip_bad=args.skip_bad)
     # num_classes comes from the data (set here, in one place), before overrides can refine it
     config = replace(config, model=replace(config.model, num_classes=train_set.num_classes))
+    config = _fit_keypoints(config, train_set.num_keypoints, args.train_json)
     config = _fit_training_caps(config, train_set.max_instances_per_image(), args.train_json)  # --set wins
     config = apply_overrides(config, args.overrides)
     if config.model.num_classes != train_set.num_classes:
@@ -73,6 +74,20 @@ def run(args: argparse.Namespace) -> int:
         print(f"{summary['status']} at iteration {summary['iteration']}/{summary['max_iter']} "
               f"in {summary['seconds']:.0f} s; last checkpoint {summary['last_checkpoint']}")
     return 0 if summary["status"] == "finished" else 130
+
+
+def _fit_keypoints(config, num_keypoints: int, where: str):
+    """A keypoint model's ``num_keypoints`` from the data (as num_classes), or a clear error when the
+    data has no keypoints."""
+    from instaseg.errors import ConfigError
+
+    head = getattr(config.model, "keypoint_head", None)
+    if head is None:
+        return config
+    if num_keypoints == 0:
+        raise ConfigError(f"{config.name} predicts keypoints but {where} declares none (a COCO keypoint json "
+                          f"has 'keypoints' names in its categories and per annotation)")
+    return replace(config, model=replace(config.model, keypoint_head=replace(head, num_keypoints=num_keypoints)))
 
 
 def _fit_training_caps(config, max_instances: int, where: str):

@@ -118,10 +118,12 @@ def training_caps(config: Config) -> dict[str, int]:
     model = config.model
     if not isinstance(model, MaskRCNNConfig):
         return {}
-    return {"model.rpn.pre_nms_topk_train": model.rpn.pre_nms_topk_train,
+    caps = {"model.rpn.pre_nms_topk_train": model.rpn.pre_nms_topk_train,
             "model.rpn.post_nms_topk_train": model.rpn.post_nms_topk_train,
-            "model.box_head.batch_size_per_image": model.box_head.batch_size_per_image,
-            "model.mask_head.max_rois_per_image": model.mask_head.max_rois_per_image}
+            "model.box_head.batch_size_per_image": model.box_head.batch_size_per_image}
+    if model.mask_head is not None:
+        caps["model.mask_head.max_rois_per_image"] = model.mask_head.max_rois_per_image
+    return caps
 
 
 def with_training_budget(config: Config, max_instances: int) -> Config:
@@ -142,7 +144,7 @@ def with_training_budget(config: Config, max_instances: int) -> Config:
     model = config.model
     if not isinstance(model, MaskRCNNConfig) or max_instances <= 0:
         return config
-    mask_cap = model.mask_head.max_rois_per_image
+    mask_cap = 0 if model.mask_head is None else model.mask_head.max_rois_per_image
     if mask_cap > 0:
         mask_cap = max(mask_cap, min(max_instances // 4, MAX_MASK_POSITIVES))
     positives = mask_cap if mask_cap > 0 else 0
@@ -150,6 +152,7 @@ def with_training_budget(config: Config, max_instances: int) -> Config:
     proposals = min(MAX_TRAIN_PROPOSALS, 100 * math.ceil(TRAIN_PROPOSALS_PER_INSTANCE * max_instances / 100))
     post = max(model.rpn.post_nms_topk_train, proposals)
     rpn = replace(model.rpn, post_nms_topk_train=post, pre_nms_topk_train=max(model.rpn.pre_nms_topk_train, 2 * post))
-    model = replace(model, rpn=rpn, box_head=replace(model.box_head, batch_size_per_image=box_batch),
-                    mask_head=replace(model.mask_head, max_rois_per_image=mask_cap))
+    model = replace(model, rpn=rpn, box_head=replace(model.box_head, batch_size_per_image=box_batch))
+    if model.mask_head is not None:
+        model = replace(model, mask_head=replace(model.mask_head, max_rois_per_image=mask_cap))
     return replace(config, model=model)

@@ -12,6 +12,7 @@ from instaseg.config.schema import (
     FPNConfig,
     InferenceConfig,
     InputConfig,
+    KeypointHeadConfig,
     MaskHeadConfig,
     MaskIoUConfig,
     MaskRCNNConfig,
@@ -205,6 +206,48 @@ def ms_rcnn_r18_fpn_tiny() -> Config:
     return replace(base, name="ms_rcnn_r18_fpn_tiny", model=replace(base.model, maskiou=small_iou))
 
 
+# --- Keypoint R-CNN (the Mask R-CNN paper's human pose task, Sec. 5) ---------------------------------
+
+
+def keypoint_rcnn_r50_fpn() -> Config:
+    """Boxes and keypoints (no mask branch) of one class, COCO persons' 17 keypoints by default.
+
+    Detectron2's ``keypoint_rcnn_R_50_FPN_1x``: 1500 proposals per image in training (more
+    positives for the keypoint head), training sizes 640-800, the paper's keypoint head.
+    """
+    base = mask_rcnn_r50_fpn()
+    model = replace(base.model, num_classes=1, mask_head=None, keypoint_head=KeypointHeadConfig(),
+                    rpn=replace(base.model.rpn, post_nms_topk_train=1500))
+    inputs = replace(base.input, min_size_train=(640, 672, 704, 736, 768, 800))
+    return replace(base, name="keypoint_rcnn_r50_fpn", model=model, input=inputs)
+
+
+def keypoint_mask_rcnn_r50_fpn() -> Config:
+    """:func:`keypoint_rcnn_r50_fpn` with the mask branch too: boxes, masks and keypoints."""
+    base = keypoint_rcnn_r50_fpn()
+    return replace(base, name="keypoint_mask_rcnn_r50_fpn", model=replace(base.model, mask_head=MaskHeadConfig()))
+
+
+def keypoint_rcnn_r50_fpn_torchvision() -> Config:
+    """torchvision's ``keypointrcnn_resnet50_fpn`` inference conventions, for imported weights: those
+    of :func:`mask_rcnn_r50_fpn_torchvision`, no mask branch, the keypoint pooler's sampling ratio 2,
+    keypoint scores as the peak logit."""
+    base = mask_rcnn_r50_fpn_torchvision()
+    model = replace(base.model, num_classes=1, mask_head=None,
+                    keypoint_head=KeypointHeadConfig(sampling_ratio=2, score="logit"))
+    inputs = replace(base.input, min_size_train=(640, 672, 704, 736, 768, 800))
+    return replace(base, name="keypoint_rcnn_r50_fpn_torchvision", model=model, input=inputs)
+
+
+def keypoint_rcnn_r18_fpn_tiny() -> Config:
+    """The tiny Mask R-CNN's recipe with a narrow keypoint head instead of the mask head, for the
+    synthetic stick figures (``instaseg data synth --keypoints``: 13 joints) on a CPU."""
+    base = mask_rcnn_r18_fpn_tiny()
+    head = KeypointHeadConfig(num_keypoints=13, conv_dims=(128,) * 4)
+    model = replace(base.model, num_classes=1, mask_head=None, keypoint_head=head)
+    return replace(base, name="keypoint_rcnn_r18_fpn_tiny", model=model)
+
+
 # --- YOLACT (Bolya et al. 2019) and YOLACT++ (Bolya et al. 2020), dbolya/yolact data/config.py -----
 
 _YOLACT_BASE_SCALES = (24.0, 48.0, 96.0, 192.0, 384.0)
@@ -332,6 +375,10 @@ PRESETS: dict[str, Callable[[], Config]] = {
     "ms_rcnn_x101_64x4d_fpn": ms_rcnn_x101_64x4d_fpn,
     "ms_rcnn_r50_fpn_ablation": ms_rcnn_r50_fpn_ablation,
     "ms_rcnn_r18_fpn_tiny": ms_rcnn_r18_fpn_tiny,
+    "keypoint_rcnn_r50_fpn": keypoint_rcnn_r50_fpn,
+    "keypoint_mask_rcnn_r50_fpn": keypoint_mask_rcnn_r50_fpn,
+    "keypoint_rcnn_r50_fpn_torchvision": keypoint_rcnn_r50_fpn_torchvision,
+    "keypoint_rcnn_r18_fpn_tiny": keypoint_rcnn_r18_fpn_tiny,
     "yolact_r50_550": yolact_r50_550,
     "yolact_r101_550": yolact_r101_550,
     "yolact_r101_400": yolact_r101_400,

@@ -290,9 +290,8 @@ class MaskIoUConfig:
 @dataclass(frozen=True)
 class KeypointHeadConfig:
     """Keypoint R-CNN's keypoint head (the Mask R-CNN paper's human pose task); defaults are the
-    paper's, Detectron2's and torchvision's (COCO persons).
-
-    Not yet part of ``MaskRCNNConfig``: the detector does not build a keypoint branch yet.
+    paper's, Detectron2's and torchvision's (COCO persons). ``MaskRCNNConfig.keypoint_head`` set:
+    Keypoint R-CNN (FPN models only, as both peers).
     """
 
     KEY: ClassVar[str] = "model.keypoint_head"  # where this part sits in a Config (error messages)
@@ -343,8 +342,9 @@ class MaskRCNNConfig:
     fpn: FPNConfig | None = field(default_factory=FPNConfig)  # None: C4 model
     rpn: RPNConfig = field(default_factory=RPNConfig)
     box_head: BoxHeadConfig = field(default_factory=BoxHeadConfig)
-    mask_head: MaskHeadConfig = field(default_factory=MaskHeadConfig)
+    mask_head: MaskHeadConfig | None = field(default_factory=MaskHeadConfig)  # None: no mask branch
     maskiou: MaskIoUConfig | None = None  # set: Mask Scoring R-CNN
+    keypoint_head: KeypointHeadConfig | None = None  # set: Keypoint R-CNN (the paper's human pose task)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
 
     def __post_init__(self) -> None:
@@ -352,6 +352,14 @@ class MaskRCNNConfig:
         if self.inference.nms == "fast_nms":  # per-class NMS over the box head's class-specific boxes
             raise ConfigError(mode_error("model.inference.nms", self.inference.nms, ("nms", "soft_nms"))
                               + " (fast_nms is YOLACT's)")
+        if self.mask_head is None and self.maskiou is not None:
+            raise ConfigError("model.maskiou: the MaskIoU head scores masks, but model.mask_head is none")
+        if self.mask_head is None and self.keypoint_head is None:
+            raise ConfigError("model.mask_head: a model needs a mask or a keypoint branch (set one of "
+                              "model.mask_head, model.keypoint_head)")
+        if self.keypoint_head is not None and self.fpn is None:
+            raise ConfigError("model.keypoint_head: Keypoint R-CNN needs an FPN model (model.fpn), as Detectron2 "
+                              "and torchvision build it")
 
 
 # --- YOLACT / YOLACT++ (Bolya et al. 2019, 2020); numbers from dbolya/yolact data/config.py ---------

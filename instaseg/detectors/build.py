@@ -19,6 +19,7 @@ from instaseg.config.schema import Config, MaskRCNNConfig, YolactConfig
 from instaseg.detectors.mask_rcnn import MaskRCNN
 from instaseg.detectors.yolact import Yolact
 from instaseg.heads.box_head import BoxPredictor, FCBoxHead, Res5Head
+from instaseg.heads.keypoint_head import KeypointHead
 from instaseg.heads.mask_head import MaskFCNHead, MaskMLPHead
 from instaseg.heads.maskiou_head import MaskIoUHead
 from instaseg.heads.rpn import RPNHead
@@ -98,15 +99,18 @@ def _mask_rcnn(config: Config) -> MaskRCNN:
     if len(set(num_anchors)) != 1:
         raise ValueError(f"the shared RPN head needs the same number of anchors per level, got {num_anchors}")
     rpn_head = RPNHead(next(iter(shapes.values())).channels, num_anchors[0])
-    mh = model.mask_head
-    if mh.head == "mlp":  # a MaskHeadKind: "fcn" or "mlp", checked when the config was built
-        mask_head: nn.Module = MaskMLPHead(mask_in, mh.pooler_resolution, _mask_outputs(model))
-    else:
+    mh, kh = model.mask_head, model.keypoint_head
+    mask_head: nn.Module | None = None  # None: Keypoint R-CNN with boxes and keypoints only
+    if mh is not None and mh.head == "mlp":  # a MaskHeadKind: "fcn" or "mlp", checked when the config was built
+        mask_head = MaskMLPHead(mask_in, mh.pooler_resolution, _mask_outputs(model))
+    elif mh is not None:
         mask_head = MaskFCNHead(mask_in, mh.conv_dim, mh.num_convs, _mask_outputs(model))
     maskiou_head = None  # Mask Scoring R-CNN: Mask R-CNN given one more part
     if model.maskiou is not None:
         maskiou_head = MaskIoUHead(mask_in, model.num_classes, mh.pooler_resolution, model.maskiou.conv_dim,
                                    model.maskiou.fc_dim)
+    # Keypoint R-CNN: FPN only (the config refuses C4), pooling from the RoI levels as the other heads
+    keypoint_head = None if kh is None else KeypointHead(mask_in, kh.num_keypoints, kh.conv_dims)
     return MaskRCNN(
         backbone=backbone,
         neck=neck,
@@ -123,6 +127,8 @@ def _mask_rcnn(config: Config) -> MaskRCNN:
         inference_config=model.inference,
         maskiou_head=maskiou_head,
         maskiou_loss_weight=model.maskiou.loss_weight if model.maskiou else 1.0,
+        keypoint_head=keypoint_head,
+        keypoint_config=kh,
     )
 
 

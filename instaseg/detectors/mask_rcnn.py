@@ -1,4 +1,5 @@
-"""Mask R-CNN (He et al. 2017), and Mask Scoring R-CNN when a MaskIoU head is given.
+"""Mask R-CNN (He et al. 2017), Mask Scoring R-CNN when a MaskIoU head is given, Keypoint R-CNN
+when a keypoint head is given (with or without the mask head).
 
 The :class:`~instaseg.detectors.base.Detector` contract:
 
@@ -6,9 +7,11 @@ The :class:`~instaseg.detectors.base.Detector` contract:
   targets only choose which anchors and RoIs the heads see; nothing is computed from them here);
   in inference a :class:`MaskRCNNOutput` (proposals and the box head's outputs on them). Each
   dataclass is filled completely: no field depends on the mode.
-* ``loss(raw, targets) -> (total, {name: scalar})`` with L = L_cls + L_box + L_mask (+ the RPN's).
+* ``loss(raw, targets) -> (total, {name: scalar})`` with L = L_cls + L_box + L_mask (+ the RPN's,
+  + L_keypoint).
 * ``postprocess(raw, image_sizes) -> list[Instances]`` in the original images' coordinates: the
-  per-class NMS, the mask branch on the detections and the paste run here, not in ``forward``.
+  per-class NMS, the mask and keypoint branches on the detections and the paste run here, not in
+  ``forward``.
 """
 
 from __future__ import annotations
@@ -19,16 +22,20 @@ import torch
 from torch import Tensor, nn
 from torch.profiler import record_function
 
-from instaseg.config.schema import BoxHeadConfig, InferenceConfig, InputConfig, MaskHeadConfig, RPNConfig
+from instaseg.config.schema import (BoxHeadConfig, InferenceConfig, InputConfig, KeypointHeadConfig, MaskHeadConfig,
+                                    RPNConfig)
 from instaseg.detectors.base import Detector, full_precision
 from instaseg.detectors.rcnn_inference import Detections, detect_boxes, select_proposals
 from instaseg.detectors.rcnn_masks import paste_detections
+from instaseg.losses.keypoints import fixed_keypoint_normalizer, keypoint_loss
 from instaseg.losses.rcnn import fast_rcnn_losses, mask_loss, maskiou_loss, rpn_losses
+from instaseg.ops.keypoints import heatmaps_to_keypoints
 from instaseg.ops.poolers import multiscale_roi_align
 from instaseg.structures.boxes import BoxCoder
-from instaseg.structures.image_list import (ImageList, batch_images, pad_to_multiple, resize_image,
-                                            resize_shortest_side, resized_shape)
+from instaseg.structures.image_list import (ImageList, batch_images, pad_to_multiple, rescale_keypoints,
+                                            resize_image, resize_shortest_side, resized_shape)
 from instaseg.structures.instances import Instances, Targets
+from instaseg.targets.keypoints import keypoint_targets
 from instaseg.targets.maskiou import in_box_fraction, maskiou_targets
 from instaseg.targets.matcher import Matcher
 from instaseg.targets.rcnn import SampledRoIs, mask_targets, rpn_targets, sample_rois
@@ -40,7 +47,7 @@ __all__ = ["MaskRCNN", "MaskRCNNOutput", "MaskRCNNTrainOutput", "MaskPredictions
 class MaskPredictions:
     """The mask branch's outputs for the detections of a batch, image-major."""
 
-    probs: Tensor  # (N, M, M) mask probabilities of each detection's class, over its box
+    probs: Tensor | None  # (N, M, M) mask probabilities of each detection's class, over its box; None without masks
     scores: Tensor | None  # (N,) rescored mask scores S_cls x S_iou (MS R-CNN); None without a MaskIoU head
 
 
@@ -56,9 +63,10 @@ class MaskRCNNTrainOutput:
     sampled: list[SampledRoIs]  # per image: the RoIs the box head saw, positives first
     class_logits: Tensor  # (R, C + 1) over the sampled RoIs of all images, background last
     box_deltas: Tensor  # (R, 4C)
-    mask_logits: Tensor  # (P, K, M, M) of the positives that train the mask head, image-major
-    roi_features: Tensor  # (P, C, R, R) mask-branch RoI features (MaskIoU head input)
+    mask_logits: Tensor | None  # (P, K, M, M) of the positives that train the mask head; None without it
+    roi_features: Tensor | None  # (P, C, R, R) mask-branch RoI features (MaskIoU head input); None without it
     maskiou: Tensor | None  # (P, C) predicted MaskIoU (Mask Scoring R-CNN); None without the head
+    keypoint_logits: Tensor | None = None  # (Q, K, m, m) heatmaps of every positive RoI; None without the head
 
 
 @dataclass
@@ -77,7 +85,7 @@ class MaskRCNNOutput:
 
 
 class MaskRCNN(Detector):
-    """Backbone (+ FPN) -> RPN -> RoI heads (box, mask, optional MaskIoU).
+    """Backbone (+ FPN) -> RPN -> RoI heads (box; mask, optional MaskIoU; optional keypoint).
 
     Layers come in built; hyper-parameters come as the frozen config parts they belong to.
     ``box_head`` maps pooled RoI features to the predictor's input: :class:`FCBoxHead` (FPN) or
@@ -93,25 +101,31 @@ class MaskRCNN(Detector):
         rpn_head: nn.Module,
         box_head: nn.Module,
         box_predictor: nn.Module,
-        mask_head: nn.Module,
+        mask_head: nn.Module | None,
         num_classes: int,
         input_config: InputConfig,
         rpn_config: RPNConfig,
         box_config: BoxHeadConfig,
-        mask_config: MaskHeadConfig,
+        mask_config: MaskHeadConfig | None,
         inference_config: InferenceConfig,
         maskiou_head: nn.Module | None = None,
         maskiou_loss_weight: float = 1.0,
+        keypoint_head: nn.Module | None = None,
+        keypoint_config: KeypointHeadConfig | None = None,
     ) -> None:
         super().__init__()
+        if (mask_head is None) != (mask_config is None) or (keypoint_head is None) != (keypoint_config is None):
+            raise ValueError("give each RoI head together with its config")
         self.backbone, self.neck = backbone, neck
         self.anchor_generator, self.rpn_head = anchor_generator, rpn_head
         self.box_head, self.box_predictor, self.mask_head = box_head, box_predictor, mask_head
         self.maskiou_head = maskiou_head  # set: Mask Scoring R-CNN (Huang et al. 2019)
         self.maskiou_loss_weight = maskiou_loss_weight
+        self.keypoint_head = keypoint_head  # set: Keypoint R-CNN (He et al. 2017, Sec. 5)
         self.num_classes = num_classes
         self.input_config, self.rpn_config, self.box_config = input_config, rpn_config, box_config
         self.mask_config, self.inference_config = mask_config, inference_config
+        self.keypoint_config = keypoint_config
         self.c4 = neck is None
         shapes = backbone.output_shape() if self.c4 else neck.output_shape()
         names = list(shapes)
@@ -202,12 +216,21 @@ class MaskRCNN(Detector):
             return MaskRCNNOutput(batch.image_sizes, proposals, class_logits, box_deltas, roi_maps)
         return self._forward_train(batch.image_sizes, anchors, logits, deltas, proposals, roi_maps, targets)
 
-    def _pool(self, maps: list[Tensor], boxes: list[Tensor], resolution: int) -> Tensor:
+    def _pool(
+        self, maps: list[Tensor], boxes: list[Tensor], resolution: int, sampling_ratio: int | None = None
+    ) -> Tensor:
+        """RoIAlign of per-image ``boxes`` from the RoI levels: ``(sum R_i, C, resolution, resolution)``;
+        the box head's sampling ratio unless ``sampling_ratio`` is given (the keypoint pooler's)."""
         rois = torch.cat([torch.cat([b.new_full((b.shape[0], 1), i), b], dim=1) for i, b in enumerate(boxes)])
+        ratio = self.box_config.sampling_ratio if sampling_ratio is None else sampling_ratio
         return multiscale_roi_align(
-            maps, rois, self.roi_scales, resolution, self.box_config.sampling_ratio, self.box_config.aligned,
-            method=self.box_config.pooler_type,
+            maps, rois, self.roi_scales, resolution, ratio, self.box_config.aligned, method=self.box_config.pooler_type,
         )
+
+    def _keypoint_logits(self, maps: list[Tensor], boxes: list[Tensor]) -> Tensor:
+        """The keypoint head on per-image ``boxes``: ``(sum R_i, K, m, m)`` heatmap logits."""
+        cfg = self.keypoint_config
+        return self.keypoint_head(self._pool(maps, boxes, cfg.pooler_resolution, cfg.sampling_ratio))
 
     def _forward_train(
         self, image_sizes: list[tuple[int, int]], anchors: list[Tensor], logits: list[Tensor], deltas: list[Tensor],
@@ -221,20 +244,33 @@ class MaskRCNN(Detector):
         ]
         box_features = self.box_head(self._pool(maps, [s.boxes for s in sampled], cfg.pooler_resolution))
         class_logits, box_deltas = self.box_predictor(box_features)
-        positives = [s.boxes[: self._mask_count(s)] for s in sampled]
+        mask_logits = mask_features = maskiou = keypoint_logits = None
+        if self.mask_head is not None:
+            mask_logits, mask_features, maskiou = self._train_masks(maps, sampled, box_features)
+        if self.keypoint_head is not None:  # every positive RoI, as torchvision (the loss skips invalid keypoints)
+            with record_function("instaseg.keypoint_head"):
+                keypoint_logits = self._keypoint_logits(maps, [s.boxes[: s.num_positive] for s in sampled])
+        return MaskRCNNTrainOutput(image_sizes, anchors, logits, deltas, proposals, sampled, class_logits, box_deltas,
+                                   mask_logits, mask_features, maskiou, keypoint_logits)
+
+    def _train_masks(
+        self, maps: list[Tensor], sampled: list[SampledRoIs], box_features: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Mask logits, the mask branch's RoI features and the MaskIoU head's output (or None) on the
+        positives that train the mask branch."""
         if self.c4:  # the C4 mask head reuses the res5 features of the positive RoIs
             starts = torch.tensor([0] + [s.boxes.shape[0] for s in sampled]).cumsum(0)
             index = torch.cat([torch.arange(self._mask_count(s)) + int(starts[i]) for i, s in enumerate(sampled)])
             mask_features = box_features[index.to(box_features.device)]
         else:
+            positives = [s.boxes[: self._mask_count(s)] for s in sampled]
             mask_features = self._pool(maps, positives, self.mask_config.pooler_resolution)
         mask_logits = self.mask_head(mask_features)
         maskiou = None
         if self.maskiou_head is not None:
             classes = torch.cat([s.labels[: self._mask_count(s)] for s in sampled])
             maskiou = self._predict_maskiou(mask_logits, mask_features, classes)
-        return MaskRCNNTrainOutput(image_sizes, anchors, logits, deltas, proposals, sampled, class_logits, box_deltas,
-                                   mask_logits, mask_features, maskiou)
+        return mask_logits, mask_features, maskiou
 
     def _predict_maskiou(self, mask_logits: Tensor, roi_features: Tensor, classes: Tensor) -> Tensor:
         # The head sees the mask as a fixed input: its loss scores the mask, it does not change it.
@@ -263,6 +299,15 @@ class MaskRCNN(Detector):
         ])
         losses.update(fast_rcnn_losses(raw.class_logits, raw.box_deltas, torch.cat([s.labels for s in raw.sampled]),
                                        roi_targets, self.box_config.smooth_l1_beta))
+        if self.mask_head is not None:
+            losses.update(self._mask_losses(raw, targets))
+        if self.keypoint_head is not None:
+            losses["loss_keypoint"] = self._keypoint_loss(raw, targets)
+        return sum(losses.values()), losses
+
+    def _mask_losses(self, raw: MaskRCNNTrainOutput, targets: list[Targets]) -> dict[str, Tensor]:
+        """``loss_mask`` (and ``loss_maskiou`` with a MaskIoU head)."""
+        losses = {}
         size = raw.mask_logits.shape[-1]
         gt_masks = torch.cat([mask_targets(t.masks, s, size, self._mask_count(s)) for s, t in zip(raw.sampled, targets)])
         gt_classes = torch.cat([s.labels[: self._mask_count(s)] for s in raw.sampled])
@@ -275,7 +320,22 @@ class MaskRCNN(Detector):
             probs = self.class_mask_probabilities(raw.mask_logits, gt_classes).detach()
             iou_targets = maskiou_targets(probs, gt_masks, in_box)
             losses["loss_maskiou"] = self.maskiou_loss_weight * maskiou_loss(raw.maskiou, gt_classes, iou_targets)
-        return sum(losses.values()), losses
+        return losses
+
+    def _keypoint_loss(self, raw: MaskRCNNTrainOutput, targets: list[Targets]) -> Tensor:
+        """The weighted keypoint loss over every positive RoI (``instaseg.losses.keypoints``)."""
+        cfg = self.keypoint_config
+        if any(t.keypoints is None for t in targets):
+            raise ValueError("a keypoint model needs keypoints in every target (Targets.keypoints); "
+                             "train it on a COCO keypoint dataset")
+        size = raw.keypoint_logits.shape[-1]
+        found = [keypoint_targets(t.keypoints, s, size) for s, t in zip(raw.sampled, targets)]
+        normalizer = fixed_keypoint_normalizer(len(targets), cfg.num_keypoints, self.box_config.batch_size_per_image,
+                                               self.box_config.positive_fraction)
+        return cfg.loss_weight * keypoint_loss(
+            raw.keypoint_logits, torch.cat([f.index for f in found]), torch.cat([f.valid for f in found]),
+            cfg.loss_normalization, normalizer,
+        )
 
     def _mask_count(self, sampled: SampledRoIs) -> int:
         """How many of an image's positive RoIs train the mask branch: all of them (the paper), or
@@ -314,17 +374,28 @@ class MaskRCNN(Detector):
     @torch.no_grad()
     def postprocess(self, raw: MaskRCNNOutput, image_sizes: list[tuple[int, int]]) -> list[Instances]:
         """Detections in the original images (``image_sizes[i] = (H, W)`` before resizing):
-        per-class NMS (:meth:`detect`), the mask branch on the detections (:meth:`predict_masks`),
-        boxes rescaled and masks pasted into the original images."""
+        per-class NMS (:meth:`detect`), the mask and keypoint branches on the detections
+        (:meth:`predict_masks`, :meth:`predict_keypoints`), boxes and keypoints rescaled and masks
+        pasted into the original images."""
         if not isinstance(raw, MaskRCNNOutput):
             raise TypeError("postprocess() needs the outputs of an inference-mode forward (MaskRCNNOutput)")
         detections = self.detect(raw)
-        masks = self.predict_masks(raw.roi_maps, detections)
+        masks = MaskPredictions(None, None) if self.mask_head is None else self.predict_masks(raw.roi_maps, detections)
+        keypoints = None if self.keypoint_head is None else self.predict_keypoints(raw.roi_maps, detections)
         with record_function("instaseg.paste"):
             return paste_detections(
                 detections, masks.probs, masks.scores, raw.image_sizes, image_sizes,
-                self.mask_config.paste, self.inference_config.mask_threshold,
+                self.mask_config.paste if self.mask_config else "centres", self.inference_config.mask_threshold,
+                keypoints,
             )
+
+    def predict_keypoints(self, maps: list[Tensor], detections: list[Detections]) -> Tensor:
+        """The keypoint branch on the detections' boxes: ``(N, K, 3)`` ``(x, y, score)`` in the
+        resized images' frame, image-major (``instaseg.ops.keypoints.heatmaps_to_keypoints``)."""
+        boxes = [d.boxes for d in detections]
+        with record_function("instaseg.keypoint_head"):
+            heatmaps = full_precision(self._keypoint_logits(maps, boxes))
+        return heatmaps_to_keypoints(heatmaps, torch.cat(boxes), self.keypoint_config.score)
 
     def detect(self, raw: MaskRCNNOutput) -> list[Detections]:
         """The box branch's detections per image (per-class NMS), in the resized images' frame."""

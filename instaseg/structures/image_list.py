@@ -11,8 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = ["ImageList", "batch_images", "resized_shape", "resize_image", "resize_shortest_side", "image_size_tensor",
-           "size_tensor", "rescale_boxes",
-           "pad_to_multiple", "RESIZE_ROUNDINGS", "RESIZE_FILTERS"]
+           "size_tensor", "rescale_boxes", "rescale_keypoints", "pad_to_multiple", "RESIZE_ROUNDINGS", "RESIZE_FILTERS"]
 
 
 @dataclass
@@ -137,6 +136,18 @@ def rescale_boxes(
     ratios = size_tensor(to_size, boxes.device).to(ratio_dtype) / size_tensor(from_size, boxes.device).to(ratio_dtype)
     ratio_h, ratio_w = ratios.unbind()
     return boxes * torch.stack((ratio_w, ratio_h, ratio_w, ratio_h)).to(boxes.dtype)
+
+
+def rescale_keypoints(
+    keypoints: Tensor, from_size: tuple[int, int], to_size: tuple[int, int], ratio_dtype: torch.dtype = torch.float64
+) -> Tensor:
+    """Map ``keypoints (N, K, 3)`` ``(x, y, score)`` as :func:`rescale_boxes` maps boxes; the score stays.
+
+    float32 ratios are torchvision's ``resize_keypoints``."""
+    device = keypoints.device
+    ratio_h, ratio_w = (size_tensor(to_size, device).to(ratio_dtype) / size_tensor(from_size, device).to(ratio_dtype)).unbind()
+    scale = torch.stack((ratio_w, ratio_h, torch.ones_like(ratio_w))).to(keypoints.dtype)
+    return keypoints * scale
 
 
 def resize_shortest_side(image: Tensor, min_size: int, max_size: int) -> tuple[Tensor, Tensor]:

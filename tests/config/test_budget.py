@@ -63,7 +63,7 @@ def test_coco_max_dets_fit_the_most_crowded_image():
 @pytest.mark.parametrize("name", list_presets())
 def test_presets_let_300_objects_through_unless_they_carry_a_publishers_caps(name):
     config = get_preset(name)
-    publisher = name == "mask_rcnn_r50_fpn_torchvision" or (name.startswith("yolact") and "tiny" not in name)
+    publisher = name.endswith("_torchvision") or (name.startswith("yolact") and "tiny" not in name)
     if publisher:  # torchvision's box_detections_per_img, YOLACT's max_num_detections and top_k
         assert config.model.inference.detections_per_image == 100
     else:
