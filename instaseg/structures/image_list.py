@@ -145,7 +145,8 @@ def rescale_keypoints(
 
     float32 ratios are torchvision's ``resize_keypoints``."""
     device = keypoints.device
-    ratio_h, ratio_w = (size_tensor(to_size, device).to(ratio_dtype) / size_tensor(from_size, device).to(ratio_dtype)).unbind()
+    ratios = size_tensor(to_size, device).to(ratio_dtype) / size_tensor(from_size, device).to(ratio_dtype)
+    ratio_h, ratio_w = ratios.unbind()
     scale = torch.stack((ratio_w, ratio_h, torch.ones_like(ratio_w))).to(keypoints.dtype)
     return keypoints * scale
 
