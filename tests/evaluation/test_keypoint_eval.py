@@ -305,3 +305,15 @@ def test_the_synthetic_figures_declare_their_sigmas(figures: CocoDataset) -> Non
         warnings.simplefilter("error")  # no fallback to the default
         assert keypoint_sigmas(categories).tolist() == list(FIGURE_KEYPOINT_SIGMAS) == [0.05] * 13
     assert figures.keypoint_schema is not None and figures.num_keypoints == len(FIGURE_KEYPOINT_SIGMAS)
+
+
+def test_ground_truth_without_keypoints_or_num_keypoints_is_completed() -> None:
+    gt = keypoint_gt([{"bbox": [10, 10, 40, 40], "area": 1600.0, "keypoints": [20, 20, 2, 40, 40, 2]},
+                      {"bbox": [60, 60, 20, 20], "area": 400.0, "keypoints": [0, 0, 0] * 2}], ["p", "q"], [0.05, 0.05])
+    del gt["annotations"][0]["num_keypoints"]  # counted from the visibilities: 2, so not ignored
+    del gt["annotations"][1]["num_keypoints"], gt["annotations"][1]["keypoints"]  # nothing labelled: ignored
+    results = [{"image_id": 1, "category_id": 1, "score": 0.9, "keypoints": [20, 20, 1, 40, 40, 1]}]
+    assert evaluate_coco(gt, results, verbose=False)["keypoints"]["AP"] == pytest.approx(1.0)  # not 0.5: 1 of 1
+    gt["annotations"][0]["keypoints"] = [20, 20, 2]  # one keypoint short of K = 2
+    with pytest.raises(ValueError, match="ground-truth annotation 1 has 'keypoints' of 3 values: expected 3 x 2"):
+        evaluate_coco(gt, results, verbose=False)
