@@ -6,9 +6,10 @@ Frames and conventions:
   contiguous label), ``bbox`` ``[x, y, w, h]`` in absolute pixels of the original image,
   ``score``, ``segmentation`` (compressed RLE whose ``counts`` is a ``str``; none from a model
   without masks), for MS R-CNN / YOLACT++ ``mask_score`` and, for keypoint models, ``keypoints``
-  (flat ``[x, y, score] * K`` in COCO's pixel-index frame: :mod:`instaseg.evaluation.keypoint_eval`). Results made elsewhere may lack ``bbox`` (boxes are then taken from
-  the masks, as pycocotools' ``loadRes`` does) or ``segmentation`` (box AP only), and may hold
-  polygons or uncompressed RLE: see :mod:`instaseg.evaluation.results_file`.
+  (flat ``[x, y, score] * K`` in COCO's pixel-index frame: :mod:`instaseg.evaluation.keypoint_eval`).
+  Results made elsewhere may lack ``bbox`` (boxes are then taken from the masks, as pycocotools'
+  ``loadRes`` does) or ``segmentation`` (box AP only), may hold polygons or uncompressed RLE, or
+  keypoints only: see :mod:`instaseg.evaluation.results_file`.
 * Box AP ranks detections by ``score``; mask AP ranks them by ``mask_score`` when present (the
   MS R-CNN paper's point: the rescored mask confidence ranks masks, the class score ranks boxes).
 * Mask AP sizes objects (small / medium / large) by mask area, box AP by box area, as the COCO
@@ -173,8 +174,8 @@ def _load_results(results: list[dict] | str | Path) -> list[dict[str, Any]]:
     return results
 
 
-def _check_results(coco_gt: COCO, results: list[dict[str, Any]], iou_types: Sequence[str]) -> ResultFields:
-    """Clear errors for the mistakes pycocotools reports badly or not at all; the results' fields."""
+def _check_results(coco_gt: COCO, results: list[dict[str, Any]], iou_types: Sequence[str]) -> None:
+    """Clear errors for the mistakes pycocotools reports badly or not at all."""
     if any(ann.get("id", 1) == 0 for ann in coco_gt.dataset.get("annotations", [])):
         # pycocotools marks "unmatched" with gt id 0, so a gt with id 0 could never be matched.
         raise ValueError("ground-truth annotation ids must be non-zero")
@@ -202,7 +203,6 @@ def _check_results(coco_gt: COCO, results: list[dict[str, Any]], iou_types: Sequ
             raise ValueError("keypoints evaluation needs ground truth whose categories declare keypoint names")
         if results and not fields.has_keypoints:
             raise ValueError("keypoints evaluation needs 'keypoints' in every result; result 0 has none")
-    return fields
 
 
 def _complete_results(coco_gt: COCO, results: list[dict[str, Any]], iou_types: Sequence[str]) -> list[dict[str, Any]]:

@@ -79,10 +79,8 @@ def keypoint_category_ids(categories: Sequence[Mapping[str, Any]]) -> list[int]:
     return sorted(int(c["id"]) for c in categories if _keypoint_names(c) is not None)
 
 
-def _category_sigmas(category: Mapping[str, Any]) -> tuple[np.ndarray, bool]:
-    """``((K,) float64 sigmas, whether they are the default)`` of one keypoint category."""
-    names = _keypoint_names(category)
-    assert names is not None
+def _category_sigmas(category: Mapping[str, Any], names: list) -> tuple[np.ndarray, bool]:
+    """``((K,) float64 sigmas, whether they are the default)`` of a category declaring K ``names``."""
     what = f"category {category.get('id')} ({category.get('name', '?')!r})"
     if "sigmas" in category:
         sigmas = category["sigmas"]
@@ -107,7 +105,7 @@ def keypoint_sigmas(categories: Sequence[Mapping[str, Any]]) -> np.ndarray:
         ValueError: no category declares keypoints; a category's ``sigmas`` is not K positive
             numbers; keypoint categories that differ in K or in sigmas.
     """
-    found = [(c, *_category_sigmas(c)) for c in categories if _keypoint_names(c) is not None]
+    found = [(c, *_category_sigmas(c, names)) for c in categories if (names := _keypoint_names(c)) is not None]
     if not found:
         raise ValueError("keypoint evaluation needs a category that declares keypoint names ('keypoints')")
     first, sigmas, _ = found[0]
