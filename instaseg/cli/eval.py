@@ -1,4 +1,9 @@
-"""``instaseg eval``: COCO box and mask AP of a checkpoint on a dataset, or of a results file."""
+"""``instaseg eval``: COCO box, mask and keypoint (OKS) AP of a checkpoint on a dataset, or of a results file.
+
+Keypoint AP is scored when the predictions carry keypoints and the categories of ``--json`` declare
+keypoint names, with pycocotools' keypoint settings (20 detections per image, no small objects) and
+the OKS sigmas of :func:`instaseg.evaluation.keypoint_sigmas`.
+"""
 
 from __future__ import annotations
 
@@ -40,11 +45,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from instaseg.engine.evaluate import write_metrics_json
-    from instaseg.evaluation import format_metrics_table, format_per_category_table
+    from instaseg.evaluation import KEYPOINT_MAX_DETS, format_metrics_table, format_per_category_table
 
     out = ensure_writable_dir(args.out) if args.out else None
+    crowd, keypoint_crowd = _max_instances(args.json)
+    if keypoint_crowd > KEYPOINT_MAX_DETS[-1]:
+        print(f"keypoints: {args.json} has images with up to {keypoint_crowd} instances with labelled keypoints; "
+              f"keypoint AP counts at most {KEYPOINT_MAX_DETS[-1]} detections per image (COCO's keypoint maxDets)")
     if args.max_dets is None:  # COCO scores at most the largest maxDets per image: fit it to the data
-        crowd = _max_instances(args.json)
         args.max_dets = coco_max_dets(crowd, args.max_detections)
         if crowd > COCO_MAX_DETS[-1]:
             print(f"maxDets {' '.join(map(str, args.max_dets))}: {args.json} has images with up to {crowd} "
@@ -67,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     if args.per_category:
         print(format_per_category_table(metrics))
     curves = {t: values.pop("curves") for t, values in metrics.items() if "curves" in values}
-    if curves:
+    if "bbox" in curves or "segm" in curves:  # the per-class table has box and mask columns
         print(_per_class_table(curves, args.sort))
     if out is not None:
         write_metrics_json(metrics, out / "metrics.json", notes=notes)
@@ -88,37 +96,58 @@ def _per_class_table(curves: dict, sort: str) -> str:
     return format_per_class_table(sort_rows(per_class_rows(box, mask), sort), total=summary_row(box, mask))
 
 
-def _max_instances(json_path: str) -> int:
-    """The most non-crowd annotations one image of a COCO json has (0 when it cannot be read here:
-    the evaluation itself then says what is wrong with the file)."""
+def _max_instances(json_path: str) -> tuple[int, int]:
+    """The most non-crowd annotations one image of a COCO json has, and the most of those with
+    labelled keypoints (``(0, 0)`` when it cannot be read here: the evaluation itself then says
+    what is wrong with the file)."""
+    from instaseg.evaluation import keypoint_category_ids
+
     try:
-        annotations = json.loads(Path(json_path).read_text()).get("annotations") or []
-        counts = Counter(a["image_id"] for a in annotations if isinstance(a, dict) and not a.get("iscrowd"))
+        data = json.loads(Path(json_path).read_text())
+        annotations = [a for a in data.get("annotations") or [] if isinstance(a, dict) and not a.get("iscrowd")]
+        counts = Counter(a["image_id"] for a in annotations)
+        with_keypoints = set(keypoint_category_ids(data.get("categories") or []))
+        keypoint_counts = Counter(a["image_id"] for a in annotations
+                                  if a.get("category_id") in with_keypoints and a.get("num_keypoints", 1) > 0)
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return 0
-    return max(counts.values(), default=0)
+        return 0, 0
+    return max(counts.values(), default=0), max(keypoint_counts.values(), default=0)
 
 
 def _evaluate_results_file(args: argparse.Namespace, out: Path | None) -> tuple[dict, dict[str, str]]:
-    """Score what the file holds: masks when it has them, boxes always (from the masks when it has
-    none). Returns the metrics and ``{iou_type: note}`` for each type not scored from its own field.
-    With ``out``, the PR arrays and the confusion counts are stored there for the pictures."""
-    from instaseg.evaluation import evaluate_coco, result_fields
+    """Score what the file holds: masks when it has them, boxes when it has boxes or masks (from the
+    masks when it has no boxes), keypoints when it has them and ``--json`` declares keypoints.
+    Returns the metrics and ``{iou_type: note}`` for each type not scored from its own field. With
+    ``out``, the PR arrays and the confusion counts are stored there for the pictures."""
+    from instaseg.evaluation import evaluate_coco, keypoint_category_ids, result_fields
 
     try:
         results = json.loads(Path(args.results).read_text())
         fields = result_fields(results)
-        metrics = evaluate_coco(args.json, results, iou_types=fields.iou_types, max_dets=tuple(args.max_dets),
+        iou_types, notes = fields.iou_types, fields.notes
+        if "keypoints" in iou_types and not keypoint_category_ids(_categories(args.json)):
+            iou_types = tuple(t for t in iou_types if t != "keypoints")
+            notes["keypoints"] = "skipped (no category of --json declares keypoint names)"
+        if not iou_types:
+            raise ValueError("nothing to score: the results have keypoints only and --json declares no keypoints")
+        metrics = evaluate_coco(args.json, results, iou_types=iou_types, max_dets=tuple(args.max_dets),
                                 verbose=False, per_category=args.per_category, curves=True)
     except (OSError, ValueError, TypeError) as error:
         raise InstasegError(f"cannot score {args.results}: {error}") from None
     if out is not None:
         _save_results_file_plot_data(args.json, results, fields, metrics, out)
-    return metrics, fields.notes
+    return metrics, notes
+
+
+def _categories(json_path: str) -> list:
+    """The ``categories`` of a COCO json (empty when it has none)."""
+    categories = json.loads(Path(json_path).read_text()).get("categories")
+    return categories if isinstance(categories, list) else []
 
 
 def _save_results_file_plot_data(gt_json: str, results: list, fields, metrics: dict, out: Path) -> None:
-    """PR arrays and confusion counts of a results file (its masks where it has them, else its boxes)."""
+    """PR arrays and confusion counts of a results file (its masks where it has them, else its boxes;
+    no confusion counts for keypoints-only results)."""
     from instaseg.engine.run_report import SCORE_THRESH, save_evaluation_data
     from instaseg.evaluation.confusion import confusion_from_coco
     from instaseg.evaluation.results_file import complete_results
@@ -126,8 +155,10 @@ def _save_results_file_plot_data(gt_json: str, results: list, fields, metrics: d
     data = json.loads(Path(gt_json).read_text())
     sizes = {image["id"]: (image["height"], image["width"]) for image in data["images"]}
     iou_type = "segm" if fields.has_segmentation else "bbox"
-    confusion = confusion_from_coco(data, complete_results(results, sizes), score_thresh=SCORE_THRESH,
-                                    iou_type=iou_type)
+    confusion = None
+    if fields.has_bbox or fields.has_segmentation:
+        confusion = confusion_from_coco(data, complete_results(results, sizes), score_thresh=SCORE_THRESH,
+                                        iou_type=iou_type)
     save_evaluation_data(out, {t: values["curves"] for t, values in metrics.items()}, confusion)
 
 

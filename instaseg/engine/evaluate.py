@@ -5,7 +5,12 @@
     {"bbox": {"AP": .., "AP50": .., "AP75": .., "APs": .., "APm": .., "APl": ..,
               "AR@1": .., "AR@10": .., "AR@100": .., "ARs": .., "ARm": .., "ARl": ..},
      "segm": {"AP": .., ...},
+     "keypoints": {"AP": .., "AP50": .., "AP75": .., "APm": .., "APl": .., "AR@20": .., "ARm": .., "ARl": ..},
      "notes": {"bbox": "computed from the masks (results have no 'bbox')"}}
+
+Each type is there when it was scored: ``segm`` for models with masks, ``keypoints`` (OKS AP, no
+small objects, 20 detections per image: :mod:`instaseg.evaluation.keypoint_eval`) for keypoint
+models on a dataset whose categories declare keypoints.
 
 ``AR@m`` is the average recall with at most ``m`` detections per image, one per COCO maxDets (the
 caps that hide a crowded dataset's misses show there first). Values are fractions in [0, 1]; ``null`` where COCO has nothing to measure (e.g. APl on a dataset
@@ -33,12 +38,23 @@ from instaseg.engine.distributed import all_gather_objects, broadcast_object, is
 from instaseg.engine.logging import get_logger
 from instaseg.engine.run_data import val_samples
 from instaseg.engine.run_report import NUM_VAL_SAMPLES, SCORE_THRESH, save_evaluation_data
-from instaseg.evaluation.coco_eval import COCOEvaluator, summary_keys
+from instaseg.evaluation.coco_eval import COCOEvaluator
+from instaseg.evaluation.tables import summary_keys
 from instaseg.evaluation.confusion import confusion_from_coco
 
-__all__ = ["evaluate_model", "write_metrics_json", "read_metrics_json", "METRIC_TYPES"]
+__all__ = ["evaluate_model", "write_metrics_json", "read_metrics_json", "METRIC_TYPES", "main_metric_type"]
 
-METRIC_TYPES = ("bbox", "segm")
+METRIC_TYPES = ("bbox", "segm", "keypoints")
+
+
+def main_metric_type(metrics: Mapping[str, Any]) -> str:
+    """The iou type whose AP ranks checkpoints (``best.pt``) and leads the log: ``segm`` when the
+    model has masks (as before keypoints existed), else ``keypoints`` (a boxes + keypoints model:
+    its keypoints are what it is for), else ``bbox``."""
+    for iou_type in ("segm", "keypoints", "bbox"):
+        if iou_type in metrics:
+            return iou_type
+    raise ValueError(f"no bbox, segm or keypoints metrics in {sorted(metrics)}")
 
 
 def evaluate_model(
@@ -55,7 +71,7 @@ def evaluate_model(
     curves: bool = False,
     plots_dir: str | Path | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """COCO box and mask AP of ``model`` on ``dataset``.
+    """COCO box, mask and keypoint AP of ``model`` on ``dataset``.
 
     Args:
         model: a detector (or its DDP wrapper) with ``predict(images) -> list[Instances]``;
@@ -79,8 +95,10 @@ def evaluate_model(
             ``plots_dir/plot_data`` (main process; see :mod:`instaseg.engine.run_report`).
 
     Returns:
-        ``{"bbox": {...}, "segm": {...}}`` as :func:`instaseg.evaluation.evaluate_coco` returns
-        them (AP, AP50, AP75, APs, APm, APl, AR...), identical on every rank.
+        ``{"bbox": {...}, "segm": {...}, "keypoints": {...}}`` as
+        :func:`instaseg.evaluation.evaluate_coco` returns them (AP, AP50, AP75, APs, APm, APl,
+        AR...), identical on every rank: ``segm`` when the model predicts masks, ``keypoints``
+        when it predicts keypoints and the dataset's categories declare keypoint names.
     """
     net = unwrap_model(model)
     if loader is None:
@@ -152,7 +170,7 @@ def write_metrics_json(
 ) -> None:
     """Write ``metrics.json`` (format in the module docstring), atomically (write, then rename).
 
-    The AP and AR keys of ``bbox`` and ``segm`` are kept; missing types are left out. ``notes``
+    The AP and AR keys of ``bbox``, ``segm`` and ``keypoints`` are kept; missing types are left out. ``notes``
     (``{iou_type: note}``) is written when not empty.
     """
     out: dict[str, Any] = {

@@ -2,8 +2,9 @@
 
 What each picture shows (README, "What a run folder holds")::
 
-    results.csv, results.png       losses, LR and box / mask AP against the iteration
+    results.csv, results.png       losses, LR and box / mask / keypoint AP against the iteration
     pr_curves_box.png, _mask.png   precision-recall per class at IoU 0.50 and over 0.50:0.95
+                                   (_keypoints.png: at OKS thresholds, keypoint models)
     f1_curves_box.png, _mask.png   precision, recall and F1 against the score threshold
     confusion_matrix.png           which class each object was taken for, at one operating point
     per_class.csv                  images, instances, box and mask AP / AP50 of each class
@@ -45,8 +46,8 @@ SCORE_THRESH = 0.5  # the operating point of the confusion matrix and the predic
 NUM_VAL_SAMPLES = 4
 NUM_TRAIN_BATCHES = 3
 PARTS = ("results", "evaluation", "data")
-_PR_FILES = {"bbox": "pr_box.npz", "segm": "pr_mask.npz"}
-_KIND = {"bbox": "box", "segm": "mask"}
+_PR_FILES = {"bbox": "pr_box.npz", "segm": "pr_mask.npz", "keypoints": "pr_keypoints.npz"}
+_KIND = {"bbox": "box", "segm": "mask", "keypoints": "keypoints"}
 _VIEW_SIDE = 384  # small images are enlarged to about this many pixels so that labels read
 
 
@@ -131,8 +132,8 @@ def _curves(run_dir: Path, out: Path, sort: str) -> list[Path]:
             kind = _KIND[iou_type]
             written.append(plot_pr_curves(curves[iou_type], out / f"pr_curves_{kind}.png"))
             written.append(plot_confidence_curves(curves[iou_type], out / f"f1_curves_{kind}.png"))
-    if curves:
-        box, mask = curves.get("bbox"), curves.get("segm")
+    box, mask = curves.get("bbox"), curves.get("segm")
+    if box is not None or mask is not None:  # the per-class table has box and mask columns
         rows = sort_rows(per_class_rows(box, mask), sort)
         written.append(write_per_class_csv(rows, out / "per_class.csv", total=summary_row(box, mask)))
     return written

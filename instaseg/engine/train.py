@@ -12,7 +12,8 @@ Per iteration ``i`` (0-based; ``iteration`` below counts completed iterations):
    skipped (no update), a warning is issued, and after ``max_bad_steps`` in a row a checkpoint is
    written and :class:`NonFiniteLossError` raised;
 5. every ``log_period``: a line in ``metrics.jsonl``; every ``eval_period`` and at the end:
-   COCO evaluation (``metrics.json``, ``checkpoints/best.pt`` by segm AP); every
+   COCO evaluation (``metrics.json``, ``checkpoints/best.pt`` by segm AP, or keypoint AP for a
+   model without masks: :func:`~instaseg.engine.evaluate.main_metric_type`); every
    ``checkpoint_period`` and at the end: ``checkpoints/model_{iteration:07d}.pt`` + ``last.pt``.
 
 Exact resumption: the data stream is a pure function of (seed, micro-batch index) and is read with
@@ -56,7 +57,7 @@ from instaseg.engine.distributed import (all_gather_objects, any_across_ranks, b
                                          get_local_rank, get_rank, get_world_size, init_distributed,
                                          is_distributed, wrap_model)
 from instaseg.config.budget import coco_max_dets
-from instaseg.engine.evaluate import evaluate_model, write_metrics_json
+from instaseg.engine.evaluate import METRIC_TYPES, evaluate_model, main_metric_type, write_metrics_json
 from instaseg.engine.logging import (LossMeter, MetricsWriter, format_losses, get_logger, progress_bar,
                                      setup_logger, teardown_logger)
 from instaseg.engine.optim import LRSchedule, build_optimizer, check_resumed_schedule, resolve_schedule
@@ -64,7 +65,7 @@ from instaseg.engine.precision import autocast, autocast_dtype, bf16_is_native, 
 from instaseg.engine.rng import capture_rng_state, restore_rng_state, seed_everything
 from instaseg.engine.run_report import NUM_TRAIN_BATCHES, record_label_stats, record_train_batch, refresh_run_folder
 from instaseg.errors import ConfigError, InstasegError
-from instaseg.evaluation.coco_eval import format_ap, summary_keys
+from instaseg.evaluation.tables import format_ap, summary_keys
 
 __all__ = ["train", "train_on_dataset", "NonFiniteLossError", "CheckpointWriteError", "ModelFactory", "Initialiser",
            "TrainLoaderFn", "TestLoaderFn"]
@@ -143,7 +144,7 @@ class _Run:
     scaler: Any = None
     stream: Iterator[Any] | None = None
     iteration: int = 0
-    best_segm_ap: float = float("nan")
+    best_segm_ap: float = float("nan")  # best AP of main_metric_type (segm; keypoints without masks)
     bad_steps: int = 0
     skipped_steps: int = 0
     phase: str = "setup"  # "compute" | "step" | "after": where a KeyboardInterrupt landed
@@ -527,17 +528,17 @@ def _evaluate(run: _Run) -> None:
     finally:
         restore_rng_state(state)
     run.final_metrics = metrics
-    segm_ap = float(metrics["segm"]["AP"])
-    improved = math.isfinite(segm_ap) and not segm_ap <= run.best_segm_ap  # NaN best: first value wins
+    main_ap = float(metrics[main_metric_type(metrics)]["AP"])
+    improved = math.isfinite(main_ap) and not main_ap <= run.best_segm_ap  # NaN best: first value wins
     if improved:
-        run.best_segm_ap = segm_ap
+        run.best_segm_ap = main_ap
     if not run.main:
         return
     write_metrics_json(metrics, run.out_dir / "metrics.json")
-    summary = {t: {k: metrics[t][k] for k in summary_keys(metrics[t], True)} for t in ("bbox", "segm") if t in metrics}
+    summary = {t: {k: metrics[t][k] for k in summary_keys(metrics[t], True)} for t in METRIC_TYPES if t in metrics}
     run.writer.write({"iteration": run.iteration, "eval": summary})
-    get_logger().info(f"eval at {run.iteration}: bbox AP {format_ap(metrics['bbox']['AP'])} "
-                      f"segm AP {format_ap(segm_ap)}")
+    aps = " ".join(f"{t} AP {format_ap(metrics[t]['AP'])}" for t in METRIC_TYPES if t in metrics)
+    get_logger().info(f"eval at {run.iteration}: {aps}")
     if improved:
         save_checkpoint(run.ckpt_dir / "best.pt", run.model, run.config, iteration=run.iteration, metrics=summary,
                         categories=run.categories)
@@ -555,7 +556,8 @@ def _save(run: _Run, iteration: int, rng_states: list[dict[str, Any]], sync: boo
     """``model_{iteration:07d}.pt`` and ``last.pt`` (main rank), then drop all but ``keep_last``.
 
     Holds everything an exact resume needs: model, optimizer, grad scaler, iteration, the RNG
-    states of every rank (``rng_states[rank]``), the best segm AP so far, and the config.
+    states of every rank (``rng_states[rank]``), the best segm AP (keypoint AP without masks) so far,
+    and the config.
     """
     path = run.ckpt_dir / f"model_{iteration:07d}.pt"
     if run.main:

@@ -1,17 +1,21 @@
-"""COCO box and mask AP of instaseg results, with pycocotools doing the matching.
+"""COCO box, mask and keypoint AP of instaseg results, with pycocotools doing the matching.
 
 Frames and conventions:
 
 * Results are COCO result dicts: ``image_id``, ``category_id`` (the dataset's own id, not the
   contiguous label), ``bbox`` ``[x, y, w, h]`` in absolute pixels of the original image,
-  ``score``, ``segmentation`` (compressed RLE whose ``counts`` is a ``str``) and, for MS R-CNN /
-  YOLACT++, ``mask_score``. Results made elsewhere may lack ``bbox`` (boxes are then taken from
-  the masks, as pycocotools' ``loadRes`` does) or ``segmentation`` (box AP only), and may hold
-  polygons or uncompressed RLE: see :mod:`instaseg.evaluation.results_file`.
+  ``score``, ``segmentation`` (compressed RLE whose ``counts`` is a ``str``; none from a model
+  without masks), for MS R-CNN / YOLACT++ ``mask_score`` and, for keypoint models, ``keypoints``
+  (flat ``[x, y, score] * K`` in COCO's pixel-index frame: :mod:`instaseg.evaluation.keypoint_eval`).
+  Results made elsewhere may lack ``bbox`` (boxes are then taken from the masks, as pycocotools'
+  ``loadRes`` does) or ``segmentation`` (box AP only), may hold polygons or uncompressed RLE, or
+  keypoints only: see :mod:`instaseg.evaluation.results_file`.
 * Box AP ranks detections by ``score``; mask AP ranks them by ``mask_score`` when present (the
   MS R-CNN paper's point: the rescored mask confidence ranks masks, the class score ranks boxes).
 * Mask AP sizes objects (small / medium / large) by mask area, box AP by box area, as the COCO
   reference does when each result type is loaded alone.
+* Keypoint AP (OKS) uses pycocotools' keypoint parameters: its own maxDets (20) and the area
+  ranges all / medium / large, so its summary has ``AR@20`` and no ``APs`` / ``ARs``.
 * Metrics are fractions in ``[0, 1]``. pycocotools reports ``-1`` where a bucket has no ground
   truth (e.g. APl on a dataset without large objects); here that becomes ``float("nan")`` so it
   cannot be averaged by mistake.
@@ -38,35 +42,39 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from instaseg.evaluation.curves import curves_from_cocoeval
-from instaseg.evaluation.results_file import complete_results, result_fields
+from instaseg.evaluation.keypoint_eval import (
+    KEYPOINT_MAX_DETS,
+    check_keypoint_results,
+    keypoint_category_ids,
+    keypoint_ground_truth,
+    keypoint_results_for_cocoeval,
+    keypoint_sigmas,
+    keypoints_to_coco,
+)
+from instaseg.evaluation.results_file import ResultFields, complete_results, result_fields
+from instaseg.evaluation.tables import (  # the tables' names are imported from here too
+    SIZE_KEYS,
+    classic_table,
+    format_ap,
+    format_metrics_table,
+    format_per_category_table,
+    summary_keys,
+)
 from instaseg.structures.instances import CroppedInstances, Instances
 from instaseg.structures.mask_crops import MaskCrops
 
 __all__ = [
     "COCOEvaluator",
+    "default_iou_types",
     "evaluate_coco",
     "format_ap",
     "format_metrics_table",
     "format_per_category_table",
     "instances_to_coco_results",
+    "summary_keys",
 ]
 
-IOU_TYPES = ("bbox", "segm")
-AP_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
-AR_SIZE_KEYS = ("ARs", "ARm", "ARl")  # recall at the largest maxDets per object size
-
-
-def summary_keys(values: dict[str, Any], every_max_dets: bool = False) -> list[str]:
-    """The AP keys, then average recall: ``AR@<largest maxDets>`` (every ``AR@m`` with
-    ``every_max_dets``) and ``ARs`` / ``ARm`` / ``ARl``, those of them that ``values`` has.
-
-    Recall is the number that shows a detection cap: AP can look fine while AR@100 stays far below
-    what a dataset of 300 objects per image needs.
-    """
-    at = sorted((k for k in values if k.startswith("AR@")), key=lambda k: int(k[3:]))
-    return [*AP_KEYS, *(at if every_max_dets else at[-1:]), *(k for k in AR_SIZE_KEYS if k in values)]
-# pycocotools' area range labels, in the order of ``params.areaRng`` (COCO: 32^2 and 96^2 px).
-_AREA_LABELS = ("all", "small", "medium", "large")
+IOU_TYPES = ("bbox", "segm", "keypoints")  # what evaluate_coco can score
 
 
 # --------------------------------------------------------------------------------------------
@@ -80,14 +88,18 @@ def instances_to_coco_results(
     Args:
         instances: detections in the original image frame: boxes (N, 4) xyxy absolute pixels,
             scores (N,), labels (N,) contiguous in [0, len(category_ids)), masks (N, H, W) bool
-            (float masks are thresholded at 0.5), optional mask_scores (N,); or CroppedInstances
-            (sliced inference), whose RLEs are made from the crops without full-image masks.
+            (float masks are thresholded at 0.5) or None (a model without a mask branch), optional
+            mask_scores (N,), optional keypoints (N, K, 3) (x, y, score) in the continuous frame;
+            or CroppedInstances (sliced inference), whose RLEs are made from the crops without
+            full-image masks.
         image_id: COCO id of the image.
         category_ids: dataset category id of each contiguous label (label k -> category_ids[k]).
 
     Returns:
         N dicts with ``image_id``, ``category_id``, ``bbox`` [x, y, w, h] floats, ``score``,
-        ``segmentation`` (compressed RLE, ``counts`` as str) and ``mask_score`` when present.
+        ``segmentation`` (compressed RLE, ``counts`` as str) when there are masks, ``mask_score``
+        when present and ``keypoints`` (flat ``[x1, y1, s1, ...]``, x and y minus 0.5: COCO's
+        pixel-index frame) when present.
     """
     n = len(instances)
     if n == 0:
@@ -100,7 +112,8 @@ def instances_to_coco_results(
     boxes_xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1).tolist()
     scores = instances.scores.detach().tolist()
     mask_scores = None if instances.mask_scores is None else instances.mask_scores.detach().tolist()
-    rles = _encode_masks(instances.masks)
+    rles = None if instances.masks is None else _encode_masks(instances.masks)
+    keypoints = None if instances.keypoints is None else keypoints_to_coco(instances.keypoints)
     results = []
     for i in range(n):
         result = {
@@ -108,10 +121,13 @@ def instances_to_coco_results(
             "category_id": int(category_ids[labels[i]]),
             "bbox": boxes_xywh[i],
             "score": float(scores[i]),
-            "segmentation": rles[i],
         }
+        if rles is not None:
+            result["segmentation"] = rles[i]
         if mask_scores is not None:
             result["mask_score"] = float(mask_scores[i])
+        if keypoints is not None:
+            result["keypoints"] = keypoints[i]
         results.append(result)
     return results
 
@@ -179,6 +195,14 @@ def _check_results(coco_gt: COCO, results: list[dict[str, Any]], iou_types: Sequ
             raise ValueError(f"iou_type must be one of {IOU_TYPES}, got {iou_type!r}")
     if "segm" in iou_types and results and not fields.has_segmentation:
         raise ValueError("segm evaluation needs 'segmentation' in every result; result 0 has none")
+    if "bbox" in iou_types and results and not (fields.has_bbox or fields.has_segmentation):
+        raise ValueError("bbox evaluation needs 'bbox' or 'segmentation' in every result; result 0 has neither")
+    if "keypoints" in iou_types:
+        categories = coco_gt.dataset.get("categories", [])
+        if not keypoint_category_ids(categories):
+            raise ValueError("keypoints evaluation needs ground truth whose categories declare keypoint names")
+        if results and not fields.has_keypoints:
+            raise ValueError("keypoints evaluation needs 'keypoints' in every result; result 0 has none")
 
 
 def _complete_results(coco_gt: COCO, results: list[dict[str, Any]], iou_types: Sequence[str]) -> list[dict[str, Any]]:
@@ -212,10 +236,12 @@ def _results_for_iou_type(results: list[dict[str, Any]], iou_type: str) -> list[
 def _results_to_coco(coco_gt: COCO, results: list[dict[str, Any]], iou_type: str) -> COCO:
     """A COCO api object holding the results; unlike ``loadRes`` it accepts an empty list."""
     coco_dt = COCO()
+    categories = coco_gt.dataset["categories"]
     coco_dt.dataset = {
         "images": list(coco_gt.dataset["images"]),
-        "categories": copy.deepcopy(coco_gt.dataset["categories"]),
-        "annotations": _results_for_iou_type(results, iou_type),
+        "categories": copy.deepcopy(categories),
+        "annotations": (keypoint_results_for_cocoeval(results, keypoint_category_ids(categories))
+                        if iou_type == "keypoints" else _results_for_iou_type(results, iou_type)),
     }
     with contextlib.redirect_stdout(io.StringIO()):
         coco_dt.createIndex()
@@ -232,26 +258,26 @@ def _mean_valid(values: np.ndarray) -> float:
 
 
 def _summarize(coco_eval: COCOeval) -> dict[str, float]:
-    """AP / AP50 / AP75 / APs / APm / APl and AR@m / ARs / ARm / ARl at the largest maxDets."""
+    """AP / AP50 / AP75, AP per area range (APs / APm / APl; keypoints: APm / APl), AR@m per
+    maxDets and AR per area range at the largest maxDets."""
     p = coco_eval.params
     precision = coco_eval.eval["precision"]  # (T iou thrs, R recall thrs, K cats, A areas, M maxDets)
     recall = coco_eval.eval["recall"]  # (T, K, A, M)
-    area = {label: p.areaRngLbl.index(label) for label in _AREA_LABELS}
+    sizes = {SIZE_KEYS[label]: a for a, label in enumerate(p.areaRngLbl) if label in SIZE_KEYS}
+    everything = list(p.areaRngLbl).index("all")
     t50 = int(np.argmin(np.abs(p.iouThrs - 0.5)))
     t75 = int(np.argmin(np.abs(p.iouThrs - 0.75)))
     m = len(p.maxDets) - 1
     metrics = {
-        "AP": _mean_valid(precision[:, :, :, area["all"], m]),
-        "AP50": _mean_valid(precision[t50, :, :, area["all"], m]),
-        "AP75": _mean_valid(precision[t75, :, :, area["all"], m]),
-        "APs": _mean_valid(precision[:, :, :, area["small"], m]),
-        "APm": _mean_valid(precision[:, :, :, area["medium"], m]),
-        "APl": _mean_valid(precision[:, :, :, area["large"], m]),
+        "AP": _mean_valid(precision[:, :, :, everything, m]),
+        "AP50": _mean_valid(precision[t50, :, :, everything, m]),
+        "AP75": _mean_valid(precision[t75, :, :, everything, m]),
+        **{f"AP{size}": _mean_valid(precision[:, :, :, a, m]) for size, a in sizes.items()},
     }
     for j, max_det in enumerate(p.maxDets):
-        metrics[f"AR@{max_det}"] = _mean_valid(recall[:, :, area["all"], j])
-    for label, key in (("small", "ARs"), ("medium", "ARm"), ("large", "ARl")):
-        metrics[key] = _mean_valid(recall[:, :, area[label], m])
+        metrics[f"AR@{max_det}"] = _mean_valid(recall[:, :, everything, j])
+    for size, a in sizes.items():
+        metrics[f"AR{size}"] = _mean_valid(recall[:, :, a, m])
     return metrics
 
 
@@ -264,7 +290,7 @@ def _per_category_ap(coco_eval: COCOeval, coco_gt: COCO) -> dict[str, float]:
         name = coco_gt.cats[cat_id].get("name", str(cat_id))
         if name in out:  # two categories with one name: keep both, told apart by id
             name = f"{name} ({cat_id})"
-        out[name] = _mean_valid(precision[:, :, k, _AREA_LABELS.index("all"), -1])
+        out[name] = _mean_valid(precision[:, :, k, list(p.areaRngLbl).index("all"), -1])
     return out
 
 
@@ -274,9 +300,15 @@ def _run_cocoeval(
     iou_type: str,
     max_dets: Sequence[int],
     image_ids: Sequence[int] | None,
+    sigmas: np.ndarray | None = None,
 ) -> COCOeval:
+    """An evaluated and accumulated COCOeval; keypoints: ``coco_gt`` is :func:`keypoint_ground_truth`'s,
+    ``sigmas`` the (K,) OKS sigmas, and only the keypoint categories are scored."""
     coco_eval = COCOeval(coco_gt, _results_to_coco(coco_gt, results, iou_type), iou_type)
     coco_eval.params.maxDets = list(max_dets)
+    if iou_type == "keypoints":
+        coco_eval.params.catIds = keypoint_category_ids(coco_gt.dataset["categories"])
+        coco_eval.params.kpt_oks_sigmas = np.asarray(sigmas, dtype=np.float64)  # an array: computeOks doubles it
     if image_ids is not None:
         coco_eval.params.imgIds = sorted(set(int(i) for i in image_ids))
     coco_eval.evaluate()
@@ -287,27 +319,49 @@ def _run_cocoeval(
 # --------------------------------------------------------------------------------------------
 # Public evaluation entry point
 # --------------------------------------------------------------------------------------------
+def default_iou_types(categories: Sequence[dict[str, Any]], has_boxes: bool, has_masks: bool,
+                      has_keypoints: bool) -> tuple[str, ...]:
+    """What predictions are scored for when nobody says: ``bbox`` when they have boxes (or masks),
+    ``segm`` when they have masks, ``keypoints`` when they have keypoints and one of the ground
+    truth's ``categories`` declares keypoint names."""
+    types = ("bbox",) if has_boxes or has_masks else ()
+    types += ("segm",) * has_masks
+    return types + ("keypoints",) * (has_keypoints and bool(keypoint_category_ids(categories)))
+
+
+def _results_iou_types(coco_gt: COCO, fields: ResultFields) -> tuple[str, ...]:
+    """The default iou types of a results list (empty results: ``bbox`` and ``segm``, as before keypoints)."""
+    if fields.count == 0:
+        return ("bbox", "segm")
+    return default_iou_types(coco_gt.dataset.get("categories", []), fields.has_bbox, fields.has_segmentation,
+                             fields.has_keypoints)
+
+
 def evaluate_coco(
     gt: str | Path | dict | COCO,
     results: list[dict] | str | Path,
-    iou_types: Sequence[str] = IOU_TYPES,
+    iou_types: Sequence[str] | None = None,
     max_dets: Sequence[int] = (1, 10, 100),
     verbose: bool = True,
     per_category: bool = False,
     image_ids: Sequence[int] | None = None,
     curves: bool = False,
+    keypoint_max_dets: Sequence[int] = KEYPOINT_MAX_DETS,
 ) -> dict[str, dict[str, Any]]:
     """COCO AP of ``results`` against the ground truth ``gt``.
 
     Args:
         gt: COCO ground truth: a json path, the dataset dict (deep-copied) or a ``COCO`` object.
             Annotations need ``id`` (non-zero), ``image_id``, ``category_id``, ``bbox``,
-            ``area``, ``iscrowd`` and, for segm, ``segmentation``.
+            ``area``, ``iscrowd``, for segm ``segmentation`` and, for keypoints, ``keypoints``
+            (and ``num_keypoints``; both filled in when absent) in the categories that declare
+            keypoint names (OKS sigmas: :func:`~instaseg.evaluation.keypoint_eval.keypoint_sigmas`).
         results: COCO result dicts (see the module docstring) or a json file of them. An empty
             list is allowed (every AP is 0 where ground truth exists). Without ``bbox``, box AP
             scores ``toBbox`` of the masks (as pycocotools' ``loadRes``); polygon and
             uncompressed-RLE masks are rasterized at the image's size.
-        iou_types: any of ``"bbox"``, ``"segm"``.
+        iou_types: any of ``"bbox"``, ``"segm"``, ``"keypoints"``; default
+            :func:`default_iou_types` of what the results carry (empty results: bbox and segm).
         max_dets: ascending detection caps per image and category (COCO: (1, 10, 100); dense
             datasets e.g. (100, 300, 1000)). AP and APs/m/l use the largest.
         verbose: print pycocotools' progress and the classic 12-line table per iou type;
@@ -317,102 +371,57 @@ def evaluate_coco(
             other images are ignored.
         curves: also return ``"curves"``: the :class:`~instaseg.evaluation.curves.PRCurves`
             (pycocotools' accumulated precision, scores and recall) per iou type.
+        keypoint_max_dets: the maxDets of keypoint AP (pycocotools': 20).
 
     Returns:
         ``{iou_type: {"AP", "AP50", "AP75", "APs", "APm", "APl", "AR@<m>" per max_dets,
         "ARs", "ARm", "ARl"[, "per_category"]}}``, fractions in [0, 1]; NaN where a bucket has
-        no ground truth (pycocotools' -1).
+        no ground truth (pycocotools' -1). ``keypoints`` has no ``APs`` / ``ARs`` and its
+        ``AR@<m>`` follow ``keypoint_max_dets``; its per-category AP and curves cover the
+        keypoint categories only.
 
     Raises:
         TypeError: ``results`` is not a list.
         ValueError: results on images or categories absent from ``gt``, masks not of the
             image's size or malformed, a result without ``image_id`` / ``category_id`` /
             ``score``, ``bbox`` or ``segmentation`` in some results only (the first offending
-            result is named), segm asked of results without masks, bad ``max_dets``.
+            result is named), segm asked of results without masks, keypoints asked of results
+            without keypoints or of ground truth without keypoint categories, keypoints that are
+            not 3K numbers, keypoint categories with different sigmas, bad ``max_dets``.
     """
-    max_dets = [int(m) for m in max_dets]
-    if not max_dets or max_dets != sorted(max_dets) or max_dets[0] < 1:
-        raise ValueError(f"max_dets must be ascending positive ints, got {max_dets}")
+    max_dets, keypoint_max_dets = _checked_max_dets(max_dets), _checked_max_dets(keypoint_max_dets)
     out = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
     with out:
         coco_gt = _load_gt(gt)
         results = _load_results(results)
+        if iou_types is None:
+            iou_types = _results_iou_types(coco_gt, result_fields(results))
         _check_results(coco_gt, results, iou_types)
         results = _complete_results(coco_gt, results, iou_types)
         metrics: dict[str, dict[str, Any]] = {}
         for iou_type in iou_types:
-            coco_eval = _run_cocoeval(coco_gt, results, iou_type, max_dets, image_ids)
+            type_gt, sigmas, caps = coco_gt, None, max_dets
+            if iou_type == "keypoints":
+                sigmas = keypoint_sigmas(coco_gt.dataset["categories"])
+                type_gt, caps = keypoint_ground_truth(coco_gt, len(sigmas)), keypoint_max_dets
+                check_keypoint_results(results, keypoint_category_ids(coco_gt.dataset["categories"]), len(sigmas))
+            coco_eval = _run_cocoeval(type_gt, results, iou_type, caps, image_ids, sigmas)
             metrics[iou_type] = _summarize(coco_eval)
             if verbose:
                 print(f"Evaluate annotation type *{iou_type}*")
-                print(_classic_table(metrics[iou_type], max_dets))
+                print(classic_table(metrics[iou_type], caps))
             if per_category:
-                metrics[iou_type]["per_category"] = _per_category_ap(coco_eval, coco_gt)
+                metrics[iou_type]["per_category"] = _per_category_ap(coco_eval, type_gt)
             if curves:
-                metrics[iou_type]["curves"] = curves_from_cocoeval(coco_eval, coco_gt, iou_type)
+                metrics[iou_type]["curves"] = curves_from_cocoeval(coco_eval, type_gt, iou_type)
     return metrics
 
 
-# --------------------------------------------------------------------------------------------
-# Tables
-# --------------------------------------------------------------------------------------------
-def _classic_table(metrics: dict[str, Any], max_dets: Sequence[int]) -> str:
-    """pycocotools' summarize() layout, with AP at the largest max_dets."""
-    line = " {:<18} {} @[ IoU={:<9} | area={:>6s} | maxDets={:>3d} ] = {:0.3f}"
-    ap, ar = ("Average Precision", "(AP)"), ("Average Recall", "(AR)")
-    top = max_dets[-1]
-    rows = [
-        (*ap, "0.50:0.95", "all", top, metrics["AP"]),
-        (*ap, "0.50", "all", top, metrics["AP50"]),
-        (*ap, "0.75", "all", top, metrics["AP75"]),
-        (*ap, "0.50:0.95", "small", top, metrics["APs"]),
-        (*ap, "0.50:0.95", "medium", top, metrics["APm"]),
-        (*ap, "0.50:0.95", "large", top, metrics["APl"]),
-        *[(*ar, "0.50:0.95", "all", m, metrics[f"AR@{m}"]) for m in max_dets],
-        (*ar, "0.50:0.95", "small", top, metrics["ARs"]),
-        (*ar, "0.50:0.95", "medium", top, metrics["ARm"]),
-        (*ar, "0.50:0.95", "large", top, metrics["ARl"]),
-    ]
-    return "\n".join(line.format(*row) for row in rows)
-
-
-def format_ap(value: float | None) -> str:
-    """An AP or AR as every output gives it: a fraction in [0, 1] with 3 decimals, as in
-    ``metrics.json`` and pycocotools' summary (``0.545``, not ``54.5``); NaN / None -> ``"-"``."""
-    return "-" if value is None or value != value else f"{value:.3f}"
-
-
-def format_metrics_table(metrics: dict[str, dict[str, Any]]) -> str:
-    """Markdown table of ``evaluate_coco``'s output: one row per iou type, AP and AR columns as
-    fractions (:func:`format_ap`)."""
-    keys = summary_keys(next(iter(metrics.values()))) if metrics else list(AP_KEYS)
-    header = "| type | " + " | ".join(keys) + " |"
-    rule = "|------|" + "|".join("-" * (len(k) + 2) for k in keys) + "|"
-    rows = [
-        f"| {iou_type} | " + " | ".join(format_ap(values.get(k, float("nan"))) for k in keys) + " |"
-        for iou_type, values in metrics.items()
-    ]
-    return "\n".join([header, rule, *rows])
-
-
-def format_per_category_table(metrics: dict[str, dict[str, Any]]) -> str:
-    """Markdown table of per-category AP (fractions): one row per category, one column per iou type.
-
-    ``metrics`` is ``evaluate_coco(..., per_category=True)``'s output.
-    """
-    iou_types = [t for t, values in metrics.items() if "per_category" in values]
-    if not iou_types:
-        raise ValueError("no per-category AP in metrics: call evaluate_coco(per_category=True)")
-    names = list(metrics[iou_types[0]]["per_category"])
-    header = "| category | " + " | ".join(f"{t} AP" for t in iou_types) + " |"
-    rule = "|----------|" + "|".join("-" * (len(t) + 5) for t in iou_types) + "|"
-    rows = [
-        f"| {name} | "
-        + " | ".join(format_ap(metrics[t]["per_category"].get(name, float("nan"))) for t in iou_types)
-        + " |"
-        for name in names
-    ]
-    return "\n".join([header, rule, *rows])
+def _checked_max_dets(max_dets: Sequence[int]) -> list[int]:
+    checked = [int(m) for m in max_dets]
+    if not checked or checked != sorted(checked) or checked[0] < 1:
+        raise ValueError(f"max_dets must be ascending positive ints, got {checked}")
+    return checked
 
 
 # --------------------------------------------------------------------------------------------
@@ -435,18 +444,38 @@ class COCOEvaluator:
         self,
         gt_json: str | Path,
         category_ids: Sequence[int] | None = None,
-        iou_types: Sequence[str] = IOU_TYPES,
+        iou_types: Sequence[str] | None = None,
         max_dets: Sequence[int] = (1, 10, 100),
+        keypoint_max_dets: Sequence[int] = KEYPOINT_MAX_DETS,
     ) -> None:
-        """``category_ids[k]`` is the dataset id of label k; default: sorted ids of ``gt_json``."""
+        """``category_ids[k]`` is the dataset id of label k; default: sorted ids of ``gt_json``.
+        ``iou_types`` default: see :attr:`iou_types`."""
         self.coco_gt = _load_gt(gt_json)  # loaded once, reused by every evaluate()
         self.category_ids = sorted(self.coco_gt.getCatIds()) if category_ids is None else list(category_ids)
-        self.iou_types = tuple(iou_types)
+        self._iou_types = None if iou_types is None else tuple(iou_types)
         self.max_dets = tuple(max_dets)
+        self.keypoint_max_dets = tuple(keypoint_max_dets)
         self._results_by_image: dict[int, list[dict[str, Any]]] = {}
+        self._carried: set[str] | None = None  # "masks" / "keypoints" the detections had; None: none seen
 
     def reset(self) -> None:
         self._results_by_image = {}
+        self._carried = None
+
+    @property
+    def iou_types(self) -> tuple[str, ...]:
+        """The types ``evaluate`` scores: those given, else :func:`default_iou_types` of what the
+        processed detections carry (bbox, segm with masks, keypoints with keypoints and keypoint
+        categories in the ground truth); bbox and segm before any detection was seen."""
+        if self._iou_types is not None:
+            return self._iou_types
+        if self._carried is None:
+            return ("bbox", "segm")
+        return default_iou_types(self.coco_gt.dataset.get("categories", []), True, "masks" in self._carried,
+                                 "keypoints" in self._carried)
+
+    def _saw(self, carried: set[str]) -> None:
+        self._carried = (self._carried or set()) | carried
 
     def process(self, image_ids: Sequence[int], outputs: Sequence[Instances]) -> None:
         """Add the detections ``outputs[i]`` (original image frame) of image ``image_ids[i]``."""
@@ -454,6 +483,8 @@ class COCOEvaluator:
             raise ValueError(f"{len(image_ids)} image ids for {len(outputs)} outputs")
         for image_id, instances in zip(image_ids, outputs):
             image_id = int(image_id)
+            self._saw({kind for kind, value in (("masks", instances.masks), ("keypoints", instances.keypoints))
+                       if value is not None})
             if image_id not in self._results_by_image:
                 self._results_by_image[image_id] = instances_to_coco_results(
                     instances, image_id, self.category_ids
@@ -469,6 +500,9 @@ class COCOEvaluator:
         if other_image_ids is not None:
             ids |= {int(i) for i in other_image_ids}
         new_ids = ids - set(self._results_by_image)
+        if other_results:
+            self._saw({kind for kind, key in (("masks", "segmentation"), ("keypoints", "keypoints"))
+                       if key in other_results[0]})
         for image_id in new_ids:
             self._results_by_image[image_id] = []
         for r in other_results:
@@ -505,4 +539,5 @@ class COCOEvaluator:
             per_category=per_category,
             image_ids=self.image_ids or None,
             curves=curves,
+            keypoint_max_dets=self.keypoint_max_dets,
         )

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import astuple, dataclass, fields
 from pathlib import Path
 
-from instaseg.evaluation.coco_eval import format_ap
+from instaseg.evaluation.tables import format_ap
 from instaseg.evaluation.curves import PRCurves, class_ap, mean_ap
 
 __all__ = ["ClassRow", "SORT_KEYS", "per_class_rows", "summary_row", "sort_rows", "format_per_class_table",
@@ -80,7 +80,7 @@ def sort_rows(rows: Sequence[ClassRow], by: str = "ap") -> list[ClassRow]:
 
 
 def format_per_class_table(rows: Sequence[ClassRow], total: ClassRow | None = None) -> str:
-    """An aligned text table (AP as fractions, :func:`~instaseg.evaluation.coco_eval.format_ap`), the
+    """An aligned text table (AP as fractions, :func:`~instaseg.evaluation.tables.format_ap`), the
     ``total`` row first, then ``rows`` in the order given."""
     items = ([total] if total is not None else []) + list(rows)
     width = max([len(r.name) for r in items] + [5])

@@ -2,9 +2,10 @@
 ``COCO.loadRes`` does before COCOeval scores them.
 
 A result is a dict with ``image_id``, ``category_id``, ``score`` and at least one of ``bbox``
-``[x, y, w, h]`` (absolute pixels of the original image) and ``segmentation``. The rules:
+``[x, y, w, h]`` (absolute pixels of the original image), ``segmentation`` and ``keypoints`` (a flat
+``[x1, y1, s1, ..., xK, yK, sK]`` list of pixel indices, as in COCO keypoint files). The rules:
 
-* ``bbox`` and ``segmentation`` are each in every result or in none. The first result that differs
+* ``bbox``, ``segmentation`` and ``keypoints`` are each in every result or in none. The first result that differs
   from result 0 is named in the error (``loadRes`` decides from result 0 alone, then fails with a
   ``KeyError`` or silently fills in the rest).
 * Masks only (e.g. cocoapi's ``instances_val2014_fakesegm100_results.json``): the box of a result is
@@ -12,6 +13,9 @@ A result is a dict with ``image_id``, ``category_id``, ``score`` and at least on
   (small / medium / large) by that box's area (``loadRes`` uses the mask's area there), so a
   masks-only file scores exactly as the same file with those boxes written in.
 * Boxes only: box AP alone; mask AP is skipped.
+* Keypoints: keypoint (OKS) AP beside the others, when the ground truth declares keypoints
+  (:mod:`instaseg.evaluation.keypoint_eval`). Keypoints only (as bottom-up pose estimators write
+  them): keypoint AP alone; box AP is skipped (``loadRes`` would score the keypoints' extent as boxes).
 * ``segmentation`` is compressed RLE (``counts`` a str, ``size`` the image's ``[h, w]``),
   uncompressed RLE (``counts`` a list of run lengths, column-major, zeros first) or polygons (a list
   of flat ``[x0, y0, x1, y1, ...]`` lists in absolute pixels). The last two are rasterized at the
@@ -30,6 +34,7 @@ import pycocotools.mask as mask_util
 __all__ = ["ResultFields", "result_fields", "complete_results"]
 
 REQUIRED_KEYS = ("image_id", "category_id", "score")
+GEOMETRY_KEYS = ("bbox", "segmentation", "keypoints")  # what a result is scored by: at least one
 
 
 @dataclass(frozen=True)
@@ -39,12 +44,16 @@ class ResultFields:
     has_bbox: bool
     has_segmentation: bool
     count: int  # number of results
+    has_keypoints: bool = False
 
     @property
     def iou_types(self) -> tuple[str, ...]:
-        """What the results can be scored for: ``bbox`` always (from the masks when there is no
-        ``bbox``), ``segm`` when they have masks."""
-        return ("bbox", "segm") if self.has_segmentation else ("bbox",)
+        """What the results can be scored for: ``bbox`` when they have boxes or masks (from the
+        masks when there is no ``bbox``), ``segm`` when they have masks, ``keypoints`` when they
+        have keypoints (scored only against ground truth that declares keypoints). Empty results:
+        ``bbox`` alone."""
+        types = ("bbox",) if self.has_bbox or self.has_segmentation or self.count == 0 else ()
+        return types + ("segm",) * self.has_segmentation + ("keypoints",) * self.has_keypoints
 
     @property
     def notes(self) -> dict[str, str]:
@@ -53,20 +62,22 @@ class ResultFields:
             return {"segm": "skipped (the results are empty)"}
         notes = {}
         if not self.has_bbox:
-            notes["bbox"] = "computed from the masks (results have no 'bbox')"
+            notes["bbox"] = ("computed from the masks (results have no 'bbox')" if self.has_segmentation
+                             else "skipped (results have neither 'bbox' nor 'segmentation')")
         if not self.has_segmentation:
             notes["segm"] = "skipped (results have no 'segmentation')"
         return notes
 
 
 def result_fields(results: Sequence[Any]) -> ResultFields:
-    """Check every result's keys and say which of ``bbox`` / ``segmentation`` the results carry.
+    """Check every result's keys and say which of ``bbox`` / ``segmentation`` / ``keypoints`` the
+    results carry.
 
     Raises:
         TypeError: ``results`` is not a list.
         ValueError: naming the first result (0-based index) that is not a dict, lacks one of
-            ``image_id`` / ``category_id`` / ``score``, has neither ``bbox`` nor
-            ``segmentation``, or has one of them where result 0 has not (or the other way round).
+            ``image_id`` / ``category_id`` / ``score``, has none of ``bbox``, ``segmentation`` and
+            ``keypoints``, or has one of them where result 0 has not (or the other way round).
     """
     if not isinstance(results, list):
         raise TypeError(f"results must be a list of dicts, got {type(results).__name__}")
@@ -76,12 +87,13 @@ def result_fields(results: Sequence[Any]) -> ResultFields:
         missing = [key for key in REQUIRED_KEYS if key not in result]
         if missing:
             raise ValueError(f"result {i} has no {missing[0]!r}")
-        if "bbox" not in result and "segmentation" not in result:
-            raise ValueError(f"result {i} has neither 'bbox' nor 'segmentation'")
-        for key in ("bbox", "segmentation"):
+        if not any(key in result for key in GEOMETRY_KEYS):
+            raise ValueError(f"result {i} has neither 'bbox' nor 'segmentation' (nor 'keypoints')")
+        for key in GEOMETRY_KEYS:
             _check_like_first(results, i, key)
     first = results[0] if results else {}
-    return ResultFields(has_bbox="bbox" in first, has_segmentation="segmentation" in first, count=len(results))
+    return ResultFields(has_bbox="bbox" in first, has_segmentation="segmentation" in first, count=len(results),
+                        has_keypoints="keypoints" in first)
 
 
 def _check_like_first(results: Sequence[dict], index: int, key: str) -> None:

@@ -25,7 +25,8 @@ __all__ = ["smooth", "plot_results", "plot_pr_curves", "plot_confidence_curves",
            "plot_label_stats", "IOU_NAMES"]
 
 DPI = 100
-IOU_NAMES = {"bbox": "box", "segm": "mask"}
+IOU_NAMES = {"bbox": "box", "segm": "mask", "keypoints": "keypoint"}
+_MATCH_NAMES = {"keypoints": "OKS"}  # what the thresholds threshold (IoU for boxes and masks)
 _ALL_COLOUR = "#0b3d91"  # the "all classes" line: darker than any class colour
 _MANY_CLASSES = 20  # beyond this, class lines are grey and unlabelled
 
@@ -67,11 +68,13 @@ def smooth(values: np.ndarray, sigma: float | None = None) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------- results.png
-_METRIC_PANELS = (("bbox_AP", "box AP"), ("bbox_AP50", "box AP50"), ("segm_AP", "mask AP"), ("segm_AP50", "mask AP50"))
+_METRIC_PANELS = (("bbox_AP", "box AP"), ("bbox_AP50", "box AP50"), ("segm_AP", "mask AP"), ("segm_AP50", "mask AP50"),
+                  ("keypoints_AP", "keypoint AP"), ("keypoints_AP50", "keypoint AP50"))
 
 
 def _result_panels(columns: Mapping[str, np.ndarray]) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
-    """(column, title) of the panels: the loss terms and total loss; then the LR, box and mask AP / AP50."""
+    """(column, title) of the panels: the loss terms and total loss; then the LR, box, mask and keypoint
+    AP / AP50 (those measured)."""
     def measured(name: str) -> bool:
         return name in columns and bool(np.isfinite(np.asarray(columns[name], dtype=np.float64)).any())
 
@@ -85,7 +88,7 @@ def _draw_series(ax: Any, name: str, x: np.ndarray, y: np.ndarray) -> None:
     ax.plot(x, y, marker="o", markersize=2.5, linewidth=0.8, color="#4c72b0", alpha=0.55, label="raw")
     if name != "lr" and y.size >= 5:
         ax.plot(x, smooth(y), linewidth=2.0, color="#dd8452", label="smoothed")
-    if name.startswith(("bbox_", "segm_")):
+    if name.startswith(("bbox_", "segm_", "keypoints_")):
         ax.set_ylim(0, max(0.05, 1.15 * float(y.max())))
         ax.annotate(f"{y[-1]:.3f}", (x[-1], y[-1]), textcoords="offset points", xytext=(-4, 6), ha="right",
                     fontsize=8, color="#333333")
@@ -160,7 +163,8 @@ def plot_pr_curves(curves: PRCurves, path: str | Path) -> Path:
     figure = _figure(12, 5.2)
     axes = figure.subplots(1, 2)
     recall = curves.recall_thresholds
-    for ax, iou, title in ((axes[0], 0.5, "IoU 0.50"), (axes[1], None, "mean over IoU 0.50:0.95")):
+    match = _MATCH_NAMES.get(curves.iou_type, "IoU")
+    for ax, iou, title in ((axes[0], 0.5, f"{match} 0.50"), (axes[1], None, f"mean over {match} 0.50:0.95")):
         precision = precision_at_recall(curves, iou)
         _class_lines(ax, recall, precision, curves.category_names, class_ap(curves, iou))
         if not np.isnan(precision).all():
@@ -201,7 +205,8 @@ def plot_confidence_curves(curves: PRCurves, path: str | Path, iou: float = 0.5)
                 label = f"all classes {mean[at]:.2f} at {grid[at]:.2f}"
                 ax.axvline(grid[at], color=_ALL_COLOUR, linestyle=":", linewidth=1)
             ax.plot(grid, mean, linewidth=3, color=_ALL_COLOUR, label=label)
-        ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="score threshold", ylabel=name, title=f"{name} (IoU {iou:.2f})")
+        ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="score threshold", ylabel=name,
+               title=f"{name} ({_MATCH_NAMES.get(curves.iou_type, 'IoU')} {iou:.2f})")
         ax.grid(alpha=0.3)
     if axes[2].get_legend_handles_labels()[0]:
         axes[2].legend(fontsize=8, loc="best", framealpha=0.85)

@@ -11,7 +11,12 @@ import torch
 
 from instaseg.data.coco import CocoDataset
 from instaseg.data.synthetic import SyntheticDataset
-from instaseg.data.synthetic_keypoints import FIGURE_KEYPOINT_NAMES, FIGURE_SKELETON, generate_keypoint_dataset
+from instaseg.data.synthetic_keypoints import (
+    FIGURE_KEYPOINT_NAMES,
+    FIGURE_KEYPOINT_SIGMAS,
+    FIGURE_SKELETON,
+    generate_keypoint_dataset,
+)
 from instaseg.data.transforms import RandomHorizontalFlip
 from instaseg.structures.keypoints import keypoint_flip_map
 
@@ -92,6 +97,12 @@ def test_num_keypoints_counts_the_labelled(figures: SyntheticDataset) -> None:
     assert doc["categories"][0]["skeleton"][0] == [1, 2]  # 1-based in the json
     for ann in doc["annotations"] + json.loads(figures.train_annotations.read_text())["annotations"]:
         assert ann["num_keypoints"] == sum(v > 0 for v in ann["keypoints"][2::3])
+
+
+def test_the_category_declares_one_oks_sigma_per_joint(figures: SyntheticDataset, dataset: CocoDataset) -> None:
+    category = json.loads(figures.train_annotations.read_text())["categories"][0]
+    assert category["sigmas"] == list(FIGURE_KEYPOINT_SIGMAS) == [0.05] * len(FIGURE_KEYPOINT_NAMES)
+    assert dataset.keypoint_names == tuple(category["keypoints"])  # the extra key loads (warnings are errors)
 
 
 def test_same_seed_same_bytes(figures: SyntheticDataset, tmp_path: Path) -> None:

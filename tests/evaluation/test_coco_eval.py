@@ -371,8 +371,9 @@ def test_boxes_only_results_score_boxes_and_cannot_score_masks() -> None:
     gt, results = results_case()
     boxes_only = without(results, "segmentation")
     assert same(evaluate(gt, boxes_only, iou_types=("bbox",))["bbox"], evaluate(gt, results)["bbox"])
+    assert list(evaluate(gt, boxes_only)) == ["bbox"]  # the default types follow what the results carry
     with pytest.raises(ValueError, match="segm evaluation needs 'segmentation'.*result 0 has none"):
-        evaluate(gt, boxes_only)
+        evaluate(gt, boxes_only, iou_types=("bbox", "segm"))
 
 
 @pytest.mark.parametrize("edit, message", [
