@@ -1,4 +1,5 @@
-"""Pure state-dict converters from peer checkpoints: torchvision and Detectron2 Mask R-CNN and Keypoint R-CNN, YOLACT/YOLACT++,
+"""Pure state-dict converters from peer checkpoints: torchvision and Detectron2 Mask R-CNN and Keypoint
+R-CNN, YOLACT/YOLACT++,
 MMDetection Mask R-CNN / MS R-CNN / YOLACT, ImageNet backbones.
 
 Peer tensors in, instaseg tensors and the :class:`~instaseg.config.schema.Config` they fit out

@@ -224,7 +224,8 @@ _ENTRIES: tuple[WeightsEntry, ...] = (
     # torchvision: the COCO Keypoint R-CNN (COCO_V1, not the early-epoch COCO_LEGACY)
     WeightsEntry(
         name="keypointrcnn_r50_fpn_coco_tv", publisher="torchvision", preset="keypoint_rcnn_r50_fpn_torchvision",
-        url=f"{_TV}keypointrcnn_resnet50_fpn_coco-fc266e95.pth", file_name="keypointrcnn_resnet50_fpn_coco-fc266e95.pth",
+        url=f"{_TV}keypointrcnn_resnet50_fpn_coco-fc266e95.pth",
+        file_name="keypointrcnn_resnet50_fpn_coco-fc266e95.pth",
         page=_TV_KEYPOINT_PAGE, license=_TV_LICENSE, converter="torchvision", input_convention=_TV_INPUT,
         hash_algorithm="sha256", hash_prefix="fc266e95", box_ap=54.6, keypoint_ap=65.0, classes="coco_person",
         notes="boxes and the 17 COCO keypoints of persons (no masks); keypoint scores are heatmap logits",

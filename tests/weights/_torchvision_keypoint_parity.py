@@ -95,7 +95,8 @@ def _compare(tv, ours, size: tuple[int, int]) -> dict:
     out["max_keypoint_ulps"] = float((diff / spacing).max())
     logits = theirs["keypoints_scores"].double()
     out["max_keypoint_score_diff"] = float((logits - mine.keypoints[..., 2]).abs().max())
-    out["max_keypoint_score_rel_diff"] = float(((logits - mine.keypoints[..., 2]).abs() / logits.abs().clamp(min=1)).max())
+    relative = (logits - mine.keypoints[..., 2]).abs() / logits.abs().clamp(min=1)
+    out["max_keypoint_score_rel_diff"] = float(relative.max())
     out["theirs_visibility_is_one"] = bool((theirs["keypoints"][..., 2] == 1).all())
     return out
 
