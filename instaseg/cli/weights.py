@@ -32,9 +32,9 @@ def _list(args: argparse.Namespace) -> int:
     from instaseg.zoo import cache_state, list_entries, weights_dir
 
     entries = [e for e in list_entries() if args.kind in (None, e.kind)]
-    rows = [("NAME", "PRESET / BACKBONE", "PUBLISHER", "BOX AP", "MASK AP", "LICENCE", "CACHED")]
-    rows += [(e.name, e.preset, e.publisher.split(" (")[0], _ap(e.box_ap), _ap(e.mask_ap), e.license.split(" (")[0],
-              cache_state(e) or "-") for e in entries]
+    rows = [("NAME", "PRESET / BACKBONE", "PUBLISHER", "BOX AP", "MASK AP", "KP AP", "LICENCE", "CACHED")]
+    rows += [(e.name, e.preset, e.publisher.split(" (")[0], _ap(e.box_ap), _ap(e.mask_ap), _ap(e.keypoint_ap),
+              e.license.split(" (")[0], cache_state(e) or "-") for e in entries]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
@@ -65,7 +65,8 @@ def _info(args: argparse.Namespace) -> int:
         ("fetched from", source_url(entry)) if source_url(entry) != entry.url else None,
         ("listed in", entry.page), ("file name", entry.file_name), ("integrity", entry.integrity),
         ("licence", entry.license),
-        ("publisher AP", f"box {_ap(entry.box_ap)}, mask {_ap(entry.mask_ap)} ({entry.ap_split})")
+        ("publisher AP", f"box {_ap(entry.box_ap)}, " + (f"keypoint {_ap(entry.keypoint_ap)}" if entry.keypoint_ap
+                          is not None else f"mask {_ap(entry.mask_ap)}") + f" ({entry.ap_split})")
         if entry.kind == "detector" else None,
         ("input", entry.input_convention), ("converter", entry.converter),
         ("notes", entry.notes) if entry.notes else None,

@@ -212,12 +212,15 @@ def ms_rcnn_r18_fpn_tiny() -> Config:
 def keypoint_rcnn_r50_fpn() -> Config:
     """Boxes and keypoints (no mask branch) of one class, COCO persons' 17 keypoints by default.
 
-    Detectron2's ``keypoint_rcnn_R_50_FPN_1x``: 1500 proposals per image in training (more
-    positives for the keypoint head), training sizes 640-800, the paper's keypoint head.
+    Detectron2's ``keypoint_rcnn_R_50_FPN_1x`` (configs/COCO-Keypoints/Base-Keypoint-RCNN-FPN.yaml):
+    1500 proposals per image in training (more positives for the keypoint head), training sizes
+    640-800, the box head's smooth-L1 beta 0.5 ("keypoint AP degrades ... when using plain L1
+    loss"), the paper's keypoint head.
     """
     base = mask_rcnn_r50_fpn()
     model = replace(base.model, num_classes=1, mask_head=None, keypoint_head=KeypointHeadConfig(),
-                    rpn=replace(base.model.rpn, post_nms_topk_train=1500))
+                    rpn=replace(base.model.rpn, post_nms_topk_train=1500),
+                    box_head=replace(base.model.box_head, smooth_l1_beta=0.5))
     inputs = replace(base.input, min_size_train=(640, 672, 704, 736, 768, 800))
     return replace(base, name="keypoint_rcnn_r50_fpn", model=model, input=inputs)
 

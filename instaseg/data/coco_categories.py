@@ -2,7 +2,8 @@
 
 COCO numbers its 80 categories with ids 1..90 (ten ids are unused). Models that predict 80 classes
 (Detectron2, YOLACT, MMDetection) give their label ``k`` to the ``k``-th id below; torchvision's COCO
-Mask R-CNN predicts 90 classes, one per id 1..90, the unused ones named "N/A".
+Mask R-CNN predicts 90 classes, one per id 1..90, the unused ones named "N/A". COCO's keypoint models
+(torchvision's and Detectron2's Keypoint R-CNN) predict one class, person (id 1), with its 17 keypoints.
 """
 
 from __future__ import annotations
@@ -31,12 +32,15 @@ COCO_CATEGORIES: tuple[tuple[int, str], ...] = (
 def coco_categories(layout: str) -> tuple[list[int], list[str]]:
     """(category ids, names) for label 0..C-1 of a COCO model.
 
-    ``layout``: ``"coco80"`` (80 classes, label k -> the k-th COCO id) or ``"coco91"`` (torchvision's
-    90 classes, label k -> id k + 1, unused ids named "N/A").
+    ``layout``: ``"coco80"`` (80 classes, label k -> the k-th COCO id), ``"coco91"`` (torchvision's
+    90 classes, label k -> id k + 1, unused ids named "N/A") or ``"coco_person"`` (the keypoint
+    models' one class: id 1, person).
     """
+    if layout == "coco_person":
+        return [1], ["person"]
     if layout == "coco80":
         return [i for i, _ in COCO_CATEGORIES], [n for _, n in COCO_CATEGORIES]
     if layout == "coco91":
         names = dict(COCO_CATEGORIES)
         return list(range(1, 91)), [names.get(i, "N/A") for i in range(1, 91)]
-    raise ValueError(f"unknown COCO class layout {layout!r}: use 'coco80' or 'coco91'")
+    raise ValueError(f"unknown COCO class layout {layout!r}: use 'coco80', 'coco91' or 'coco_person'")

@@ -18,6 +18,7 @@ from instaseg.data.coco_categories import coco_categories
 from instaseg.engine.checkpoint import atomic_torch_save, load_checkpoint
 from instaseg.errors import CheckpointError, ConfigError
 from instaseg.hub.convert import convert_detectron2_file, convert_torchvision_file, convert_yolact_file
+from instaseg.structures.keypoints import COCO_PERSON_KEYPOINT_NAMES, COCO_PERSON_SKELETON
 from instaseg.weights.common import ConversionSummary
 from instaseg.zoo.catalogue import CATALOGUE, WeightsEntry, get_entry
 from instaseg.zoo.download import DEFAULT_TIMEOUT, fetch_file, weights_dir
@@ -61,11 +62,20 @@ def _record_origin(entry: WeightsEntry, path: Path) -> list[str]:
     if entry.classes and "categories" not in payload:  # a converter may have read them from the file
         ids, names = coco_categories(entry.classes)
         if len(ids) == num_classes:
-            payload["categories"] = {"ids": ids, "names": names}
+            payload["categories"] = {"ids": ids, "names": names, **_keypoint_metadata(entry, payload)}
         else:
             notes.append(f"the file has {num_classes} classes, not the {len(ids)} COCO ones: categories not recorded")
     atomic_torch_save(payload, path)
     return notes
+
+
+def _keypoint_metadata(entry: WeightsEntry, payload: dict) -> dict[str, list]:
+    """COCO persons' keypoint names and skeleton (0-based pairs, for drawing) for a COCO keypoint model
+    whose head predicts exactly those 17 keypoints; nothing otherwise."""
+    head = payload["config"]["model"].get("keypoint_head")
+    if entry.classes != "coco_person" or not head or head["num_keypoints"] != len(COCO_PERSON_KEYPOINT_NAMES):
+        return {}
+    return {"keypoint_names": list(COCO_PERSON_KEYPOINT_NAMES), "skeleton": [list(p) for p in COCO_PERSON_SKELETON]}
 
 
 def checkpoint_for(entry: WeightsEntry, *, home: str | Path | None = None, mirror: str | None = None,

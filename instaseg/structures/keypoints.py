@@ -19,7 +19,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["COCO_PERSON_KEYPOINT_NAMES", "check_keypoints", "flip_keypoints", "keypoint_flip_map"]
+__all__ = ["COCO_PERSON_KEYPOINT_NAMES", "COCO_PERSON_SKELETON", "check_keypoints", "flip_keypoints",
+           "keypoint_flip_map"]
 
 # The 17 COCO person keypoints, in the dataset's order.
 COCO_PERSON_KEYPOINT_NAMES: tuple[str, ...] = (
@@ -33,6 +34,12 @@ COCO_PERSON_KEYPOINT_NAMES: tuple[str, ...] = (
     "left_knee", "right_knee",
     "left_ankle", "right_ankle",
 )  # fmt: skip
+
+# COCO person_keypoints json's "skeleton" (1-based there), 0-based pairs of the names above: the 19 limbs.
+COCO_PERSON_SKELETON: tuple[tuple[int, int], ...] = tuple((a - 1, b - 1) for a, b in (
+    (16, 14), (14, 12), (17, 15), (15, 13), (12, 13), (6, 12), (7, 13), (6, 7), (6, 8), (7, 9),
+    (8, 10), (9, 11), (2, 3), (1, 2), (1, 3), (2, 4), (3, 5), (4, 6), (5, 7),
+))
 
 _SIDES = ("left_", "right_")
 

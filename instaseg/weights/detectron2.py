@@ -10,7 +10,11 @@ proposal_generator/rpn.py, roi_heads/{roi_heads,box_head,fast_rcnn,mask_head}.py
 * RPN: ``proposal_generator.rpn_head.{conv,objectness_logits,anchor_deltas}``;
 * RoI heads: ``roi_heads.box_head.fc{1,2}``, ``roi_heads.box_predictor.{cls_score,bbox_pred}``
   (C + 1 scores with background LAST and 4C deltas: exactly our layout), and
-  ``roi_heads.mask_head.{mask_fcn1..4,deconv,predictor}``.
+  ``roi_heads.mask_head.{mask_fcn1..4,deconv,predictor}``;
+* Keypoint R-CNN (roi_heads/keypoint_head.py ``KRCNNConvDeconvUpsampleHead``):
+  ``roi_heads.keypoint_head.conv_fcn{1..8}`` -> ``keypoint_head.convs.{0..7}`` and
+  ``roi_heads.keypoint_head.score_lowres`` -> ``keypoint_head.score_lowres``, with or without the
+  mask head (``COCO-Keypoints/keypoint_rcnn_R_50_FPN_*``: boxes and keypoints of one class).
 
 So the conversion is a pure renaming: no tensor is reordered. The model-zoo ``.pkl`` (a pickled
 ``{"model": {name: ndarray}, "__author__": ...}``) is read with the restricted unpickler of
@@ -28,7 +32,7 @@ import torch
 from torch import Tensor
 
 from instaseg.config.presets import get_preset
-from instaseg.config.schema import Config
+from instaseg.config.schema import Config, KeypointHeadConfig
 from instaseg.errors import CheckpointError
 from instaseg.weights.common import ConversionSummary, ConvertedWeights, rename_state_dict
 from instaseg.weights.safe_pickle import load_weights_file, numpy_state_to_tensors
@@ -70,6 +74,7 @@ _PLAIN_RENAMES = (
     ("roi_heads.box_predictor.bbox_pred.", "box_predictor.bbox_pred."),
     ("roi_heads.mask_head.deconv.", "mask_head.deconv."),
     ("roi_heads.mask_head.predictor.", "mask_head.predictor."),
+    ("roi_heads.keypoint_head.score_lowres.", "keypoint_head.score_lowres."),
 )
 
 
@@ -130,6 +135,8 @@ def detectron2_name_to_ours(name: str, fpn: bool) -> str | None:
         return f"box_head.fcs.{int(m[1]) - 1}.{m[2]}"
     if m := re.fullmatch(r"roi_heads\.mask_head\.mask_fcn([1-9])\.(weight|bias)", name):
         return f"mask_head.convs.{int(m[1]) - 1}.{m[2]}"
+    if m := re.fullmatch(r"roi_heads\.keypoint_head\.conv_fcn(\d+)\.(weight|bias)", name):
+        return f"keypoint_head.convs.{int(m[1]) - 1}.{m[2]}" if int(m[1]) >= 1 else None
     for old, new in _PLAIN_RENAMES:
         if name.startswith(old) and name[len(old):] in ("weight", "bias"):
             return new + name[len(old):]
@@ -151,6 +158,8 @@ def our_name_to_detectron2(name: str, fpn: bool) -> str | None:
         return f"roi_heads.box_head.fc{int(m[1]) + 1}.{m[2]}"
     if m := re.fullmatch(r"mask_head\.convs\.(\d)\.(weight|bias)", name):
         return f"roi_heads.mask_head.mask_fcn{int(m[1]) + 1}.{m[2]}"
+    if m := re.fullmatch(r"keypoint_head\.convs\.(\d+)\.(weight|bias)", name):
+        return f"roi_heads.keypoint_head.conv_fcn{int(m[1]) + 1}.{m[2]}"
     for old, new in _PLAIN_RENAMES:
         if name.startswith(new):
             return old + name[len(new):]
@@ -160,7 +169,7 @@ def our_name_to_detectron2(name: str, fpn: bool) -> str | None:
 # ---------------------------------------------------------------------------------------- layout
 @dataclass(frozen=True)
 class Detectron2Layout:
-    """What a Detectron2 Mask R-CNN checkpoint is, read from its keys and shapes."""
+    """What a Detectron2 R-CNN checkpoint is (Mask R-CNN, Keypoint R-CNN), read from its keys and shapes."""
 
     fpn: bool
     depth: int  # 50 or 101
@@ -168,6 +177,9 @@ class Detectron2Layout:
     class_agnostic_mask: bool = False
     groups: int = 1  # ResNeXt: 32 groups of width 8 (X-101-32x8d)
     width_per_group: int = 64
+    mask: bool = True  # a mask head (roi_heads.mask_head.*)
+    num_keypoints: int = 0  # > 0: a keypoint head (roi_heads.keypoint_head.*) with that many maps
+    keypoint_conv_dims: tuple[int, ...] = ()
 
     @property
     def resnext(self) -> bool:
@@ -175,6 +187,8 @@ class Detectron2Layout:
 
     @property
     def preset(self) -> str:
+        if self.num_keypoints:  # R-50-FPN only (detect_detectron2_layout refuses the others)
+            return "keypoint_mask_rcnn_r50_fpn" if self.mask else "keypoint_rcnn_r50_fpn"
         if self.resnext:
             return f"mask_rcnn_x{self.depth}_{self.groups}x{self.width_per_group}d_fpn"
         return f"mask_rcnn_r{self.depth}_{'fpn' if self.fpn else 'c4'}"
@@ -182,7 +196,8 @@ class Detectron2Layout:
     @property
     def architecture(self) -> str:
         backbone = f"X-{self.depth}-{self.groups}x{self.width_per_group}d" if self.resnext else f"R-{self.depth}"
-        return f"Mask R-CNN {backbone}-{'FPN' if self.fpn else 'C4'} (Detectron2)"
+        kind = ("Keypoint Mask R-CNN" if self.mask else "Keypoint R-CNN") if self.num_keypoints else "Mask R-CNN"
+        return f"{kind} {backbone}-{'FPN' if self.fpn else 'C4'} (Detectron2)"
 
 
 def _blocks(state: dict[str, Any], prefix: str) -> int:
@@ -220,7 +235,23 @@ def detect_detectron2_layout(state: dict[str, Any]) -> Detectron2Layout:
         raise CheckpointError("class-agnostic box regression (CLS_AGNOSTIC_BBOX_REG) is not supported")
     mask_predictor = state.get("roi_heads.mask_head.predictor.weight")
     agnostic = mask_predictor is not None and mask_predictor.shape[0] == 1 and num_classes != 1
-    return Detectron2Layout(fpn, _DEPTH_FROM_BLOCKS[counts], num_classes, agnostic, groups, width_per_group)
+    num_keypoints, keypoint_dims = _keypoint_head(state)
+    if num_keypoints and not (fpn and _DEPTH_FROM_BLOCKS[counts] == 50 and groups == 1):
+        raise CheckpointError("Keypoint R-CNN: instaseg has the R-50-FPN presets only (keypoint_rcnn_r50_fpn)")
+    return Detectron2Layout(fpn, _DEPTH_FROM_BLOCKS[counts], num_classes, agnostic, groups, width_per_group,
+                            mask=mask_predictor is not None or not num_keypoints, num_keypoints=num_keypoints,
+                            keypoint_conv_dims=keypoint_dims)
+
+
+def _keypoint_head(state: dict[str, Any]) -> tuple[int, tuple[int, ...]]:
+    """(keypoint maps, output channels of conv_fcn1, 2, ...) of a keypoint head; (0, ()) without one."""
+    score = state.get("roi_heads.keypoint_head.score_lowres.weight")
+    if score is None:
+        return 0, ()
+    convs = {int(m[1]): v for k, v in state.items() if (m := re.fullmatch(r"roi_heads\.keypoint_head\.conv_fcn(\d+)"
+                                                                            r"\.weight", k))}
+    # ConvTranspose2d weights are (in, out, k, k): the keypoints are the second axis
+    return int(score.shape[1]), tuple(int(convs[i].shape[0]) for i in sorted(convs))
 
 
 def _grouping(conv2: Any) -> tuple[int, int]:
@@ -247,13 +278,24 @@ def detectron2_config(layout: Detectron2Layout, pixel_mean: tuple[float, float, 
         backbone=replace(m.backbone, stride_in_1x1=not layout.resnext),
         rpn=replace(m.rpn, anchor_convention="detectron2"),
         box_head=replace(m.box_head, aligned=True, sampling_ratio=0),
-        mask_head=replace(m.mask_head, paste="centres", class_agnostic=layout.class_agnostic_mask),
+        mask_head=None if m.mask_head is None else replace(m.mask_head, paste="centres",
+                                                            class_agnostic=layout.class_agnostic_mask),
+        keypoint_head=_keypoint_config(m.keypoint_head, layout),
         inference=replace(m.inference, detections_per_image=100),  # TEST.DETECTIONS_PER_IMAGE
     )
     # DefaultPredictor's ResizeShortestEdge: int(x + 0.5) sizes, Pillow's bilinear on the uint8 image
     inputs = replace(base.input, channel_order="BGR", pixel_mean=pixel_mean, pixel_std=pixel_std,
                      resize_rounding="round", resize_filter="pil_bilinear")
     return replace(base, name=f"{layout.preset}_detectron2", model=model, input=inputs)
+
+
+def _keypoint_config(head: KeypointHeadConfig | None, layout: Detectron2Layout) -> KeypointHeadConfig | None:
+    """Detectron2's ROI_KEYPOINT_HEAD (config/defaults.py): ROIAlignV2 (aligned, as its box pooler)
+    with POOLER_SAMPLING_RATIO 0 (adaptive), 14 x 14, and the score its keypoint_rcnn_inference returns."""
+    if head is None:
+        return None
+    return replace(head, num_keypoints=layout.num_keypoints, conv_dims=layout.keypoint_conv_dims, sampling_ratio=0,
+                   pooler_resolution=14, score="detectron2")
 
 
 # ------------------------------------------------------------------------------------ conversion
@@ -303,7 +345,7 @@ class Detectron2Conversion:
 
 
 def convert_detectron2_maskrcnn(state: dict[str, Any]) -> Detectron2Conversion:
-    """Detectron2 Mask R-CNN state dict (tensors or numpy arrays) -> our state dict and config.
+    """Detectron2 Mask R-CNN or Keypoint R-CNN state dict (tensors or numpy arrays) -> our state dict and config.
 
     Every tensor is renamed (none reordered; Detectron2 also puts background last). Unknown keys
     raise :class:`CheckpointError`; ``num_batches_tracked`` and stored cell anchors are ignored;
@@ -312,7 +354,12 @@ def convert_detectron2_maskrcnn(state: dict[str, Any]) -> Detectron2Conversion:
     tensors = numpy_state_to_tensors({k: v for k, v in state.items() if not _is_ignored(k)})
     pixel_mean, pixel_std = _pixel_stats(tensors)
     layout = detect_detectron2_layout(tensors)
-    ours = rename_state_dict(tensors, lambda n: detectron2_name_to_ours(n, layout.fpn), "Detectron2")
+    def rename(name: str) -> str | None:  # a keypoint conv without its predictor has no counterpart
+        if name.startswith("roi_heads.keypoint_head.") and not layout.num_keypoints:
+            return None
+        return detectron2_name_to_ours(name, layout.fpn)
+
+    ours = rename_state_dict(tensors, rename, "Detectron2")
     ours = {k: v.float() if v.is_floating_point() else v for k, v in ours.items()}
     notes = []
     filled = fill_missing_bn_stats(ours)
@@ -325,7 +372,7 @@ def convert_detectron2_maskrcnn(state: dict[str, Any]) -> Detectron2Conversion:
 
 
 def to_detectron2_maskrcnn(our_state: dict[str, Tensor], fpn: bool) -> dict[str, Tensor]:
-    """Our Mask R-CNN (R-50/101, FPN or C4) state dict in Detectron2 names (for tests and export)."""
+    """Our Mask R-CNN (R-50/101, FPN or C4) or Keypoint R-CNN state dict in Detectron2 names (for tests and export)."""
     return rename_state_dict(dict(our_state), lambda n: our_name_to_detectron2(n, fpn), "instaseg")
 
 
@@ -340,7 +387,7 @@ def _detectron2_state(payload: Any, source: str) -> dict[str, Any]:
 
 
 def read_detectron2_file(src: str | Path) -> ConvertedWeights:
-    """A Detectron2 model-zoo Mask R-CNN ``.pkl`` / ``.pth`` in instaseg's terms
+    """A Detectron2 model-zoo Mask R-CNN or Keypoint R-CNN ``.pkl`` / ``.pth`` in instaseg's terms
     (``instaseg.hub.convert_detectron2_file`` saves it)."""
     state = _detectron2_state(load_weights_file(src), str(src))
     result = convert_detectron2_maskrcnn(state)

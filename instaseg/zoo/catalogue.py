@@ -3,7 +3,9 @@
 Every URL, file name, checksum and AP below is copied from the publisher's own source or docs:
 
 * torchvision: ``torchvision/models/detection/mask_rcnn.py`` (``MaskRCNN_ResNet50_FPN_Weights.COCO_V1``:
-  box 37.9 / mask 34.6 on COCO val2017) and ``torchvision/models/resnet.py`` (``*_Weights.IMAGENET1K_V1``).
+  box 37.9 / mask 34.6 on COCO val2017), ``torchvision/models/detection/keypoint_rcnn.py``
+  (``KeypointRCNN_ResNet50_FPN_Weights.COCO_V1``: box 54.6 / keypoint 65.0 on COCO val2017 persons)
+  and ``torchvision/models/resnet.py`` (``*_Weights.IMAGENET1K_V1``).
   File names end in the first 8 hex digits of the file's sha256 (what ``torch.hub`` checks).
 * Detectron2: ``detectron2/model_zoo/model_zoo.py`` and ``MODEL_ZOO.md`` (COCO val2017 AP; "any model on
   this page contains its md5 prefix in its file name"; models under CC BY-SA 3.0). The ImageNet
@@ -64,8 +66,11 @@ class WeightsEntry:
     size_bytes: int | None = None
     box_ap: float | None = None  # the publisher's own COCO figures
     mask_ap: float | None = None
+    keypoint_ap: float | None = None  # Keypoint R-CNN: COCO person keypoint AP
     ap_split: str = "COCO val2017"
-    classes: str = ""  # "coco80" / "coco91" (torchvision's 90 ids): category ids and names to record
+    # "coco80" / "coco91" (torchvision's 90 ids) / "coco_person" (keypoint models: person, with COCO's
+    # 17 keypoint names and skeleton): category ids and names to record
+    classes: str = ""
     backbone: BackboneConvention | None = None
     notes: str = ""
 
@@ -120,6 +125,8 @@ def _torchvision_backbone(backbone: str) -> BackboneConvention:
 _TV = "https://download.pytorch.org/models/"
 _TV_LICENSE = "BSD-3-Clause (torchvision); its README: weights may carry their training data's terms"
 _TV_DET_PAGE = "pytorch/vision torchvision/models/detection/mask_rcnn.py MaskRCNN_ResNet50_FPN_Weights.COCO_V1"
+_TV_KEYPOINT_PAGE = ("pytorch/vision torchvision/models/detection/keypoint_rcnn.py "
+                     "KeypointRCNN_ResNet50_FPN_Weights.COCO_V1")
 _TV_RESNET_PAGE = "pytorch/vision torchvision/models/resnet.py {}_Weights.IMAGENET1K_V1"
 _D2 = "https://dl.fbaipublicfiles.com/detectron2/"
 _D2_PAGE = "facebookresearch/detectron2 MODEL_ZOO.md, detectron2/model_zoo/model_zoo.py"
@@ -141,6 +148,18 @@ def _d2_mask_rcnn(name: str, config: str, model_id: str, file_name: str, preset:
         page=f"{_D2_PAGE}: COCO-InstanceSegmentation/{config}", license=_D2_LICENSE, converter="detectron2",
         input_convention=convention, hash_algorithm="md5", hash_prefix=file_name[len("model_final_"):-len(".pkl")],
         box_ap=box, mask_ap=mask, classes="coco80",
+    )
+
+
+def _d2_keypoint_rcnn(name: str, config: str, model_id: str, file_name: str, box: float,
+                      keypoint: float) -> WeightsEntry:
+    return WeightsEntry(
+        name=name, publisher="Detectron2", preset="keypoint_rcnn_r50_fpn",
+        url=f"{_D2}COCO-Keypoints/{config}/{model_id}/{file_name}", file_name=file_name,
+        page=f"{_D2_PAGE}: COCO-Keypoints/{config}", license=_D2_LICENSE, converter="detectron2",
+        input_convention=_D2_INPUT, hash_algorithm="md5", hash_prefix=file_name[len("model_final_"):-len(".pkl")],
+        box_ap=box, keypoint_ap=keypoint, classes="coco_person",
+        notes="boxes and the 17 COCO keypoints of persons (no masks)",
     )
 
 
@@ -202,6 +221,15 @@ _ENTRIES: tuple[WeightsEntry, ...] = (
         hash_algorithm="sha256", hash_prefix="bf2d0c1e", box_ap=37.9, mask_ap=34.6, classes="coco91",
         notes="90 classes (COCO ids 1..90, 10 of them unused 'N/A'), as torchvision predicts them",
     ),
+    # torchvision: the COCO Keypoint R-CNN (COCO_V1, not the early-epoch COCO_LEGACY)
+    WeightsEntry(
+        name="keypointrcnn_r50_fpn_coco_tv", publisher="torchvision", preset="keypoint_rcnn_r50_fpn_torchvision",
+        url=f"{_TV}keypointrcnn_resnet50_fpn_coco-fc266e95.pth",
+        file_name="keypointrcnn_resnet50_fpn_coco-fc266e95.pth",
+        page=_TV_KEYPOINT_PAGE, license=_TV_LICENSE, converter="torchvision", input_convention=_TV_INPUT,
+        hash_algorithm="sha256", hash_prefix="fc266e95", box_ap=54.6, keypoint_ap=65.0, classes="coco_person",
+        notes="boxes and the 17 COCO keypoints of persons (no masks); keypoint scores are heatmap logits",
+    ),
     # Detectron2 model zoo: COCO instance segmentation baselines with Mask R-CNN
     _d2_mask_rcnn("maskrcnn_r50_c4_1x_coco_d2", "mask_rcnn_R_50_C4_1x", "137259246", "model_final_9243eb.pkl",
                   "mask_rcnn_r50_c4", 36.8, 32.2),
@@ -217,6 +245,11 @@ _ENTRIES: tuple[WeightsEntry, ...] = (
                   "mask_rcnn_r101_fpn", 42.9, 38.6),
     _d2_mask_rcnn("maskrcnn_x101_32x8d_fpn_3x_coco_d2", "mask_rcnn_X_101_32x8d_FPN_3x", "139653917",
                   "model_final_2d9806.pkl", "mask_rcnn_x101_32x8d_fpn", 44.3, 39.5, _D2_X101_INPUT),
+    # Detectron2 model zoo: COCO person keypoint detection baselines with Keypoint R-CNN
+    _d2_keypoint_rcnn("keypointrcnn_r50_fpn_1x_coco_d2", "keypoint_rcnn_R_50_FPN_1x", "137261548",
+                      "model_final_04e291.pkl", 53.6, 64.0),
+    _d2_keypoint_rcnn("keypointrcnn_r50_fpn_3x_coco_d2", "keypoint_rcnn_R_50_FPN_3x", "137849621",
+                      "model_final_a6e10b.pkl", 55.4, 65.5),
     # YOLACT / YOLACT++ (dbolya/yolact)
     _yolact("yolact_r50_coco", "yolact-resnet50", "yolact_resnet50_54_800000.pth", "yolact_r50_550", 28.2),
     _yolact("yolact_r101_coco", "yolact-base", "yolact_base_54_800000.pth", "yolact_r101_550", 29.8),

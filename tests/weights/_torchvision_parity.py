@@ -56,15 +56,21 @@ def main(site: str) -> None:
     print(json.dumps([_compare(tv, ours, size) for size in IMAGE_SIZES]))
 
 
-def _compare(tv, ours, size: tuple[int, int]) -> dict:
-    """Detection-by-detection differences on one image of ``size = (H, W)``."""
+def parity_image(size: tuple[int, int]) -> torch.Tensor:
+    """``(3, H, W)`` float64 in [0, 1], seeded by ``size``: smooth random shades with two flat
+    objects (not degenerate, not noise)."""
     g = torch.Generator().manual_seed(size[0] * 10000 + size[1])
     height, width = size
-    # smooth random shades with a few flat objects: not degenerate, not noise
     image = F.interpolate(torch.rand(1, 3, height // 16, width // 16, generator=g, dtype=torch.float64),
                           size=size, mode="bilinear", align_corners=False)[0]
     image[:, height // 5 : height // 2, width // 4 : width * 3 // 5] = torch.tensor([0.9, 0.2, 0.1])[:, None, None]
     image[:, height // 2 : height * 4 // 5, width // 2 : width * 9 // 10] = torch.tensor([0.1, 0.3, 0.8])[:, None, None]
+    return image
+
+
+def _compare(tv, ours, size: tuple[int, int]) -> dict:
+    """Detection-by-detection differences on one image of ``size = (H, W)``."""
+    image = parity_image(size)
     with torch.no_grad():
         theirs = tv([image])[0]
         mine = ours.predict([image * 255])[0]

@@ -85,3 +85,18 @@ def mmdet_ms_rcnn_file() -> bytes:
     from tests.weights.test_mmdet import mmdet_shapes
 
     return torch_bytes({"state_dict": scaled_state(mmdet_shapes("ms_rcnn", 80), seed=5)})
+
+
+def torchvision_keypoint_file() -> bytes:
+    """A ``keypointrcnn_resnet50_fpn`` state dict (2 outputs: background, person; 17 keypoints)."""
+    from tests.weights.test_torchvision_keypoint import keypointrcnn_shapes
+
+    return torch_bytes(scaled_state(keypointrcnn_shapes(), seed=6))
+
+
+def detectron2_keypoint_pkl() -> bytes:
+    """A Detectron2 model-zoo ``keypoint_rcnn_R_50_FPN`` ``.pkl`` (one class, 17 keypoints, no masks)."""
+    from tests.weights.test_detectron2_keypoint import d2_keypoint_shapes
+
+    state = {k: v.numpy() for k, v in scaled_state(d2_keypoint_shapes(), seed=7).items()}
+    return pickle.dumps({"model": state, "__author__": "synthetic", "matching_heuristics": True}, protocol=4)

@@ -20,7 +20,8 @@ REQUIRED = ["maskrcnn_r50_fpn_coco_tv", "maskrcnn_r50_fpn_1x_coco_d2", "maskrcnn
             "yolact_r50_coco", "yolact_r101_coco", "yolact_pp_r50_coco", "yolact_pp_r101_coco",
             "ms_rcnn_r50_fpn_coco_mmdet", "ms_rcnn_r101_fpn_coco_mmdet", "ms_rcnn_x101_64x4d_fpn_coco_mmdet",
             "resnet50_imagenet_tv", "resnet101_imagenet_tv", "resnext101_32x8d_imagenet_tv",
-            "resnet50_imagenet_msra", "resnet101_imagenet_msra"]
+            "resnet50_imagenet_msra", "resnet101_imagenet_msra", "keypointrcnn_r50_fpn_coco_tv",
+            "keypointrcnn_r50_fpn_1x_coco_d2", "keypointrcnn_r50_fpn_3x_coco_d2"]
 
 
 def test_the_required_entries_are_there():
@@ -37,7 +38,11 @@ def test_entry_is_complete_and_consistent(entry):
     if entry.hash_prefix:
         assert entry.hash_prefix in entry.file_name and all(c in "0123456789abcdef" for c in entry.hash_prefix)
     if entry.kind == "detector":
-        assert entry.preset in PRESETS and entry.mask_ap is not None and entry.classes
+        assert entry.preset in PRESETS and entry.classes
+        # a mask model states its mask AP, a keypoint model its keypoint AP (and builds a keypoint head)
+        keypoints = getattr(PRESETS[entry.preset]().model, "keypoint_head", None) is not None
+        assert (entry.keypoint_ap if keypoints else entry.mask_ap) is not None
+        assert (entry.classes == "coco_person") == keypoints
     else:
         assert entry.backbone.backbone == entry.preset and entry.preset in RESNET_PRESETS
 

@@ -14,10 +14,12 @@ import torch
 from instaseg.engine.checkpoint import load_checkpoint
 from instaseg.hub import Predictor, resolve_checkpoint
 from instaseg.structures.instances import Instances
+from instaseg.structures.keypoints import COCO_PERSON_KEYPOINT_NAMES
 from instaseg.zoo import cache_state, converted_path, weights_dir
 
 from tests.zoo._server import closed_port_url
-from tests.zoo._synthetic import detectron2_pkl, torchvision_coco_file, yolact_file
+from tests.zoo._synthetic import (detectron2_keypoint_pkl, detectron2_pkl, torchvision_coco_file,
+                                  torchvision_keypoint_file, yolact_file)
 
 SMALL = {"rcnn": ["input.min_size_test=64", "input.max_size_test=96"], "yolact": ["input.square=96"]}
 CASES = {  # entry -> (synthetic file, config name, first category name, small-input overrides)
@@ -62,3 +64,31 @@ def test_mmdet_entries_convert_with_the_mmdet_converter(publish):
     payload = load_checkpoint(resolve_checkpoint(entry.name, verbose=False))
     assert payload["config"]["model"]["maskiou"] is not None
     assert payload["categories"]["names"][0] == "person"
+
+
+KEYPOINT_CASES = {  # entry -> (synthetic file, config name, keypoint score)
+    "keypointrcnn_r50_fpn_coco_tv": (torchvision_keypoint_file, "keypoint_rcnn_r50_fpn_torchvision", "logit"),
+    "keypointrcnn_r50_fpn_1x_coco_d2": (detectron2_keypoint_pkl, "keypoint_rcnn_r50_fpn_detectron2", "detectron2"),
+}
+
+
+@pytest.mark.parametrize("name", list(KEYPOINT_CASES))
+def test_keypoint_models_by_name_know_coco_persons(name, publish, capsys):
+    """Fetched, checked and converted by name; the checkpoint records person (id 1) with COCO's 17
+    keypoint names and skeleton, and predicts boxes and keypoints (no masks)."""
+    make, config_name, score = KEYPOINT_CASES[name]
+    entry = publish(name, make())
+    payload = load_checkpoint(resolve_checkpoint(name))
+    assert f"converting {entry.file_name}" in capsys.readouterr().err
+    assert payload["config"]["name"] == config_name and payload["config"]["model"]["num_classes"] == 1
+    assert payload["config"]["model"]["keypoint_head"]["score"] == score
+    categories = payload["categories"]
+    assert (categories["ids"], categories["names"]) == ([1], ["person"])
+    assert categories["keypoint_names"] == list(COCO_PERSON_KEYPOINT_NAMES)
+    assert len(categories["skeleton"]) == 19 and [15, 13] in categories["skeleton"]  # left ankle - left knee
+
+    # 3 detections at most: the 8 x 512 keypoint head costs ~7 GFLOP per detection on this CPU
+    predictor = Predictor.from_pretrained(name, score_threshold=0.0,
+                                          overrides=[*SMALL["rcnn"], "model.inference.detections_per_image=3"])
+    result = predictor(torch.rand(3, 48, 64) * 255)
+    assert result.masks is None and result.keypoints.shape == (len(result), 17, 3)
