@@ -69,13 +69,15 @@ def _record_origin(entry: WeightsEntry, path: Path) -> list[str]:
     return notes
 
 
-def _keypoint_metadata(entry: WeightsEntry, payload: dict) -> dict[str, list]:
-    """COCO persons' keypoint names and skeleton (0-based pairs, for drawing) for a COCO keypoint model
+def _keypoint_metadata(entry: WeightsEntry, payload: dict) -> dict[str, dict[str, list]]:
+    """``{"keypoints": {"names", "skeleton"}}``: COCO persons' keypoint names and skeleton (0-based
+    pairs, for drawing), stored as ``instaseg train`` stores a dataset's, for a COCO keypoint model
     whose head predicts exactly those 17 keypoints; nothing otherwise."""
     head = payload["config"]["model"].get("keypoint_head")
     if entry.classes != "coco_person" or not head or head["num_keypoints"] != len(COCO_PERSON_KEYPOINT_NAMES):
         return {}
-    return {"keypoint_names": list(COCO_PERSON_KEYPOINT_NAMES), "skeleton": [list(p) for p in COCO_PERSON_SKELETON]}
+    return {"keypoints": {"names": list(COCO_PERSON_KEYPOINT_NAMES),
+                          "skeleton": [list(p) for p in COCO_PERSON_SKELETON]}}
 
 
 def checkpoint_for(entry: WeightsEntry, *, home: str | Path | None = None, mirror: str | None = None,

@@ -84,8 +84,9 @@ def test_keypoint_models_by_name_know_coco_persons(name, publish, capsys):
     assert payload["config"]["model"]["keypoint_head"]["score"] == score
     categories = payload["categories"]
     assert (categories["ids"], categories["names"]) == ([1], ["person"])
-    assert categories["keypoint_names"] == list(COCO_PERSON_KEYPOINT_NAMES)
-    assert len(categories["skeleton"]) == 19 and [15, 13] in categories["skeleton"]  # left ankle - left knee
+    keypoints = categories["keypoints"]  # where instaseg train stores a dataset's
+    assert keypoints["names"] == list(COCO_PERSON_KEYPOINT_NAMES)
+    assert len(keypoints["skeleton"]) == 19 and [15, 13] in keypoints["skeleton"]  # left ankle - left knee
 
     # 3 detections at most: the 8 x 512 keypoint head costs ~7 GFLOP per detection on this CPU
     predictor = Predictor.from_pretrained(name, score_threshold=0.0,
