@@ -485,6 +485,9 @@ class TrainConfig:
     # "bf16": the forward under bfloat16 autocast (CPU or GPU; float32 weights, losses and optimizer);
     # "fp16": float16 autocast with loss scaling (GPU only)
     precision: Precision = "float32"
+    # torch.compile the backbone, neck and dense heads (instaseg.engine.compile); falls back to eager,
+    # with a message, when compilation fails
+    compile: bool = False
     flip_prob: float = 0.5
     augmentation: AugmentationName = "rcnn"  # "rcnn": resize + flip; "yolact": SSD-style photometric/expand/crop
     num_workers: int = 2

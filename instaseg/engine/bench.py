@@ -28,10 +28,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from instaseg.config.schema import InputConfig
 from instaseg.detectors.base import Detector
+from instaseg.engine.compile import DENSE_PARTS, compile_parts
 from instaseg.engine.precision import autocast, autocast_dtype, float32_outputs
 from instaseg.structures.instances import Targets
 
@@ -244,24 +245,6 @@ def peak_memory(device: torch.device | str) -> Iterator[dict[str, float | str]]:
         result["kind"] = "peak RSS (process lifetime)"
 
 
-def _compile_layers(model: nn.Module, freeze: bool) -> None:
-    """``torch.compile`` the dense layers in place (state-dict keys unchanged); the data-dependent
-    parts (proposal selection, NMS, RoIAlign, paste) stay eager.
-
-    ``freeze`` (inference): inductor's freezing treats the weights as constants, which folds the
-    frozen norms, pre-packs the oneDNN convolution weights and fuses ReLU / residual adds into
-    them. The compiled model then ignores later weight changes: fine for a benchmark, which is
-    why this is an option and not the default inference path.
-    """
-    import torch._inductor.config as inductor_config
-
-    inductor_config.freezing = freeze
-    for name in ("backbone", "neck", "rpn_head", "box_head", "mask_head", "protonet", "prediction_head"):
-        module = getattr(model, name, None)
-        if isinstance(module, nn.Module):
-            module.compile(dynamic=False)
-
-
 def _predict_step(model: Detector, images: list[Tensor], precision: str,
                   device: torch.device) -> Callable[[], object]:
     model.eval()
@@ -314,8 +297,8 @@ def benchmark_model(model: Detector, image_size: tuple[int, int], name: str, *, 
     torch_device = torch.device(device)
     height, width = image_size
     model.to(torch_device)
-    if compile:
-        _compile_layers(model, freeze=not train)
+    if compile:  # one image size: static graphs; inference folds the weights in (freezing)
+        compile_parts(model, DENSE_PARTS, dynamic=False, freeze=not train)
     batch = batch_size or (2 if train else 1)
     generator = torch.Generator().manual_seed(0)
     images = [image.to(torch_device) for image in bench_images((height, width), batch, generator)]

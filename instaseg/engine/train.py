@@ -51,6 +51,8 @@ from torch import nn
 from instaseg.config.io import config_from_dict, save_yaml
 from instaseg.config.schema import Config
 from instaseg.detectors.base import Detector
+from instaseg.engine.compile import (TRAIN_PARTS, buffer_snapshot, compile_parts, describe_error, drop_compiled,
+                                     eager_parts, is_compile_error, restore_buffers)
 from instaseg.engine.checkpoint import (load_checkpoint, load_state_dict_checked, point_last_at, rotate_checkpoints,
                                        save_checkpoint)
 from instaseg.engine.distributed import (all_gather_objects, any_across_ranks, barrier, destroy_distributed,
@@ -142,7 +144,11 @@ class _Run:
     note: str | None
     amp_dtype: torch.dtype | None = None
     scaler: Any = None
+    dataset: Any = None  # the training set
+    loader_fn: TrainLoaderFn | None = None
     stream: Iterator[Any] | None = None
+    compiled: list[str] = field(default_factory=list)  # the parts train.compile compiled; [] = eager
+    compile_proven: bool = False  # a compiled step has finished
     iteration: int = 0
     best_segm_ap: float = float("nan")  # best AP of main_metric_type (segm; keypoints without masks)
     bad_steps: int = 0
@@ -271,9 +277,12 @@ def _setup(config: Config, model_factory: ModelFactory, dataset: Any, out_dir: P
     rng_states = _resume(run, last, logger, len(dataset)) if resume and last.is_file() else None
     if resume and not last.is_file():
         logger.warning(f"--resume: no checkpoint in {last.parent}; starting from scratch")
+    if cfg.compile:
+        run.compiled = _compile_model(model, logger)
     run.ddp_model = wrap_model(model, device)
-    loader_fn = train_loader_fn or _default_train_loader
-    run.stream = iter(loader_fn(dataset, config, run.micro_batch, run.iteration * cfg.accumulate, distributed))
+    run.loader_fn = train_loader_fn or _default_train_loader
+    run.dataset = dataset
+    run.stream = _open_stream(run)
     if rng_states is not None and len(rng_states) == get_world_size():
         restore_rng_state(rng_states[get_rank()])
     elif rng_states is not None:  # another number of processes: a fresh, distinct stream per rank
@@ -288,6 +297,28 @@ def _setup(config: Config, model_factory: ModelFactory, dataset: Any, out_dir: P
                 f"({get_world_size()} process(es) x {cfg.accumulate} micro-batch(es) of {run.micro_batch}) "
                 f"on {device}, starting at iteration {run.iteration}")
     return run
+
+
+def _compile_model(model: Detector, logger: Any) -> list[str]:
+    """``train.compile``: ``torch.compile`` the dense parts in place (inductor; sizes go symbolic once
+    the multi-scale input changes them); the parts compiled, or [] (eager) after a message when
+    wrapping fails. Most failures come at the first compiled step instead: :func:`_gradients`."""
+    try:
+        parts = compile_parts(model, TRAIN_PARTS, dynamic=None)
+    except Exception as error:  # noqa: BLE001 - any failure to compile means: train eagerly
+        drop_compiled(model, TRAIN_PARTS)
+        logger.warning(f"train.compile: torch.compile failed ({describe_error(error)}); training with the eager "
+                       "modules")
+        return []
+    logger.info(f"train.compile: {', '.join(parts)} compiled with torch.compile (the first iteration, and the first "
+                "one at a new image shape, include compilation)")
+    return parts
+
+
+def _open_stream(run: _Run) -> Iterator[Any]:
+    """The training batches from micro-batch ``run.iteration * accumulate`` on (a pure function of it)."""
+    start = run.iteration * run.config.train.accumulate
+    return iter(run.loader_fn(run.dataset, run.config, run.micro_batch, start, run.distributed))
 
 
 def _write_config(config: Config, path: Path, note: str | None) -> None:
@@ -389,7 +420,7 @@ def _loop(run: _Run) -> str:
         run.phase = "compute"
         started = time.perf_counter()
         lr = run.schedule.apply(run.optimizer, run.iteration)
-        losses, data_time = _compute_gradients(run)
+        losses, data_time = _gradients(run)
         run.phase = "step"
         stepped = losses is not None and _optimizer_step(run)
         run.optimizer.zero_grad(set_to_none=True)
@@ -419,6 +450,47 @@ def _next_batch(run: _Run) -> Any:
         raise
     finally:
         restore_rng_state(state)
+
+
+def _gradients(run: _Run) -> tuple[dict[str, float] | None, float]:
+    """:func:`_compute_gradients`; with compiled parts, a failed compiled step falls back to eager.
+
+    Any error of the first compiled step, and a compiler error later (a recompilation for a new
+    image shape), undoes the step (gradients, batch-norm statistics, random state, data position;
+    the optimizer has not stepped), says why in one message, and redoes it with the eager modules,
+    which then train the rest of the run. A genuine error of the model repeats in the eager step
+    and is raised from there.
+    """
+    if not run.compiled:
+        return _compute_gradients(run)
+    buffers = buffer_snapshot(run.model)
+    try:
+        result = _compute_gradients(run)
+    except Exception as error:  # noqa: BLE001 - sorted below: compile failures fall back, the rest re-raise
+        if run.compile_proven and not is_compile_error(error):
+            raise
+        _fall_back_to_eager(run, error, buffers)
+        return _compute_gradients(run)
+    run.compile_proven = True
+    return result
+
+
+def _fall_back_to_eager(run: _Run, error: Exception, buffers: dict[str, torch.Tensor]) -> None:
+    """Undo the failed compiled step of iteration ``run.iteration`` and drop the compiled parts."""
+    where = "a recompilation" if run.compile_proven else "the first compiled step"
+    get_logger().warning(f"train.compile: torch.compile failed in {where} at iteration {run.iteration} "
+                         f"({describe_error(error)}); redoing iteration {run.iteration} with the eager modules "
+                         "and training on without compilation")
+    drop_compiled(run.model, run.compiled)
+    run.compiled = []
+    run.optimizer.zero_grad(set_to_none=True)
+    restore_buffers(run.model, buffers)
+    if run.rng_snapshot is not None:
+        restore_rng_state(run.rng_snapshot)
+    close = getattr(run.stream, "close", None)
+    if close is not None:
+        close()
+    run.stream = _open_stream(run)
 
 
 def _compute_gradients(run: _Run) -> tuple[dict[str, float] | None, float]:
@@ -521,10 +593,12 @@ def _evaluate(run: _Run) -> None:
     state = capture_rng_state()
     try:  # evaluation must not shift the training's random stream
         crowd = getattr(run.val_dataset, "max_instances_per_image", None)
-        metrics = evaluate_model(run.model, run.val_dataset, run.config.train.num_workers,
-                                 progress=run.progress, distributed=run.distributed, loader=loader,
-                                 max_dets=coco_max_dets(crowd() if crowd is not None else 0),
-                                 plots_dir=run.out_dir if run.config.train.plots else None)
+        # eager: evaluation's image sizes and no-grad graphs would be new compilations, for one pass
+        with eager_parts(run.model, run.compiled):
+            metrics = evaluate_model(run.model, run.val_dataset, run.config.train.num_workers,
+                                     progress=run.progress, distributed=run.distributed, loader=loader,
+                                     max_dets=coco_max_dets(crowd() if crowd is not None else 0),
+                                     plots_dir=run.out_dir if run.config.train.plots else None)
     finally:
         restore_rng_state(state)
     run.final_metrics = metrics

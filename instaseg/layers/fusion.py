@@ -86,6 +86,8 @@ def fast_paths(fold_batchnorm: bool | None = None, channels_last: bool | None = 
 def to_channels_last(x: Tensor) -> Tensor:
     """``x (N, C, H, W)`` in channels-last memory format when that switch is on and autograd is off
     (inference), else ``x``."""
+    if torch.compiler.is_dynamo_compiling():  # inductor picks its own layouts (and dynamo cannot read a ContextVar)
+        return x
     if _SETTINGS.get().channels_last and x.dim() == 4 and not torch.is_grad_enabled():
         return x.contiguous(memory_format=torch.channels_last)
     return x
@@ -120,9 +122,11 @@ def _tracing() -> bool:
 
 
 def _can_fold(conv: nn.Module, norm: nn.Module) -> bool:
-    if not (_SETTINGS.get().fold_batchnorm and isinstance(norm, FrozenBatchNorm2d)):
+    # _tracing() first: dynamo cannot read the ContextVar (a graph break at every convolution), and
+    # a compiled graph folds frozen norms itself (inductor's freezing)
+    if _tracing() or not (_SETTINGS.get().fold_batchnorm and isinstance(norm, FrozenBatchNorm2d)):
         return False
-    if conv.training or torch.is_grad_enabled() or _tracing():
+    if conv.training or torch.is_grad_enabled():
         return False
     return not any(t.is_inference() or t.is_meta for t in _sources(conv, norm))
 
