@@ -1,17 +1,28 @@
-"""``instaseg predict``: segment images, folders and videos; write overlays and COCO results."""
+"""``instaseg predict``: segment images, folders and videos; write overlays and COCO results.
+
+Keypoint models: the overlays draw each detection's joints and the skeleton's limbs (the keypoint
+names and skeleton the checkpoint stored from its training set; COCO's person skeleton for 17
+keypoints without them), hiding joints scoring at most ``--keypoint-threshold``; ``results.json``
+holds every keypoint as COCO results do (``keypoints`` flat ``[x, y, score] * K`` in COCO's
+pixel-index frame) and, for a model without masks, no ``segmentation``. ``--tile`` needs masks.
+"""
 
 from __future__ import annotations
 
 import argparse
 import math
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from instaseg.cli._common import add_model_options, ensure_writable_dir, warn
 from instaseg.data.image_io import IMAGE_EXTENSIONS
 from instaseg.engine.tiling import overlap_argument, tile_argument
 from instaseg.errors import InstasegError
+
+if TYPE_CHECKING:
+    from instaseg.data.coco_keypoints import KeypointSchema
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm")
 
@@ -25,6 +36,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="folder for overlays and results.json")
     parser.add_argument("--score-threshold", type=float, default=0.5,
                         help="keep detections scoring at least this (default 0.5)")
+    parser.add_argument("--keypoint-threshold", type=float, default=None, metavar="SCORE",
+                        help="keypoint models: overlays show the joints scoring above this (and the limbs between "
+                             "two shown joints); default by model.keypoint_head.score: 0 for 'logit' scores, 0.05 "
+                             "for 'detectron2' ones. results.json keeps every keypoint with its score")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--no-overlays", action="store_true", help="only write results.json")
     parser.add_argument("--allow-partial", action="store_true",
@@ -59,9 +74,24 @@ def collect_inputs(inputs: list[str]) -> tuple[list[Path], list[Path]]:
     return images, videos
 
 
+@dataclass(frozen=True)
+class _Style:
+    """How the overlays name and draw a model's detections."""
+
+    names: list[str]  # class name of each label
+    skeleton: tuple[tuple[int, int], ...] = ()  # 0-based keypoint pairs drawn as limbs
+    keypoint_threshold: float = 0.0  # joints scoring above it are drawn
+
+    def draw(self, image: Any, instances: Any) -> Any:
+        from instaseg.viz.overlay import draw_detections
+
+        return draw_detections(image, instances, self.names, self.skeleton, self.keypoint_threshold)
+
+
 def run(args: argparse.Namespace) -> int:
     from instaseg.engine.checkpoint import checkpoint_categories, load_checkpoint
     from instaseg.evaluation.results_writer import JsonListWriter
+    from instaseg.hub.outputs import keypoint_schema, keypoint_threshold
     from instaseg.hub.predictor import Predictor
     from instaseg.hub.pretrained import resolve_checkpoint
 
@@ -71,17 +101,23 @@ def run(args: argparse.Namespace) -> int:
     predictor = Predictor.from_checkpoint(checkpoint, args.device, args.score_threshold,
                                           allow_partial=args.allow_partial, overrides=args.overrides,
                                           max_detections=args.max_detections)
-    category_ids, names = checkpoint_categories(load_checkpoint(checkpoint), predictor.model.num_classes)
+    if args.tile:
+        predictor.check_tiling()  # before any work: a keypoint model without masks cannot merge tiles
+    payload = load_checkpoint(checkpoint)
+    category_ids, names = checkpoint_categories(payload, predictor.model.num_classes)
+    keypoints = keypoint_schema(payload, predictor.config)
     image_ids = list(range(1, len(images) + 1))
     if args.json:
-        image_ids, category_ids, names = _dataset_ids(args.json, images, names)
+        image_ids, category_ids, names, keypoints = _dataset_ids(args.json, images, names, keypoints)
+    threshold = keypoint_threshold(predictor.config) if args.keypoint_threshold is None else args.keypoint_threshold
+    style = _Style(names, keypoints.skeleton if keypoints is not None else (), threshold)
     # written image by image: a stop (a bad file, Ctrl-C) keeps what was done, as valid JSON
     with JsonListWriter(out / "results.json") as results, JsonListWriter(out / "images.json") as files:
-        bad = _predict_images(predictor, list(zip(image_ids, images)), category_ids, names, out, args,
+        bad = _predict_images(predictor, list(zip(image_ids, images)), category_ids, style, out, args,
                               results, files)
     best_score = predictor.best_score  # of the images (the videos' detections are not in results.json)
     for video in videos:
-        _predict_video(predictor, video, out / f"{video.stem}_overlay.mp4", names)
+        _predict_video(predictor, video, out / f"{video.stem}_overlay.mp4", style)
     print(f"{files.count} images, {results.count} detections -> {out / 'results.json'}"
           + ("" if args.no_overlays else f", overlays in {out}") + (f", {len(videos)} videos" if videos else ""))
     if files.count and results.count == 0:
@@ -92,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _predict_images(predictor, items: list[tuple[int, Path]], category_ids: list[int], names: list[str],
+def _predict_images(predictor, items: list[tuple[int, Path]], category_ids: list[int], style: _Style,
                     out: Path, args: argparse.Namespace, results, files) -> list[str]:
     """Predict ``(image_id, path)`` items, appending to the ``results`` and ``files`` writers;
     returns the messages of the unreadable images skipped."""
@@ -101,7 +137,6 @@ def _predict_images(predictor, items: list[tuple[int, Path]], category_ids: list
     from instaseg.hub.predictor import as_image_tensor
     from instaseg.errors import DatasetError
     from instaseg.evaluation import instances_to_coco_results
-    from instaseg.viz.overlay import draw_instances
 
     bad: list[str] = []
     for image_id, path in tqdm(items, desc="predict", unit="img", disable=not items):
@@ -120,14 +155,16 @@ def _predict_images(predictor, items: list[tuple[int, Path]], category_ids: list
         results.extend({**item, "file_name": path.name} for item in found)
         files.append({"id": image_id, "file_name": str(path), "height": image.shape[1], "width": image.shape[2]})
         if not args.no_overlays:
-            picture = draw_instances(image, instances.boxes, instances.labels, instances.masks, instances.scores, names)
-            picture.save(out / f"{path.stem}.png")
+            style.draw(image, instances).save(out / f"{path.stem}.png")
     return bad
 
 
-def _dataset_ids(json_path: str, images: list[Path], names: list[str]) -> tuple[list[int], list[int], list[str]]:
-    """Image ids of ``images`` and the category ids / names of labels 0..C-1 from a COCO json (the
-    label order of training on it). Images the json does not list are refused before any work."""
+def _dataset_ids(json_path: str, images: list[Path], names: list[str], keypoints: KeypointSchema | None
+                 ) -> tuple[list[int], list[int], list[str], KeypointSchema | None]:
+    """Image ids of ``images``, the category ids / names of labels 0..C-1 from a COCO json (the
+    label order of training on it), and its keypoint names and skeleton when it declares as many
+    keypoints as the model predicts (else ``keypoints``, the checkpoint's). Images the json does
+    not list are refused before any work."""
     from instaseg.data.coco import CocoDataset
 
     dataset = CocoDataset(json_path, Path(json_path).parent, skip_bad=True)  # annotations do not matter here
@@ -141,7 +178,10 @@ def _dataset_ids(json_path: str, images: list[Path], names: list[str]) -> tuple[
     if missing:
         raise InstasegError(f"{len(missing)} image(s) are not in {json_path} (matched by file_name): "
                             f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
-    return ids, list(dataset.category_ids), list(dataset.category_names)
+    declared = dataset.keypoint_schema
+    if keypoints is not None and declared is not None and declared.num_keypoints == keypoints.num_keypoints:
+        keypoints = declared
+    return ids, list(dataset.category_ids), list(dataset.category_names), keypoints
 
 
 def _nothing_kept_hint(best_score: float | None, threshold: float) -> str:
@@ -154,7 +194,7 @@ def _nothing_kept_hint(best_score: float | None, threshold: float) -> str:
             f"lower the threshold, e.g. --score-threshold {suggestion:g}")
 
 
-def _predict_video(predictor, source: Path, target: Path, names: list[str]) -> None:
+def _predict_video(predictor, source: Path, target: Path, style: _Style) -> None:
     """Overlay every frame of ``source`` and write ``target`` (needs the ``video`` extra)."""
     try:
         import imageio.v2 as imageio
@@ -163,16 +203,12 @@ def _predict_video(predictor, source: Path, target: Path, names: list[str]) -> N
     import numpy as np
     from tqdm import tqdm
 
-    from instaseg.viz.overlay import draw_instances
-
     reader = imageio.get_reader(source)
     fps = reader.get_meta_data().get("fps", 25)
     with imageio.get_writer(target, fps=fps, macro_block_size=1) as writer:
         for frame in tqdm(reader, desc=source.name, unit="frame", total=_frame_count(reader)):
             instances = predictor(np.asarray(frame)[..., :3])
-            picture = draw_instances(frame[..., :3], instances.boxes, instances.labels, instances.masks,
-                                     instances.scores, names)
-            writer.append_data(np.asarray(picture))
+            writer.append_data(np.asarray(style.draw(frame[..., :3], instances)))
     reader.close()
 
 

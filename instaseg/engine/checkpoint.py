@@ -25,13 +25,16 @@ from torch import nn
 
 from instaseg.config.io import config_to_dict
 from instaseg.config.schema import Config
+from instaseg.data.coco_keypoints import KeypointSchema
 from instaseg.errors import CheckpointError
+from instaseg.structures.keypoints import COCO_PERSON_KEYPOINT_NAMES, COCO_PERSON_SKELETON
 
 __all__ = [
     "atomic_torch_save",
     "point_last_at",
     "rotate_checkpoints",
     "checkpoint_categories",
+    "checkpoint_keypoints",
     "load_checkpoint",
     "load_state_dict_checked",
     "save_checkpoint",
@@ -154,6 +157,30 @@ def checkpoint_categories(payload: dict[str, Any], num_classes: int) -> tuple[li
     if len(ids) != num_classes or len(names) != num_classes:
         raise CheckpointError(f"checkpoint lists {len(ids)} categories but its model has {num_classes} classes")
     return ids, names
+
+
+def checkpoint_keypoints(payload: dict[str, Any], num_keypoints: int) -> KeypointSchema | None:
+    """The keypoint names and skeleton (0-based pairs) a keypoint model was trained with; None when
+    ``num_keypoints`` is 0 (a model without a keypoint head).
+
+    ``instaseg train`` stores them beside the categories (``"categories": {..., "keypoints": {"names":
+    [...], "skeleton": [[a, b], ...]}}``, from the training set's COCO categories). Checkpoints without
+    them (converted, or trained before they were stored) get COCO's person keypoints and skeleton
+    when the model predicts 17 keypoints, else ``keypoint_k`` names and no skeleton (joints, no limbs).
+    """
+    if num_keypoints <= 0:
+        return None
+    stored = (payload.get("categories") or {}).get("keypoints")
+    if stored:
+        names = tuple(stored.get("names") or ())
+        skeleton = tuple((int(a), int(b)) for a, b in stored.get("skeleton") or ())
+        if len(names) != num_keypoints or any(not (0 <= i < num_keypoints) for pair in skeleton for i in pair):
+            raise CheckpointError(f"checkpoint lists {len(names)} keypoints (skeleton {list(skeleton)}) but its "
+                                  f"model predicts {num_keypoints}")
+        return KeypointSchema(names, skeleton)
+    if num_keypoints == len(COCO_PERSON_KEYPOINT_NAMES):
+        return KeypointSchema(COCO_PERSON_KEYPOINT_NAMES, COCO_PERSON_SKELETON)
+    return KeypointSchema(tuple(f"keypoint_{k}" for k in range(num_keypoints)), ())
 
 
 def point_last_at(path: Path) -> None:

@@ -133,6 +133,9 @@ def predict_tiles(model: TileDetector, image: Tensor, windows: list[tuple[int, i
     Returns:
         One :class:`CroppedInstances` per window, in the image frame (boxes shifted by the window's
         top-left corner, masks cut to their windows), on the CPU.
+
+    Raises:
+        InstasegError: the model predicts no masks (tiles are merged by mask overlap).
     """
     if batch_size < 1:
         raise InstasegError(f"batch_size must be at least 1, got {batch_size}")
@@ -143,6 +146,9 @@ def predict_tiles(model: TileDetector, image: Tensor, windows: list[tuple[int, i
         batch = windows[start : start + batch_size]
         tiles = [image[:, y0:y1, x0:x1].to(device=device, dtype=torch.float32) for x0, y0, x1, y1 in batch]
         for (x0, y0, _, _), found in zip(batch, model.predict(tiles)):
+            if found.masks is None:
+                raise InstasegError("sliced inference merges the tiles' detections by their masks, and this model "
+                                    "predicts none (boxes and keypoints only): predict on the whole image")
             if score_threshold > 0:
                 found = found[found.scores >= score_threshold]
             results.append(CroppedInstances.from_instances(found, (x0, y0), image_size).to("cpu"))

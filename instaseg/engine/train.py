@@ -505,7 +505,8 @@ def _compute_gradients(run: _Run) -> tuple[dict[str, float] | None, float]:
         batch = _next_batch(run)
         data_time += time.perf_counter() - started
         if micro == 0 and run.main and run.config.train.plots and run.iteration < NUM_TRAIN_BATCHES:
-            record_train_batch(run.out_dir, run.iteration, batch, (run.categories or {}).get("names"))
+            record_train_batch(run.out_dir, run.iteration, batch, (run.categories or {}).get("names"),
+                               _skeleton(run.categories))
         if not finite:
             continue
         targets = [t.to(run.device) for t in batch.targets]
@@ -619,11 +620,25 @@ def _evaluate(run: _Run) -> None:
 
 
 # ------------------------------------------------------------------------------------- checkpoints
-def _categories(dataset: Any) -> dict[str, list] | None:
-    """What a checkpoint needs to map labels back to the dataset (results json, overlays)."""
+def _categories(dataset: Any) -> dict[str, Any] | None:
+    """What a checkpoint needs to map labels back to the dataset (results json, overlays): category
+    ``ids`` and ``names`` and, for a keypoint dataset, ``keypoints`` ``{"names", "skeleton"}`` (0-based
+    pairs; read back by :func:`~instaseg.engine.checkpoint.checkpoint_keypoints`)."""
     ids = getattr(dataset, "category_ids", None)
     names = getattr(dataset, "category_names", None)
-    return {"ids": list(ids), "names": list(names)} if ids is not None and names is not None else None
+    if ids is None or names is None:
+        return None
+    categories: dict[str, Any] = {"ids": list(ids), "names": list(names)}
+    keypoint_names = getattr(dataset, "keypoint_names", None)
+    if keypoint_names:
+        skeleton = getattr(dataset, "skeleton", None) or []
+        categories["keypoints"] = {"names": list(keypoint_names), "skeleton": [[int(a), int(b)] for a, b in skeleton]}
+    return categories
+
+
+def _skeleton(categories: dict[str, Any] | None) -> list[tuple[int, int]]:
+    """The keypoint skeleton ``_categories`` stored (0-based pairs; empty without keypoints)."""
+    return [(a, b) for a, b in ((categories or {}).get("keypoints") or {}).get("skeleton", [])]
 
 
 def _save(run: _Run, iteration: int, rng_states: list[dict[str, Any]], sync: bool = True) -> Path:

@@ -19,6 +19,7 @@ from instaseg.config.schema import Config
 from instaseg.data.image_io import read_image, to_rgb_array
 from instaseg.errors import InstasegError
 from instaseg.hub.build import load_model
+from instaseg.hub.outputs import predicts_masks
 from instaseg.hub.pretrained import resolve_checkpoint
 from instaseg.structures.instances import CroppedInstances, Instances
 
@@ -116,6 +117,13 @@ class Predictor:
             self.best_score = max(top if self.best_score is None else [*top, self.best_score])
         return results
 
+    def check_tiling(self) -> None:
+        """Raise ``InstasegError`` when this model cannot predict by tiles (:meth:`predict_tiled`)."""
+        if not predicts_masks(self.config):
+            raise InstasegError(f"sliced inference (--tile) merges the tiles' detections by their masks, and "
+                                f"{self.config.name} predicts none (boxes and keypoints only): predict without "
+                                "--tile (the model resizes the image to its test size)")
+
     @torch.no_grad()
     def predict_tiled(self, image: ImageInput, tile: int, overlap: float = 0.2,
                       batch_size: int = 4) -> CroppedInstances:
@@ -126,8 +134,10 @@ class Predictor:
         :class:`CroppedInstances` in image coordinates with masks kept as crops:
         ``.to_instances()`` makes full ``(N, H, W)`` masks, ``.masks.to_rles()`` COCO RLEs.
         ``score_threshold`` applies to each tile's detections (``best_score`` sees them all).
+        A model without masks (boxes + keypoints) is refused: tiles are merged by mask overlap.
         """
         from instaseg.engine.tiling import sliced_predict
 
+        self.check_tiling()
         return sliced_predict(self, as_image_tensor(image, keep_uint8=True), tile, overlap,
                               batch_size=batch_size, score_threshold=self.score_threshold, device=self.device)

@@ -25,9 +25,10 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
+from instaseg.structures.instances import CroppedInstances, Instances
 from instaseg.structures.mask_crops import MaskCrops
 
-__all__ = ["PALETTE", "class_colours", "instance_colours", "draw_instances", "plan_labels", "side_by_side",
+__all__ = ["PALETTE", "class_colours", "instance_colours", "draw_instances", "draw_detections", "plan_labels", "side_by_side",
            "tile_pictures", "add_title", "font_of_size"]
 
 # Twenty distinct colours (Tableau's 10 then their light partners), cycled for more classes.
@@ -248,6 +249,17 @@ def draw_instances(
         _draw_labels(picture, boxes_np, labels_np, None if scores is None else scores.detach().cpu().numpy(),
                      class_names, coverage, max_labels, label_budget)
     return picture
+
+
+def draw_detections(image: np.ndarray | Tensor, detections: Instances | CroppedInstances,
+                    class_names: Sequence[str] | None = None, skeleton: Sequence[tuple[int, int]] = (),
+                    keypoint_threshold: float = 0.0) -> Image.Image:
+    """:func:`draw_instances` of a model's detections: masks when it predicts them (boxes otherwise),
+    labels with scores, and keypoints when it predicts them (joints scoring above
+    ``keypoint_threshold``, limbs of ``skeleton`` between two shown joints)."""
+    return draw_instances(image, detections.boxes, detections.labels, detections.masks, detections.scores,
+                          None if class_names is None else list(class_names), keypoints=detections.keypoints,
+                          skeleton=skeleton, keypoint_threshold=keypoint_threshold)
 
 
 def _draw_keypoints(draw: ImageDraw.ImageDraw, keypoints: np.ndarray, skeleton: Sequence[tuple[int, int]],
