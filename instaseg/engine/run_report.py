@@ -12,6 +12,10 @@ What each picture shows (README, "What a run folder holds")::
     train_batch_<k>.png            the first training batches after augmentation, with targets
     val_predictions/<id>.png       the first validation images holding objects: ground truth | prediction
 
+Keypoint datasets and models: the pictures draw the keypoints and the skeleton's limbs too (labelled
+ground-truth joints; predicted joints whose score is above 0, the default of ``instaseg predict``
+for logit scores); detections without masks are drawn as boxes.
+
 Training calls :func:`record_label_stats` once, :func:`record_train_batch` for its first
 ``NUM_TRAIN_BATCHES`` iterations (the first micro-batch of each, as the loop received it) and
 :func:`refresh_run_folder` after each evaluation and at the end; evaluation stores its part with
@@ -80,13 +84,14 @@ def record_label_stats(out_dir: str | Path, dataset: Any) -> None:
     _attempt(written, "labels.png", lambda: _labels(Path(out_dir), Path(out_dir)))
 
 
-def record_train_batch(out_dir: str | Path, index: int, batch: Any, class_names: Sequence[str] | None) -> None:
+def record_train_batch(out_dir: str | Path, index: int, batch: Any, class_names: Sequence[str] | None,
+                       skeleton: Sequence[tuple[int, int]] = ()) -> None:
     """Store training batch ``index`` as the loop received it (after augmentation; ``images``
     (3, H, W) float, ``targets``, ``image_ids``) and draw ``train_batch_<index>.png``. Without
-    ``class_names`` the pictures show label numbers."""
+    ``class_names`` the pictures show label numbers; targets' keypoints are drawn with ``skeleton``."""
     out_dir = Path(out_dir)
     try:
-        pictures = train_pictures(batch)
+        pictures = train_pictures(batch, skeleton=skeleton)
         save_train_batch(pictures, list(class_names or []), out_dir / PLOT_DATA / f"train_batch_{index}.npz")
     except Exception as error:  # noqa: BLE001 - pictures never stop a training run
         get_logger().warning(f"run folder pictures: could not store training batch {index} ({error})")
@@ -146,25 +151,40 @@ def _confusion(run_dir: Path, out: Path) -> Path | None:
     return plot_confusion_matrix(load_confusion(path), out / "confusion_matrix.png") if path.is_file() else None
 
 
-def _enlarge(image: np.ndarray, masks: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Small pictures enlarged by a whole factor (nearest pixel) to about ``_VIEW_SIDE`` pixels."""
+def _enlarge(image: np.ndarray, masks: np.ndarray, boxes: np.ndarray, keypoints: np.ndarray | None = None
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    """Small pictures enlarged by a whole factor (nearest pixel) to about ``_VIEW_SIDE`` pixels, with
+    their ``(N, H, W)`` masks, ``(N, 4)`` boxes and ``(N, K, 3)`` keypoints (x, y scaled; the third value kept)."""
     factor = max(1, int(_VIEW_SIDE // max(image.shape[:2])))
+    boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
     if factor == 1:
-        return image, masks, boxes
+        return image, masks, boxes, keypoints
     grow = np.ones((factor, factor), dtype=np.uint8)
     image = np.kron(image, grow[..., None]).astype(np.uint8)
     masks = masks.repeat(factor, axis=1).repeat(factor, axis=2)
-    return image, masks, np.asarray(boxes, dtype=np.float32).reshape(-1, 4) * factor
+    if keypoints is not None:
+        keypoints = np.concatenate([keypoints[..., :2] * factor, keypoints[..., 2:]], axis=-1).astype(np.float32)
+    return image, masks, boxes * factor, keypoints
 
 
-def _overlay(image: np.ndarray, items: Sequence[dict[str, Any]], names: Sequence[str], scores: bool) -> Any:
+def _item_keypoints(items: Sequence[dict[str, Any]]) -> np.ndarray | None:
+    """``(N, K, 3)`` keypoints of the items when every one has them, else None."""
+    if not items or not all("keypoints" in i for i in items):
+        return None
+    return np.asarray([i["keypoints"] for i in items], dtype=np.float32)
+
+
+def _overlay(image: np.ndarray, items: Sequence[dict[str, Any]], names: Sequence[str], scores: bool,
+             skeleton: Sequence[tuple[int, int]] = ()) -> Any:
     from instaseg.viz.overlay import draw_instances
 
     masks = decode_masks(items, *image.shape[:2])
-    image, masks, boxes = _enlarge(image, masks, np.array([i["bbox"] for i in items], np.float32))
+    image, masks, boxes, keypoints = _enlarge(image, masks, np.array([i["bbox"] for i in items], np.float32),
+                                              _item_keypoints(items))
     return draw_instances(image, torch.from_numpy(boxes), torch.tensor([i["label"] for i in items], dtype=torch.int64),
                           torch.from_numpy(masks), torch.tensor([i["score"] for i in items]) if scores else None,
-                          list(names))
+                          list(names), keypoints=None if keypoints is None else torch.from_numpy(keypoints),
+                          skeleton=skeleton)
 
 
 def _count(number: int, noun: str) -> str:
@@ -183,9 +203,9 @@ def _val_predictions(run_dir: Path, out: Path) -> list[Path] | None:
     written = []
     for sample in samples:
         kept = [p for p in sample.predictions if p["score"] >= SCORE_THRESH]
-        truth = add_title(_overlay(sample.image, sample.gt, names, False),
+        truth = add_title(_overlay(sample.image, sample.gt, names, False, sample.skeleton),
                           f"ground truth: {_count(len(sample.gt), 'object')}")
-        found = add_title(_overlay(sample.image, kept, names, True),
+        found = add_title(_overlay(sample.image, kept, names, True, sample.skeleton),
                           f"prediction: {_count(len(kept), 'detection')} scoring >= {SCORE_THRESH:.2f}")
         written.append(folder / f"{sample.image_id}.png")
         side_by_side(truth, found, gap=8).save(written[-1])
@@ -199,9 +219,10 @@ def _train_batch(path: Path, out: Path) -> Path:
     pictures, names = load_train_batch(path)
     tiles = []
     for p in pictures:
-        image, masks, boxes = _enlarge(p.image, p.masks, p.boxes)
+        image, masks, boxes, keypoints = _enlarge(p.image, p.masks, p.boxes, p.keypoints)
         picture = draw_instances(image, torch.from_numpy(boxes), torch.from_numpy(p.labels), torch.from_numpy(masks),
-                                 class_names=names)
+                                 class_names=names, skeleton=p.skeleton,
+                                 keypoints=None if keypoints is None else torch.from_numpy(keypoints))
         tiles.append(add_title(picture, f"image {p.image_id}: {_count(len(p.labels), 'object')}", size=12))
     index = path.stem.rsplit("_", 1)[-1]
     mosaic = tile_pictures(tiles, columns=math.ceil(math.sqrt(len(tiles))), gap=6)
