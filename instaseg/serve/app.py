@@ -35,7 +35,7 @@ from instaseg.serve.review import SORT_KEYS, DatasetReview
 from instaseg.serve.schemas import Health, ModelInfo, Prediction, Problem, ReviewDetail, ReviewImage, ReviewStatus
 from instaseg.serve.service import ModelService, ServerBusy
 from instaseg.serve.uploads import UploadError, decode_upload, read_upload
-from instaseg.viz.overlay import draw_instances
+from instaseg.viz.overlay import draw_detections
 
 __all__ = ["Limits", "create_app", "STATIC_DIR"]
 
@@ -138,7 +138,8 @@ def _predict_upload(service: ModelService, data: bytes, name: str, limits: Limit
     found, seconds = service.predict(image)
     found = found[found.scores >= threshold]
     if overlay:
-        picture = draw_instances(image, found.boxes, found.labels, found.masks, found.scores, service.names)
+        skeleton = () if service.keypoints is None else service.keypoints.skeleton
+        picture = draw_detections(image, found, service.names, skeleton, service.keypoint_threshold)
         buffer = io.BytesIO()
         picture.save(buffer, format="PNG")
         return Response(buffer.getvalue(), media_type="image/png", headers={"X-Seconds": f"{seconds:.4f}"})

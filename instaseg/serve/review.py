@@ -3,11 +3,12 @@
 :class:`DatasetReview` predicts the whole dataset once, in a background thread that shares the
 server's :class:`~instaseg.serve.service.InferenceGate` (requests keep being answered meanwhile), and
 keeps, per image, the ground truth and predictions as JSON-ready dicts and the mask IoU of every
-(prediction, ground truth) pair. Per-image errors at any score threshold are then cheap
+(prediction, ground truth) pair (box IoU for a model without masks: Keypoint R-CNN with boxes and
+keypoints only). Per-image errors at any score threshold are then cheap
 (:func:`image_errors`): the cache is computed once for the server's life.
 
 Matching (as COCO's at IoU 0.5, per image): predictions above the threshold, best score first, each
-take the unmatched ground-truth instance of their class with the highest mask IoU >= 0.5. Unmatched
+take the unmatched ground-truth instance of their class with the highest IoU >= 0.5. Unmatched
 ground truth is *missed*, unmatched predictions are *false positives*; ``error = missed +
 false_positives + sum(1 - IoU)`` over the matches, so an image with poor masks but no miss still
 ranks above a perfect one.
@@ -42,7 +43,8 @@ SORT_KEYS = {"error": ("error", True), "missed": ("missed", True), "false_positi
 @dataclass
 class ImageReview:
     """One image's ground truth and predictions (JSON-ready dicts, see ``instances_to_json``) and
-    ``iou``, the ``(P, G)`` mask IoU of every prediction with every ground-truth instance."""
+    ``iou``, the ``(P, G)`` mask IoU (box IoU without predicted masks) of every prediction with every
+    ground-truth instance."""
 
     image_id: int
     file_name: str
@@ -74,12 +76,17 @@ def image_errors(review: ImageReview, score_threshold: float, iou_threshold: flo
             "error": float(missed + false_positives + sum(1.0 - v for v in ious))}
 
 
-def _mask_iou(predictions: list[dict[str, Any]], truth: list[dict[str, Any]]) -> np.ndarray:
-    """``(P, G)`` IoU of the predictions' and ground truth's RLE masks."""
+def _pair_iou(predictions: list[dict[str, Any]], truth: list[dict[str, Any]]) -> np.ndarray:
+    """``(P, G)`` IoU of the predictions' and ground truth's RLE masks, or of their boxes when an
+    instance has no mask (a model without a mask branch)."""
     if not predictions or not truth:
         return np.zeros((len(predictions), len(truth)))
-    encoded = [[{"size": m["mask"]["size"], "counts": m["mask"]["counts"].encode("ascii")} for m in side]
-               for side in (predictions, truth)]
+    if all(m["mask"] is not None for m in (*predictions, *truth)):
+        encoded = [[{"size": m["mask"]["size"], "counts": m["mask"]["counts"].encode("ascii")} for m in side]
+                   for side in (predictions, truth)]
+    else:  # pycocotools' box IoU takes [x, y, w, h]
+        encoded = [np.array([[x1, y1, x2 - x1, y2 - y1] for x1, y1, x2, y2 in (m["box"] for m in side)], np.float64)
+                   for side in (predictions, truth)]
     return np.asarray(mask_util.iou(encoded[0], encoded[1], [0] * len(truth)), dtype=np.float64).reshape(
         len(predictions), len(truth))
 
@@ -153,7 +160,7 @@ class DatasetReview:
         predictions = self.service.to_json(found)
         height, width = pixels.shape[:2]
         return ImageReview(sample.image_id, self.dataset.file_name(index), width, height, truth, predictions,
-                           _mask_iou(predictions, truth))
+                           _pair_iou(predictions, truth))
 
     def status(self) -> dict[str, Any]:
         """``total``, ``done``, ``failed`` (messages) and ``running`` of the background prediction."""
@@ -204,4 +211,4 @@ class DatasetReview:
 def _as_instances(targets: Targets) -> Instances:
     """Ground-truth ``Targets`` as ``Instances`` with scores of 1 (for :func:`instances_to_json`)."""
     return Instances(boxes=targets.boxes, scores=torch.ones(len(targets.labels)), labels=targets.labels,
-                     masks=targets.masks)
+                     masks=targets.masks, keypoints=targets.keypoints)

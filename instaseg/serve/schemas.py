@@ -32,8 +32,11 @@ class Instance(BaseModel):
     label: int = Field(description="contiguous label in [0, num_classes)")
     category_id: int = Field(description="the dataset's category id of the label")
     category_name: str
-    mask: Rle
+    mask: Rle | None = Field(None, description="the instance's mask; None from a model without masks")
     mask_score: float | None = Field(None, description="mask quality score (MS R-CNN, YOLACT++), else None")
+    keypoints: list[list[float]] | None = Field(
+        None, description="keypoint models: K [x, y, score] in the box's frame (continuous pixels: the centre of "
+                          "pixel column i is i + 0.5); ground truth: [x, y, v], v the COCO visibility")
 
 
 class Prediction(BaseModel):
@@ -51,6 +54,9 @@ class ModelInfo(BaseModel):
     classes: list[dict[str, Any]] = Field(description="label, category_id and name of each class")
     input: dict[str, Any] = Field(description="what the model expects: channel order, normalization, test size")
     score_floor: float = Field(description="the model's own score threshold (model.inference.score_thresh)")
+    keypoints: dict[str, Any] | None = Field(
+        None, description="keypoint models: names (K), skeleton (0-based pairs) and threshold (the score above "
+                          "which the overlays draw a joint); None without keypoints")
     device: str
     weights: dict[str, Any] = Field(description="where the weights came from")
 

@@ -19,7 +19,9 @@ import numpy as np
 from torch import nn
 
 from instaseg.config.schema import Config
+from instaseg.data.coco_keypoints import KeypointSchema
 from instaseg.hub import Predictor, load_model, resolve_checkpoint
+from instaseg.hub.outputs import keypoint_schema, keypoint_threshold
 from instaseg.structures.instances import Instances
 from instaseg.structures.masks import bitmaps_to_rles
 
@@ -74,16 +76,19 @@ class InferenceGate:
 def instances_to_json(instances: Instances, category_ids: Sequence[int], names: Sequence[str]) -> list[dict[str, Any]]:
     """One dict per detection: ``box`` [x1, y1, x2, y2] absolute pixels (continuous, the image's frame),
     ``score``, ``label`` in [0, C), ``category_id``, ``category_name``, ``mask`` (compressed COCO RLE of
-    the ``(H, W)`` mask, ``counts`` a str) and ``mask_score`` (None for models without one)."""
+    the ``(H, W)`` mask, ``counts`` a str; None from a model without masks), ``mask_score`` (None for
+    models without one) and ``keypoints`` (``[[x, y, score], ...]``, K points in the boxes' continuous
+    frame; ``[x, y, v]`` COCO visibility for ground truth; None for models without keypoints)."""
     instances = instances.to("cpu")
-    labels = instances.labels.tolist()
+    n, labels = len(instances), instances.labels.tolist()
     mask_scores = None if instances.mask_scores is None else instances.mask_scores.tolist()
-    rles = bitmaps_to_rles(instances.masks.bool()) if len(instances) else []
+    rles = [None] * n if instances.masks is None or not n else bitmaps_to_rles(instances.masks.bool())
+    keypoints = [None] * n if instances.keypoints is None else instances.keypoints.float().tolist()
     return [{"box": [float(v) for v in box], "score": float(score), "label": int(label),
              "category_id": int(category_ids[label]), "category_name": names[label], "mask": rle,
-             "mask_score": None if mask_scores is None else float(mask_scores[i])}
-            for i, (box, score, label, rle) in enumerate(zip(instances.boxes.tolist(), instances.scores.tolist(),
-                                                              labels, rles))]
+             "mask_score": None if mask_scores is None else float(mask_scores[i]), "keypoints": points}
+            for i, (box, score, label, rle, points) in enumerate(
+                zip(instances.boxes.tolist(), instances.scores.tolist(), labels, rles, keypoints))]
 
 
 class ModelService:
@@ -94,10 +99,12 @@ class ModelService:
         category_ids: dataset category id of label k; names: its name.
         origin: where the weights came from (shown by ``GET /v1/model``).
         gate: the bound on concurrent and waiting inferences.
+        keypoints: a keypoint model's keypoint names and skeleton (None without keypoints).
     """
 
     def __init__(self, predictor: Predictor, category_ids: Sequence[int], names: Sequence[str],
-                 origin: dict[str, Any] | None = None, gate: InferenceGate | None = None) -> None:
+                 origin: dict[str, Any] | None = None, gate: InferenceGate | None = None,
+                 keypoints: KeypointSchema | None = None) -> None:
         num_classes = int(predictor.model.num_classes)
         if len(category_ids) != num_classes or len(names) != num_classes:
             raise ValueError(f"{len(category_ids)} category ids and {len(names)} names for {num_classes} classes")
@@ -105,16 +112,20 @@ class ModelService:
         self.category_ids, self.names = list(category_ids), list(names)
         self.origin = origin or {"kind": "model object", "description": "a model handed to the server in process"}
         self.gate = gate or InferenceGate()
+        self.keypoints = keypoints
+        self.keypoint_threshold = keypoint_threshold(predictor.config)  # joints drawn above it
 
     @classmethod
     def from_model(cls, model: nn.Module, config: Config, names: Sequence[str] | None = None,
                    category_ids: Sequence[int] | None = None, device: str = "cpu",
-                   gate: InferenceGate | None = None) -> "ModelService":
-        """A service for a model built in process (ids 1..C and names ``class_k`` unless given)."""
+                   gate: InferenceGate | None = None, keypoints: KeypointSchema | None = None) -> "ModelService":
+        """A service for a model built in process (ids 1..C and names ``class_k`` unless given; a keypoint
+        model's ``keypoints`` names and skeleton, else those of a checkpoint that stored none)."""
         num_classes = int(model.num_classes)
         ids = list(category_ids or range(1, num_classes + 1))
+        keypoints = keypoints if keypoints is not None else keypoint_schema({}, config)
         return cls(Predictor(model, config, device), ids, list(names or [f"class_{k}" for k in range(num_classes)]),
-                   gate=gate)
+                   gate=gate, keypoints=keypoints)
 
     @classmethod
     def from_weights(cls, name_or_path: str | Path, device: str = "cpu", overrides: Sequence[str] = (),
@@ -130,7 +141,7 @@ class ModelService:
         ids, names = checkpoint_categories(payload, model.num_classes)
         origin = {"kind": "catalogue" if "source" in payload else "checkpoint", "weights": str(name_or_path),
                   "checkpoint": str(path), **({"source": payload["source"]} if "source" in payload else {})}
-        return cls(Predictor(model, config, device), ids, names, origin, gate)
+        return cls(Predictor(model, config, device), ids, names, origin, gate, keypoint_schema(payload, config))
 
     @property
     def config(self) -> Config:
@@ -161,6 +172,9 @@ class ModelService:
                       "pixel_std": list(inputs.pixel_std), "min_size_test": inputs.min_size_test,
                       "max_size_test": inputs.max_size_test, "square": inputs.square},
             "score_floor": float(config.model.inference.score_thresh),
+            "keypoints": None if self.keypoints is None else {
+                "names": list(self.keypoints.names), "skeleton": [list(pair) for pair in self.keypoints.skeleton],
+                "threshold": self.keypoint_threshold},
             "device": str(self.predictor.device),
             "weights": self.origin,
         }

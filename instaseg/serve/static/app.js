@@ -1,6 +1,7 @@
 // instaseg serve: the page. Plain JavaScript, no build step, no network beyond this server.
-// Overlays are drawn here from the API's JSON (COCO RLE masks), so the score slider, the class
-// toggles and fills/outlines change the picture without a new request.
+// Overlays are drawn here from the API's JSON (COCO RLE masks; boxes for a model without masks;
+// keypoints and the model's skeleton for a keypoint model), so the score slider, the class toggles
+// and fills/outlines change the picture without a new request.
 "use strict";
 
 // The classes' colours: instaseg.viz.overlay.PALETTE (Tableau 10, then their light partners).
@@ -12,6 +13,7 @@ const FILL_ALPHA = 0.35;
 
 const state = {
   threshold: 0.5, fill: true, outline: true, hiddenLabels: new Set(), classes: [],
+  skeleton: [], keypointThreshold: 0,  // GET /v1/model's keypoints: limbs (0-based pairs), joints drawn above
   views: [],          // {canvas, image, instances, scored}: every overlay on the page, redrawn together
   reviewSort: "error", reviewClass: "", reviewTimer: null, reviewDone: -1, detailId: null,
 };
@@ -61,9 +63,54 @@ function decodeMask(rle) {
   return {mask, area, edge, w, h};
 }
 
+// An instance without a mask (a boxes + keypoints model) is its box: area, no pixels.
 function decoded(instance) {
-  if (!instance._mask) instance._mask = decodeMask(instance.mask);
+  if (!instance._mask) {
+    const [x1, y1, x2, y2] = instance.box;
+    instance._mask = instance.mask ? decodeMask(instance.mask) : {mask: null, area: (x2 - x1) * (y2 - y1), edge: []};
+  }
   return instance._mask;
+}
+
+function covers(instance, x, y, k) {
+  const m = decoded(instance);
+  if (m.mask) return m.mask[k] === 1;
+  const [x1, y1, x2, y2] = instance.box;
+  return x + 0.5 >= x1 && x + 0.5 <= x2 && y + 0.5 >= y1 && y + 0.5 <= y2;
+}
+
+// Boxes of the instances without masks, then limbs (class colour) and joints (white, ringed in
+// black) of those with keypoints: a joint shows when its score (visibility for ground truth) is above
+// the threshold, a limb when both its ends show. Keypoints are continuous: pixel i's centre is i + 0.5.
+function drawBoxesAndKeypoints(ctx, shown, scored) {
+  const width = Math.max(1, Math.ceil(Math.min(ctx.canvas.width, ctx.canvas.height) / 256));
+  ctx.lineWidth = width;
+  for (const d of shown) {
+    const colour = `rgb(${PALETTE[d.label % PALETTE.length].join(",")})`;
+    if (!d.mask && state.outline) {
+      const [x1, y1, x2, y2] = d.box;
+      ctx.strokeStyle = colour;
+      ctx.strokeRect(x1 + width / 2, y1 + width / 2, Math.max(0, x2 - x1 - width), Math.max(0, y2 - y1 - width));
+    }
+    if (!d.keypoints) continue;
+    const limit = scored ? state.keypointThreshold : 0;
+    const on = d.keypoints.map((p) => p[2] > limit);
+    ctx.strokeStyle = colour;
+    for (const [a, b] of state.skeleton) {
+      if (!on[a] || !on[b]) continue;
+      ctx.beginPath();
+      ctx.moveTo(d.keypoints[a][0], d.keypoints[a][1]);
+      ctx.lineTo(d.keypoints[b][0], d.keypoints[b][1]);
+      ctx.stroke();
+    }
+    ctx.fillStyle = "#fff"; ctx.strokeStyle = "#000";
+    d.keypoints.forEach((p, k) => {
+      if (!on[k]) return;
+      ctx.beginPath();
+      ctx.arc(p[0], p[1], width + 1.5, 0, 2 * Math.PI);
+      ctx.fill(); ctx.stroke();
+    });
+  }
 }
 
 // ---- drawing --------------------------------------------------------------------------------
@@ -83,7 +130,7 @@ function draw(view) {
   const data = pixels.data;
   for (const d of shown) {
     const m = decoded(d), colour = PALETTE[d.label % PALETTE.length];
-    if (m.w !== canvas.width || m.h !== canvas.height) continue;
+    if (!m.mask || m.w !== canvas.width || m.h !== canvas.height) continue;
     if (state.fill) {
       for (let k = 0; k < m.mask.length; k++) {
         if (!m.mask[k]) continue;
@@ -95,6 +142,7 @@ function draw(view) {
     }
   }
   ctx.putImageData(pixels, 0, 0);
+  drawBoxesAndKeypoints(ctx, shown, view.scored);
   canvas.dataset.shown = String(shown.length);
   canvas.dataset.total = String(view.instances.length);
   return shown.length;
@@ -126,7 +174,7 @@ function hover(event) {
   const x = Math.floor((event.clientX - rect.left) * view.canvas.width / rect.width);
   const y = Math.floor((event.clientY - rect.top) * view.canvas.height / rect.height);
   const k = y * view.canvas.width + x;
-  const under = visible(view).filter((d) => decoded(d).mask[k]).sort((a, b) => decoded(a).area - decoded(b).area);
+  const under = visible(view).filter((d) => covers(d, x, y, k)).sort((a, b) => decoded(a).area - decoded(b).area);
   if (!under.length) { tip.hidden = true; return; }
   const d = under[0];
   tip.textContent = d.category_name + (d.score !== null && d.score !== undefined ? ` ${d.score.toFixed(2)}` : "");
@@ -297,6 +345,10 @@ async function start() {
   wireDrop();
   const [model, health] = await Promise.all([fetch("/v1/model").then((r) => r.json()), fetch("/health").then((r) => r.json())]);
   state.classes = model.classes;
+  if (model.keypoints) {
+    state.skeleton = model.keypoints.skeleton;
+    state.keypointThreshold = model.keypoints.threshold;
+  }
   $("model-name").textContent = `${model.preset} (${model.num_classes} classes)`;
   buildClassToggles(model.classes);
   state.threshold = health.score_threshold;
