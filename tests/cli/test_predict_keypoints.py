@@ -17,7 +17,6 @@ from instaseg.cli.main import main
 from instaseg.data.synthetic_keypoints import FIGURE_KEYPOINT_NAMES, FIGURE_SKELETON
 from instaseg.detectors.build import build_from_config, resolve_config
 from instaseg.engine.checkpoint import save_checkpoint
-from instaseg.evaluation import coco_eval
 from instaseg.hub.predictor import Predictor
 from instaseg.structures.instances import Instances
 from instaseg.viz.overlay import PALETTE
@@ -26,10 +25,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 K = len(FIGURE_KEYPOINT_NAMES)
 GRAY = 128
-# instances_to_coco_results with masks None and keypoints arrives with the OKS evaluation change
-needs_keypoint_results = pytest.mark.skipif(
-    "keypoints_to_coco" not in vars(coco_eval),
-    reason="instaseg.evaluation writes no keypoint results yet (the OKS evaluation change)")
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +96,6 @@ def test_keypoint_threshold_option_hides_every_joint(checkpoint, images, tmp_pat
     assert all((_pixel(picture, point) == GRAY).all() for point in _figure()[0])  # only the box and label
 
 
-@needs_keypoint_results
 def test_results_hold_coco_keypoints_and_no_segmentation(checkpoint, images, tmp_path, monkeypatch):
     monkeypatch.setattr(Predictor, "predict", _known_detection)
     out = tmp_path / "out"
@@ -116,7 +110,6 @@ def test_results_hold_coco_keypoints_and_no_segmentation(checkpoint, images, tmp
     assert np.allclose(np.array(flat).reshape(K, 3), expected.numpy())
 
 
-@needs_keypoint_results
 def test_untrained_keypoint_model_predicts_end_to_end(checkpoint, images, tmp_path):
     out = tmp_path / "out"
     assert main(["predict", str(images), "--checkpoint", checkpoint, "--out", str(out),
