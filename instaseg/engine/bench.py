@@ -135,8 +135,9 @@ def bench_images(image_size: tuple[int, int], count: int, generator: torch.Gener
 
 
 def synthetic_targets(image_size: tuple[int, int], num_classes: int, num_objects: int = 4,
-                      generator: torch.Generator | None = None) -> Targets:
-    """Random rectangles (boxes, labels, filled masks) in an image of ``image_size = (H, W)``."""
+                      generator: torch.Generator | None = None, num_keypoints: int = 0) -> Targets:
+    """Random rectangles (boxes, labels, filled masks) in an image of ``image_size = (H, W)``, with
+    ``num_keypoints`` labelled keypoints (v = 2) inside each box when asked (keypoint models)."""
     h, w = image_size
     corners = torch.rand(num_objects, 2, generator=generator) * torch.tensor([w * 0.7, h * 0.7])
     sizes = (0.1 + 0.2 * torch.rand(num_objects, 2, generator=generator)) * torch.tensor([w, h])
@@ -145,7 +146,12 @@ def synthetic_targets(image_size: tuple[int, int], num_classes: int, num_objects
     for k, (x1, y1, x2, y2) in enumerate(boxes.long().tolist()):
         masks[k, y1:y2, x1:x2] = True
     labels = torch.randint(num_classes, (num_objects,), generator=generator)
-    return Targets(boxes, labels, masks)
+    keypoints = None
+    if num_keypoints:
+        where = torch.rand(num_objects, num_keypoints, 2, generator=generator)
+        xy = boxes[:, None, :2] + where * (boxes[:, None, 2:] - boxes[:, None, :2])
+        keypoints = torch.cat([xy, torch.full((num_objects, num_keypoints, 1), 2.0)], dim=2)
+    return Targets(boxes, labels, masks, keypoints=keypoints)
 
 
 def _synchronize(device: torch.device) -> None:
@@ -303,8 +309,10 @@ def benchmark_model(model: Detector, image_size: tuple[int, int], name: str, *, 
     generator = torch.Generator().manual_seed(0)
     images = [image.to(torch_device) for image in bench_images((height, width), batch, generator)]
     if train:
-        targets = [synthetic_targets((height, width), model.num_classes, generator=generator).to(torch_device)
-                   for _ in range(batch)]
+        keypoint_head = getattr(model, "keypoint_head", None)
+        num_keypoints = 0 if keypoint_head is None else keypoint_head.num_keypoints
+        targets = [synthetic_targets((height, width), model.num_classes, generator=generator,
+                                     num_keypoints=num_keypoints).to(torch_device) for _ in range(batch)]
         step = _train_step(model, images, targets, precision, torch_device)
     else:
         step = _predict_step(model, images, precision, torch_device)

@@ -90,6 +90,16 @@ def test_synthetic_targets_are_consistent():
         assert mask.sum() == (x2 - x1) * (y2 - y1) > 0 and mask[y1:y2, x1:x2].all()
 
 
+def test_synthetic_targets_of_a_keypoint_model_carry_labelled_keypoints_inside_their_boxes():
+    g = torch.Generator().manual_seed(0)
+    t = synthetic_targets((40, 60), num_classes=1, num_objects=3, generator=g, num_keypoints=4)
+    assert t.keypoints.shape == (3, 4, 3) and (t.keypoints[..., 2] == 2).all()
+    x, y = t.keypoints[..., 0], t.keypoints[..., 1]
+    assert ((x >= t.boxes[:, None, 0]) & (x <= t.boxes[:, None, 2]) & (y >= t.boxes[:, None, 1])
+            & (y <= t.boxes[:, None, 3])).all()
+    assert synthetic_targets((40, 60), num_classes=1, generator=g).keypoints is None
+
+
 def test_result_properties_are_per_image():
     r = BenchResult("p", "train", "cpu", (8, 8), 2, 1, "float32", False, [10.0, 30.0, 20.0], 1.0, "peak RSS",
                     stages_ms={"backbone": 8.0, "rpn": 2.0, "proposals": 2.0, "whatever": 4.0})
