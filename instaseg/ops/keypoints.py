@@ -53,9 +53,9 @@ def heatmaps_to_keypoints(heatmaps: Tensor, rois: Tensor, score: str = "logit") 
     coordinates do not fit a 16-bit float); ``score`` is ``"logit"`` or ``"detectron2"`` (module
     docstring). No gradient flows (inference only).
     """
-    _check_arguments(heatmaps, rois, score)
     if torch.compiler.is_exporting():  # a traced graph: no loop over a data-dependent number of RoIs
         return heatmaps_to_keypoints_ragged(heatmaps, rois, score)
+    _check_arguments(heatmaps, rois, score)
     dtype = torch.promote_types(heatmaps.dtype, torch.float32)
     heatmaps = heatmaps.detach().to(dtype)
     rois = rois.detach().to(dtype)
@@ -131,8 +131,14 @@ def heatmaps_to_keypoints_ragged(heatmaps: Tensor, rois: Tensor, score: str = "l
 def _check_arguments(heatmaps: Tensor, rois: Tensor, score: str) -> None:
     if score not in KEYPOINT_SCORES:
         raise ValueError(f"unknown keypoint score {score!r}, expected one of {KEYPOINT_SCORES}")
-    if heatmaps.dim() != 4 or rois.shape != (heatmaps.shape[0], 4):
-        raise ValueError(f"need heatmaps (R, K, m, m) and rois (R, 4), got {tuple(heatmaps.shape)}, {tuple(rois.shape)}")
+    shapes = f"need heatmaps (R, K, m, m) and rois (R, 4), got {tuple(heatmaps.shape)}, {tuple(rois.shape)}"
+    if heatmaps.dim() != 4 or rois.dim() != 2 or rois.shape[1] != 4:
+        raise ValueError(shapes)
+    if torch.compiler.is_exporting():
+        # Symbolic counts (R of the RoI pooler's pieces, R of the detections): tell the tracer they agree.
+        torch._check(heatmaps.shape[0] == rois.shape[0])
+    elif heatmaps.shape[0] != rois.shape[0]:
+        raise ValueError(shapes)
 
 
 def _ragged_index(lengths: Tensor) -> tuple[Tensor, Tensor]:
