@@ -2,7 +2,8 @@
 
 The exported graph maps one RGB image ``(3, H, W)`` float in [0, 255] to ``boxes (N, 4)`` xyxy in
 image pixels, ``scores (N,)``, ``labels (N,)`` int64 in ``[0, num_classes)``, ``masks (N, H, W)``
-bool and ``mask_scores (N,)``: resizing, NMS and mask paste included.
+bool and ``mask_scores (N,)``, and for Keypoint R-CNN ``keypoints (N, K, 3)`` (without ``masks`` and
+``mask_scores`` when it has no mask branch): resizing, NMS, mask paste and keypoint decoding included.
 """
 
 from __future__ import annotations

@@ -2,9 +2,10 @@
 
 Both formats hold the same graph: :func:`export_wrapper` turns a built detector into a module
 ``image (3, H, W) float RGB in [0, 255] -> (boxes, scores, labels, masks, mask_scores)`` (see
-:data:`OUTPUT_NAMES`) that runs the model's own ``preprocess -> forward -> postprocess`` for one
-image, traced once by ``torch.export`` with the image height and width symbolic (``dynamic=True``)
-or fixed to the example's size.
+:data:`OUTPUT_NAMES`; a Keypoint R-CNN adds ``keypoints``, and has no ``masks`` and
+``mask_scores`` without a mask branch: :func:`output_names`) that runs the model's own
+``preprocess -> forward -> postprocess`` for one image, traced once by ``torch.export`` with the
+image height and width symbolic (``dynamic=True``) or fixed to the example's size.
 
 * ONNX (``torch.onnx.export(..., dynamo=True)``, opset 18): NMS and RoIAlign become the standard
   ``NonMaxSuppression`` and ``RoiAlign`` operators, so ONNX Runtime (or any runtime with those
@@ -36,7 +37,10 @@ from instaseg.structures.instances import Instances
 
 __all__ = [
     "OUTPUT_NAMES",
+    "KEYPOINTS_OUTPUT",
+    "OUTPUT_LAYOUTS",
     "ONNX_OPSET",
+    "output_names",
     "export_wrapper",
     "export_program",
     "has_rescored_masks",
@@ -49,6 +53,13 @@ __all__ = [
 ]
 
 OUTPUT_NAMES = ("boxes", "scores", "labels", "masks", "mask_scores")
+KEYPOINTS_OUTPUT = "keypoints"
+# Every graph has one of these output lists (output_names); their lengths tell them apart.
+OUTPUT_LAYOUTS = (
+    OUTPUT_NAMES,  # Mask R-CNN, MS R-CNN, YOLACT, YOLACT++
+    OUTPUT_NAMES + (KEYPOINTS_OUTPUT,),  # Keypoint R-CNN with the mask branch
+    OUTPUT_NAMES[:3] + (KEYPOINTS_OUTPUT,),  # Keypoint R-CNN, boxes and keypoints only
+)
 INPUT_NAME = "image"
 # Opset 18: RoiAlign with coordinate_transformation_mode (16+), GridSample for DCN (16+), and the
 # opset onnxscript's torch library is written against.
@@ -74,12 +85,23 @@ def export_wrapper(model: nn.Module) -> nn.Module:
     return DetectorExport(model).eval()
 
 
+def output_names(model: nn.Module) -> tuple[str, ...]:
+    """The outputs of ``model``'s graph, in order (one of :data:`OUTPUT_LAYOUTS`): :data:`OUTPUT_NAMES`,
+    then ``keypoints`` for a Keypoint R-CNN; ``masks`` and ``mask_scores`` only with a mask branch."""
+    if isinstance(model, DetectorExport):
+        model = model.model
+    rcnn = isinstance(model, MaskRCNN)
+    names = OUTPUT_NAMES if not rcnn or model.mask_head is not None else OUTPUT_NAMES[:3]
+    return names + (KEYPOINTS_OUTPUT,) if rcnn and model.keypoint_head is not None else names
+
+
 class DetectorExport(nn.Module):
     """A detector's own inference, ``predict``, for one image: ``forward(image (3, H, W) float RGB
     in [0, 255])`` -> ``boxes (N, 4)`` float xyxy in input-image pixels, ``scores (N,)`` class
-    scores, ``labels (N,)`` int64 in ``[0, num_classes)``, ``masks (N, H, W)`` bool and
-    ``mask_scores (N,)`` (MS R-CNN, YOLACT++: the rescored mask score; otherwise the class score),
-    best first.
+    scores, ``labels (N,)`` int64 in ``[0, num_classes)``, ``masks (N, H, W)`` bool,
+    ``mask_scores (N,)`` (MS R-CNN, YOLACT++: the rescored mask score; otherwise the class score)
+    and, from a Keypoint R-CNN, ``keypoints (N, K, 3)`` float ``(x, y, score)`` in input-image
+    pixels, best first; :attr:`output_names` says which (:func:`output_names`).
 
     Nothing is re-implemented here: while ``torch.export`` traces, the model's ``preprocess ->
     forward -> postprocess`` take the traceable paths of instaseg's ops (graph ops for NMS and
@@ -89,13 +111,19 @@ class DetectorExport(nn.Module):
     def __init__(self, model: Detector) -> None:
         super().__init__()
         self.model = model
+        self.output_names = output_names(model)
 
-    def forward(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    def forward(self, image: Tensor) -> tuple[Tensor, ...]:
         model = self.model
         result = model.postprocess(model([image]), [(image.shape[-2], image.shape[-1])])[0]
-        # A graph output of its own when the model does not rescore masks (ONNX names each output once).
-        mask_scores = result.mask_scores if result.mask_scores is not None else result.scores.clone()
-        return result.boxes, result.scores, result.labels, result.masks, mask_scores
+        outputs = {"boxes": result.boxes, "scores": result.scores, "labels": result.labels}
+        if result.masks is not None:
+            # A graph output of its own when the model does not rescore masks (ONNX names each output once).
+            mask_scores = result.mask_scores if result.mask_scores is not None else result.scores.clone()
+            outputs.update(masks=result.masks, mask_scores=mask_scores)
+        if result.keypoints is not None:
+            outputs[KEYPOINTS_OUTPUT] = result.keypoints
+        return tuple(outputs[name] for name in self.output_names)
 
 
 def _check_exportable_rcnn(model: MaskRCNN) -> None:
@@ -103,7 +131,7 @@ def _check_exportable_rcnn(model: MaskRCNN) -> None:
     problems = []
     if model.inference_config.nms != "nms":
         problems.append(f"inference.nms={model.inference_config.nms!r} (only 'nms' exports)")
-    if model.mask_config.paste != "centres":
+    if model.mask_config is not None and model.mask_config.paste != "centres":
         problems.append(f"mask_head.paste={model.mask_config.paste!r} (only 'centres' exports)")
     if model.box_config.pooler_type != "align":
         problems.append(f"box_head.pooler_type={model.box_config.pooler_type!r} (only 'align' exports)")
@@ -177,7 +205,7 @@ def export_onnx(
     optimize: bool = True,
     metadata: dict[str, str] | None = None,
 ) -> Path:
-    """Write ``model`` as an ONNX file at ``path`` (input ``image``, outputs :data:`OUTPUT_NAMES`).
+    """Write ``model`` as an ONNX file at ``path`` (input ``image``, outputs :func:`output_names`).
 
     ``example`` and ``dynamic`` as in :func:`export_program`; ``optimize`` and ``metadata`` as in
     :func:`program_to_onnx`.
@@ -199,25 +227,35 @@ def program_to_onnx(
     optimize: bool = True,
     metadata: dict[str, str] | None = None,
 ) -> Path:
-    """Translate a program from :func:`export_program` to ONNX (opset :data:`ONNX_OPSET`) at ``path``.
+    """Translate a program from :func:`export_program` to ONNX (opset :data:`ONNX_OPSET`) at ``path``,
+    its outputs named as :func:`output_names` (told apart by their number).
 
     ``optimize`` runs onnxscript's graph optimizer (constant folding, dead code removal);
     ``metadata`` goes into the file's ``metadata_props`` (e.g. category names).
     """
     _require_onnxscript()
     path = Path(path)
+    expected = _program_output_names(program)
     with _quiet():
         onnx_program = torch.onnx.export(
             program, dynamo=True, opset_version=ONNX_OPSET, custom_translation_table=ONNX_TRANSLATIONS,
-            input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES), optimize=optimize, verbose=False,
+            input_names=[INPUT_NAME], output_names=list(expected), optimize=optimize, verbose=False,
         )
     names = [value.name for value in onnx_program.model.graph.outputs]
-    if names != list(OUTPUT_NAMES):  # a renamed or merged output would silently break every caller
-        raise InstasegError(f"the ONNX graph's outputs are {names}, expected {list(OUTPUT_NAMES)}")
+    if names != list(expected):  # a renamed or merged output would silently break every caller
+        raise InstasegError(f"the ONNX graph's outputs are {names}, expected {list(expected)}")
     onnx_program.model.metadata_props.update(metadata or {})
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx_program.save(str(path), external_data=False)
     return path
+
+
+def _program_output_names(program: torch.export.ExportedProgram) -> tuple[str, ...]:
+    count = len(program.graph_signature.user_outputs)
+    for names in OUTPUT_LAYOUTS:
+        if len(names) == count:
+            return names
+    raise InstasegError(f"a program with {count} outputs is not one of export_program's")
 
 
 def _require_onnxscript() -> None:
@@ -247,15 +285,26 @@ def _quiet() -> Iterator[None]:
             logger.setLevel(level)
 
 
-def outputs_to_instances(outputs: list | tuple, image_size: tuple[int, int], has_mask_scores: bool = True) -> Instances:
-    """The five graph outputs (numpy arrays or tensors) -> :class:`Instances` on ``image_size``."""
-    boxes, scores, labels, masks, mask_scores = (torch.as_tensor(o) for o in outputs)
+def outputs_to_instances(
+    outputs: list | tuple,
+    image_size: tuple[int, int],
+    has_mask_scores: bool = True,
+    names: tuple[str, ...] = OUTPUT_NAMES,
+) -> Instances:
+    """The graph outputs (numpy arrays or tensors) named ``names`` (one of :data:`OUTPUT_LAYOUTS`)
+    -> :class:`Instances` on ``image_size``; ``masks`` None where the graph has none."""
+    if tuple(names) not in OUTPUT_LAYOUTS or len(outputs) != len(names):
+        raise InstasegError(f"{len(outputs)} outputs named {list(names)}: not an instaseg graph's")
+    found = {name: torch.as_tensor(o) for name, o in zip(names, outputs)}
+    masks = found.get("masks")
+    keypoints = found.get(KEYPOINTS_OUTPUT)
     return Instances(
-        boxes=boxes.float(),
-        scores=scores.float(),
-        labels=labels.long(),
-        masks=masks.bool().reshape(-1, *image_size),
-        mask_scores=mask_scores.float() if has_mask_scores else None,
+        boxes=found["boxes"].float(),
+        scores=found["scores"].float(),
+        labels=found["labels"].long(),
+        masks=None if masks is None else masks.bool().reshape(-1, *image_size),
+        mask_scores=found["mask_scores"].float() if masks is not None and has_mask_scores else None,
+        keypoints=None if keypoints is None else keypoints.float(),
     )
 
 
@@ -276,13 +325,17 @@ class OnnxPredictor:
             options.intra_op_num_threads = num_threads
         self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.metadata: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
+        # The file's own output names: which of OUTPUT_LAYOUTS it has (keypoints, masks).
+        self.output_names = tuple(value.name for value in self.session.get_outputs())
+        if self.output_names not in OUTPUT_LAYOUTS:
+            raise InstasegError(f"{path} has outputs {list(self.output_names)}: not an instaseg export")
 
     def run(self, image: Tensor) -> list:
-        """Raw outputs (numpy arrays, in :data:`OUTPUT_NAMES` order) for ``image (3, H, W)``."""
+        """Raw outputs (numpy arrays, in :attr:`output_names` order) for ``image (3, H, W)``."""
         array = image.detach().to("cpu", torch.float32).contiguous().numpy()
-        return self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: array})
+        return self.session.run(list(self.output_names), {INPUT_NAME: array})
 
     def __call__(self, image: Tensor) -> Instances:
         # Plain Mask R-CNN / YOLACT files repeat the class score as mask score; Instances says None.
         rescored = self.metadata.get("instaseg.rescored_masks", "true") != "false"
-        return outputs_to_instances(self.run(image), tuple(image.shape[-2:]), has_mask_scores=rescored)
+        return outputs_to_instances(self.run(image), tuple(image.shape[-2:]), rescored, self.output_names)

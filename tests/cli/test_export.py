@@ -75,3 +75,24 @@ def test_export_refuses_a_folder_or_a_missing_checkpoint(checkpoint, tmp_path, c
     assert "is a folder" in capsys.readouterr().err
     assert main(["export", "--checkpoint", str(tmp_path / "none.pt"), "--out", str(tmp_path / "m.onnx")]) == 2
     assert "no such checkpoint" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_export_keypoint_model_without_masks(tmp_path, capsys):
+    # Keypoint R-CNN with boxes and keypoints only: a graph without masks, read back as masks=None.
+    config = apply_overrides(get_preset("keypoint_rcnn_r18_fpn_tiny"), OVERRIDES)
+    torch.manual_seed(0)
+    checkpoint = tmp_path / "keypoints.pt"
+    save_checkpoint(checkpoint, build_from_config(config), config,
+                    categories={"ids": [1, 2, 3], "names": ["a", "b", "c"]})
+    out = tmp_path / "keypoints.onnx"
+    assert main(["export", "--checkpoint", str(checkpoint), "--format", "onnx", "--out", str(out),
+                 "--size", "64", "80", "--verify"]) == 0
+    assert "verify:" in capsys.readouterr().out
+    predictor = OnnxPredictor(out)
+    assert predictor.output_names == ("boxes", "scores", "labels", "keypoints")
+    model, _ = load_model(checkpoint)
+    image = torch.rand(3, 64, 80) * 255
+    compare(predictor.run(image), model.predict([image])[0], predictor.output_names)
+    instances = predictor(image)
+    assert instances.masks is None and instances.keypoints.shape == (len(instances), 13, 3)

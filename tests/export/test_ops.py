@@ -112,3 +112,35 @@ def test_onnx_translations_agree_with_the_eager_ops(tmp_path):
         torch.testing.assert_close(torch.from_numpy(got[1]), expected[1], atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(torch.from_numpy(got[2]), expected[2], atol=1e-5, rtol=1e-5)
         assert torch.equal(torch.from_numpy(got[3]), expected[3])
+
+
+@pytest.mark.slow
+def test_keypoint_decoding_exports_with_a_symbolic_roi_count(tmp_path):
+    """The ragged decoding (data-dependent pixel count) traced once with R symbolic: the program
+    replays it exactly and ONNX Runtime (ScatterElements max/min, CumSum) to float rounding, for
+    R = 0 too."""
+    pytest.importorskip("onnxscript")
+    onnxruntime = pytest.importorskip("onnxruntime")
+    from instaseg.ops.keypoints import heatmaps_to_keypoints, heatmaps_to_keypoints_ragged
+
+    class Decode(torch.nn.Module):
+        def forward(self, heatmaps, rois):
+            return heatmaps_to_keypoints(heatmaps, rois, "detectron2")
+
+    def inputs(n):
+        return torch.randn(n, 3, 8, 8) * 3, _random_boxes(n, scale=30.0) - 3.0
+
+    torch.manual_seed(0)
+    count = torch.export.Dim("rois", min=0, max=1000)
+    program = torch.export.export(Decode(), inputs(5), dynamic_shapes=({0: count}, {0: count}), strict=False)
+    path = tmp_path / "decode.onnx"
+    torch.onnx.export(program, dynamo=True, opset_version=18, optimize=False, verbose=False).save(str(path))
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+    for n in (4, 0, 1):
+        heatmaps, rois = inputs(n)
+        expected = heatmaps_to_keypoints_ragged(heatmaps, rois, "detectron2")
+        assert torch.equal(program.module()(heatmaps, rois), expected)
+        (got,) = session.run(None, {names[0]: heatmaps.numpy(), names[1]: rois.numpy()})
+        assert got.shape == (n, 3, 3)
+        torch.testing.assert_close(torch.from_numpy(got), expected, rtol=1e-5, atol=1e-5)

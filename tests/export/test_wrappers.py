@@ -1,6 +1,7 @@
 """The export wrapper runs ``model.predict`` for one image; the traceable paths its graph takes
-(graph ops, dense suppression and paste, tensor size arithmetic) give ``predict``'s eager results
-exactly, for every preset family and suppression kind; settings the graph does not reproduce are
+(graph ops, dense suppression and paste, tensor size arithmetic, ragged keypoint decoding) give
+``predict``'s eager results exactly, for every preset family and suppression kind (keypoint scores
+up to float rounding: tests/ops/test_keypoints.py); settings the graph does not reproduce are
 refused."""
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import torch
 
 from instaseg.errors import InstasegError
 from instaseg.export.exporters import export_wrapper, outputs_to_instances
-from tests.export.parity import build_test_model
+from tests.export.parity import KEYPOINT_MASK_SMALL, build_test_model
 
 PUBLISHER_CONVENTIONS = {"model__conventions__box_clip": "after_nms", "model__conventions__crop": "pixel_index",
                          "model__conventions__fast_nms_fill": "top_k", "model__conventions__rescoring_iou": "raw"}
@@ -26,6 +27,9 @@ CASES = [
     ("yolact_pp_r18_tiny", {}),
     # dbolya/yolact's post-processing (the 550 px presets'), on the tiny YOLACT++.
     ("yolact_pp_r18_tiny", PUBLISHER_CONVENTIONS),
+    # Keypoint R-CNN: boxes and keypoints only, and with the mask branch (narrowed).
+    ("keypoint_rcnn_r18_fpn_tiny", {}),
+    ("keypoint_mask_rcnn_r50_fpn", KEYPOINT_MASK_SMALL),
 ]
 
 
@@ -40,14 +44,21 @@ def test_traced_paths_replay_predict_exactly(preset, overrides, score_thresh, mo
         # The paths torch.export traces, run eagerly (the graph ops run their eager kernels).
         with monkeypatch.context() as patch, torch.no_grad():
             patch.setattr(torch.compiler, "is_exporting", lambda: True)
-            got = outputs_to_instances(wrapper(image), (height, width))
+            got = outputs_to_instances(wrapper(image), (height, width), names=wrapper.output_names)
         if score_thresh == 1.0:
             assert len(expected) == 0
         assert len(got) == len(expected)
-        for name in ("boxes", "scores", "labels", "masks"):
+        for name in ("boxes", "scores", "labels"):
             assert torch.equal(getattr(got, name), getattr(expected, name)), name
-        mask_scores = expected.mask_scores if expected.mask_scores is not None else expected.scores
-        assert torch.equal(got.mask_scores, mask_scores)
+        assert (got.masks is None) == (expected.masks is None)
+        if expected.masks is not None:
+            assert torch.equal(got.masks, expected.masks)
+            mask_scores = expected.mask_scores if expected.mask_scores is not None else expected.scores
+            assert torch.equal(got.mask_scores, mask_scores)
+        assert (got.keypoints is None) == (expected.keypoints is None)
+        if expected.keypoints is not None:
+            assert torch.equal(got.keypoints[..., :2], expected.keypoints[..., :2])
+            torch.testing.assert_close(got.keypoints[..., 2], expected.keypoints[..., 2])
 
 
 @pytest.mark.parametrize("preset,overrides", [

@@ -11,6 +11,7 @@ import torch
 import importlib
 from instaseg.ops import fast_nms, multiscale_roi_align, paste_masks_in_image
 from instaseg.ops.fast_nms import dense_fast_nms
+from instaseg.ops.keypoints import heatmaps_to_keypoints, heatmaps_to_keypoints_ragged
 from instaseg.ops.graph_ops import sort_by_score
 from instaseg.ops.multiclass_nms import multiclass_nms
 from instaseg.ops.nms import floor_to_dtype
@@ -115,6 +116,19 @@ def test_paste_masks_traced_path_matches_the_eager_one(monkeypatch):
     got = paste_masks_in_image(masks, boxes, (45, 60), threshold=0.5)
     # Same formula; only the summation order of the matmuls may differ (a pixel at 0.5 +- 1e-7).
     assert (got != expected).float().mean() < 1e-4
+
+
+def test_keypoint_decoding_traced_path_is_the_ragged_one(monkeypatch):
+    torch.manual_seed(0)
+    heatmaps = torch.randn(9, 4, 14, 14) * 3
+    rois = torch.cat((_random_boxes(8, scale=60.0), torch.tensor([[3.0, 3.0, 3.2, 9.0]])))
+    expected = heatmaps_to_keypoints(heatmaps, rois)
+    monkeypatch.setattr(torch.compiler, "is_exporting", lambda: True)
+    got = heatmaps_to_keypoints(heatmaps, rois)
+    assert torch.equal(got, heatmaps_to_keypoints_ragged(heatmaps, rois))
+    # The same locations; scores up to rounding (tests/ops/test_keypoints.py).
+    assert torch.equal(got[..., :2], expected[..., :2])
+    torch.testing.assert_close(got[..., 2], expected[..., 2])
 
 
 def test_sort_by_score_breaks_ties_by_key():
