@@ -35,22 +35,10 @@ import torch
 
 from instaseg.ops.torchvision_shim import load_torchvision
 
-from tests.weights._torchvision_parity import IMAGE_SIZES, parity_image
+from tests.weights._torchvision_parity import IMAGE_SIZES, compare_detections, randomize
 
 DETECTIONS = 12  # per image, both sides (module docstring)
 PERSON_BIAS = 3.0
-
-
-def _randomize(model: torch.nn.Module) -> None:
-    """Realistic statistics and biases instead of a fresh model's zeros and ones."""
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                module.running_mean.uniform_(-0.1, 0.1)
-                module.running_var.uniform_(0.5, 1.5)
-            elif isinstance(module, (torch.nn.Conv2d, torch.nn.ConvTranspose2d, torch.nn.Linear)):
-                if module.bias is not None:
-                    module.bias.uniform_(-0.1, 0.1)
 
 
 def main(site: str, num_sizes: int, overrides: list[str]) -> None:
@@ -64,7 +52,7 @@ def main(site: str, num_sizes: int, overrides: list[str]) -> None:
     torch.manual_seed(0)
     tv = keypointrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=2, num_keypoints=17,
                                    box_detections_per_img=DETECTIONS).eval()
-    _randomize(tv)
+    randomize(tv)
     with torch.no_grad():
         tv.roi_heads.box_predictor.cls_score.bias[1] += PERSON_BIAS
     state, layout = convert_torchvision_keypointrcnn(tv.state_dict(), source_bn_eps=1e-5)
@@ -77,17 +65,10 @@ def main(site: str, num_sizes: int, overrides: list[str]) -> None:
 
 
 def _compare(tv, ours, size: tuple[int, int]) -> dict:
-    """Detection-by-detection differences on one image of ``size = (H, W)``."""
-    image = parity_image(size)
-    with torch.no_grad():
-        theirs = tv([image])[0]
-        mine = ours.predict([image * 255])[0]
-    out = {"size": list(size), "num_theirs": int(theirs["boxes"].shape[0]), "num_ours": len(mine)}
-    if out["num_theirs"] != out["num_ours"] or out["num_ours"] == 0:
+    """Detection-by-detection differences on one image of ``size = (H, W)``, keypoints included."""
+    out, theirs, mine = compare_detections(tv, ours, size)
+    if theirs is None:
         return out
-    out["labels_equal"] = bool(torch.equal(theirs["labels"] - 1, mine.labels))
-    out["max_box_diff"] = float((theirs["boxes"] - mine.boxes).abs().max())
-    out["max_score_diff"] = float((theirs["scores"] - mine.scores).abs().max())
     xy_theirs, xy_ours = theirs["keypoints"][..., :2].double(), mine.keypoints[..., :2]
     diff = (xy_theirs - xy_ours).abs()
     out["max_keypoint_diff"] = float(diff.max())

@@ -39,14 +39,7 @@ def main(site: str) -> None:
     num_outputs = 5  # 4 classes + background: random weights then score above the 0.05 threshold
     # torchvision's defaults (min_size 800, max_size 1333): instaseg's preset as it is
     tv = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=num_outputs).eval()
-    with torch.no_grad():  # realistic statistics and biases instead of a fresh model's zeros and ones
-        for module in tv.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                module.running_mean.uniform_(-0.1, 0.1)
-                module.running_var.uniform_(0.5, 1.5)
-            elif isinstance(module, (torch.nn.Conv2d, torch.nn.ConvTranspose2d, torch.nn.Linear)):
-                if module.bias is not None:
-                    module.bias.uniform_(-0.1, 0.1)
+    randomize(tv)
     state, num_classes = convert_torchvision_maskrcnn(tv.state_dict(), source_bn_eps=1e-5)
     ours = build_from_config(torchvision_config(num_classes)).eval()
     ours.load_state_dict(state)
@@ -68,18 +61,40 @@ def parity_image(size: tuple[int, int]) -> torch.Tensor:
     return image
 
 
-def _compare(tv, ours, size: tuple[int, int]) -> dict:
-    """Detection-by-detection differences on one image of ``size = (H, W)``."""
+def randomize(model: torch.nn.Module) -> None:
+    """Realistic statistics and biases instead of a fresh model's zeros and ones (in place)."""
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.1, 0.1)
+                module.running_var.uniform_(0.5, 1.5)
+            elif isinstance(module, (torch.nn.Conv2d, torch.nn.ConvTranspose2d, torch.nn.Linear)):
+                if module.bias is not None:
+                    module.bias.uniform_(-0.1, 0.1)
+
+
+def compare_detections(tv, ours, size: tuple[int, int]) -> tuple[dict, dict | None, object]:
+    """Both models on the parity image of ``size = (H, W)``: ``(differences of boxes, scores and
+    labels, torchvision's result, instaseg's Instances)``; the two results only when the counts agree
+    and are not zero (None otherwise)."""
     image = parity_image(size)
     with torch.no_grad():
         theirs = tv([image])[0]
         mine = ours.predict([image * 255])[0]
     out = {"size": list(size), "num_theirs": int(theirs["boxes"].shape[0]), "num_ours": len(mine)}
     if out["num_theirs"] != out["num_ours"] or out["num_ours"] == 0:
-        return out
+        return out, None, None
     out["labels_equal"] = bool(torch.equal(theirs["labels"] - 1, mine.labels))
     out["max_box_diff"] = float((theirs["boxes"] - mine.boxes).abs().max())
     out["max_score_diff"] = float((theirs["scores"] - mine.scores).abs().max())
+    return out, theirs, mine
+
+
+def _compare(tv, ours, size: tuple[int, int]) -> dict:
+    """Detection-by-detection differences on one image of ``size = (H, W)``, masks included."""
+    out, theirs, mine = compare_detections(tv, ours, size)
+    if theirs is None:
+        return out
     a = theirs["masks"][:, 0] >= 0.5  # torchvision returns probabilities; threshold as instaseg does
     b = mine.masks
     inter = (a & b).flatten(1).sum(1).double()
