@@ -26,7 +26,7 @@ from instaseg.config.io import apply_overrides
 from instaseg.config.presets import get_preset
 from instaseg.config.schema import Config
 from instaseg.engine.evaluate import evaluate_model
-from instaseg.evaluation.coco_eval import AP_KEYS
+from instaseg.evaluation.tables import AP_KEYS
 from instaseg.hub import load_model, train_on_dataset
 
 __all__ = ["Schedule", "run_name", "build_config", "run_training", "evaluate_variant", "read_result"]

@@ -80,6 +80,8 @@ def test_export_refuses_a_folder_or_a_missing_checkpoint(checkpoint, tmp_path, c
 @pytest.mark.slow
 def test_export_keypoint_model_without_masks(tmp_path, capsys):
     # Keypoint R-CNN with boxes and keypoints only: a graph without masks, read back as masks=None.
+    # Exported with a score threshold nothing passes: an image with no detections gives empty outputs
+    # of the right trailing shapes (ONNX Runtime parity with detections: tests/export/test_detector_export.py).
     config = apply_overrides(get_preset("keypoint_rcnn_r18_fpn_tiny"), OVERRIDES)
     torch.manual_seed(0)
     checkpoint = tmp_path / "keypoints.pt"
@@ -87,12 +89,16 @@ def test_export_keypoint_model_without_masks(tmp_path, capsys):
                     categories={"ids": [1, 2, 3], "names": ["a", "b", "c"]})
     out = tmp_path / "keypoints.onnx"
     assert main(["export", "--checkpoint", str(checkpoint), "--format", "onnx", "--out", str(out),
-                 "--size", "64", "80", "--verify"]) == 0
+                 "--size", "64", "80", "--verify", "--set", "model.inference.score_thresh=1.0"]) == 0
     assert "verify:" in capsys.readouterr().out
     predictor = OnnxPredictor(out)
     assert predictor.output_names == ("boxes", "scores", "labels", "keypoints")
-    model, _ = load_model(checkpoint)
-    image = torch.rand(3, 64, 80) * 255
-    compare(predictor.run(image), model.predict([image])[0], predictor.output_names)
+    model, _ = load_model(checkpoint, overrides=["model.inference.score_thresh=1.0"])
+    image = torch.rand(3, 64, 80) * 255  # the exported size (fixed unless --dynamic)
+    outputs = predictor.run(image)
+    expected = model.predict([image])[0]
+    assert len(expected) == 0
+    assert [o.shape for o in outputs] == [(0, 4), (0,), (0,), (0, 13, 3)]
+    compare(outputs, expected, predictor.output_names)
     instances = predictor(image)
-    assert instances.masks is None and instances.keypoints.shape == (len(instances), 13, 3)
+    assert len(instances) == 0 and instances.masks is None and instances.keypoints.shape == (0, 13, 3)

@@ -1,5 +1,6 @@
 """An image with no detections: every output of the exported graph is empty (N = 0), with the
-right trailing shapes, in ONNX Runtime as in PyTorch (Keypoint R-CNN without masks too)."""
+right trailing shapes, in ONNX Runtime as in PyTorch (Keypoint R-CNN without masks: through the
+CLI in tests/cli/test_export.py::test_export_keypoint_model_without_masks)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from tests.export.parity import build_test_model, compare
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("preset", ["ms_rcnn_r18_fpn_tiny", "yolact_pp_r18_tiny", "keypoint_rcnn_r18_fpn_tiny"])
+@pytest.mark.parametrize("preset", ["ms_rcnn_r18_fpn_tiny", "yolact_pp_r18_tiny"])
 def test_no_detections(preset, tmp_path):
     # No class probability exceeds 1: nothing can pass the threshold, whatever the weights.
     model = build_test_model(preset, score_thresh=1.0)
