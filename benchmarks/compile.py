@@ -30,33 +30,9 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _timing import markdown_table  # noqa: E402
 
-from instaseg.engine.bench import bench_images, synthetic_targets  # noqa: E402
+from instaseg.engine.bench import bench_images, predict_step, synthetic_targets, train_step  # noqa: E402
 from instaseg.engine.compile import DENSE_PARTS, TRAIN_PARTS, compile_parts  # noqa: E402
 from instaseg.hub.bench import build_bench_model  # noqa: E402
-
-
-def train_step(model: torch.nn.Module, images: list, targets: list) -> Callable[[], None]:
-    model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=1e-6, momentum=0.9)  # tiny: the same work every step
-
-    def step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        total, _ = model.loss(model(images, targets), targets)
-        total.backward()
-        optimizer.step()
-
-    return step
-
-
-def predict_step(model: torch.nn.Module, images: list) -> Callable[[], None]:
-    model.eval()
-
-    def step() -> None:
-        with torch.no_grad():
-            model.predict(images)
-
-    return step
 
 
 def onnxruntime_step(model: torch.nn.Module, image: torch.Tensor, folder: str) -> Callable[[], None]:

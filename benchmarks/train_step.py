@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _timing import markdown_table  # noqa: E402
 
-from instaseg.engine.bench import synthetic_targets  # noqa: E402
+from instaseg.engine.bench import synthetic_targets, train_step  # noqa: E402
 from instaseg.hub import build_model  # noqa: E402
 from instaseg.layers.fusion import fast_paths  # noqa: E402
 from instaseg.ops.torchvision_shim import load_torchvision  # noqa: E402
@@ -49,24 +49,19 @@ def build_torchvision_model(torchvision, size: tuple[int, int]) -> torch.nn.Modu
 
 
 def make_step(model: torch.nn.Module, images: list[torch.Tensor], targets, kind: str):
+    if kind != "torchvision":  # instaseg: the same step as `instaseg bench --train`
+        return train_step(model, images, targets)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=1e-6, momentum=0.9)  # tiny: the same work every step
     model.train()
-    if kind == "torchvision":
-        tv_images = [image / 255.0 for image in images]  # torchvision normalizes [0, 1] inputs
-        tv_targets = [{"boxes": t.boxes, "labels": t.labels + 1, "masks": t.masks.to(torch.uint8)} for t in targets]
+    tv_images = [image / 255.0 for image in images]  # torchvision normalizes [0, 1] inputs
+    tv_targets = [{"boxes": t.boxes, "labels": t.labels + 1, "masks": t.masks.to(torch.uint8)} for t in targets]
 
-        def step() -> None:
-            optimizer.zero_grad(set_to_none=True)
-            losses = model(tv_images, tv_targets)
-            sum(losses.values()).backward()
-            optimizer.step()
-    else:
-        def step() -> None:
-            optimizer.zero_grad(set_to_none=True)
-            total, _ = model.loss(model(images, targets), targets)
-            total.backward()
-            optimizer.step()
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        losses = model(tv_images, tv_targets)
+        sum(losses.values()).backward()
+        optimizer.step()
     return step
 
 

@@ -38,7 +38,7 @@ from instaseg.structures.instances import Targets
 
 __all__ = ["BenchResult", "STAGE_GROUPS", "bench_image_size", "synthetic_targets", "time_iterations", "stage_times",
            "count_gflops", "peak_memory", "benchmark_model", "format_result", "format_modes", "result_summary",
-           "bench_images"]
+           "bench_images", "train_step", "predict_step"]
 
 # Detector stage labels -> the groups the summary reports (Mask R-CNN and YOLACT labels alike).
 STAGE_GROUPS: dict[str, str] = {
@@ -251,8 +251,9 @@ def peak_memory(device: torch.device | str) -> Iterator[dict[str, float | str]]:
         result["kind"] = "peak RSS (process lifetime)"
 
 
-def _predict_step(model: Detector, images: list[Tensor], precision: str,
-                  device: torch.device) -> Callable[[], object]:
+def predict_step(model: Detector, images: list[Tensor], precision: str = "float32",
+                 device: torch.device = torch.device("cpu")) -> Callable[[], object]:
+    """A closure running ``model.predict(images)`` once (eval mode, autocast for ``precision``)."""
     model.eval()
 
     dtype = autocast_dtype(precision, device)
@@ -264,8 +265,10 @@ def _predict_step(model: Detector, images: list[Tensor], precision: str,
     return step
 
 
-def _train_step(model: Detector, images: list[Tensor], targets: list[Targets], precision: str,
-                device: torch.device) -> Callable[[], object]:
+def train_step(model: Detector, images: list[Tensor], targets: list[Targets], precision: str = "float32",
+               device: torch.device = torch.device("cpu")) -> Callable[[], object]:
+    """A closure running one training iteration (forward under autocast for ``precision``, loss on
+    float32 outputs, backward, an SGD step at a tiny learning rate so every call does the same work)."""
     from torch.profiler import record_function
 
     model.train()
@@ -313,9 +316,9 @@ def benchmark_model(model: Detector, image_size: tuple[int, int], name: str, *, 
         num_keypoints = 0 if keypoint_head is None else keypoint_head.num_keypoints
         targets = [synthetic_targets((height, width), model.num_classes, generator=generator,
                                      num_keypoints=num_keypoints).to(torch_device) for _ in range(batch)]
-        step = _train_step(model, images, targets, precision, torch_device)
+        step = train_step(model, images, targets, precision, torch_device)
     else:
-        step = _predict_step(model, images, precision, torch_device)
+        step = predict_step(model, images, precision, torch_device)
     first = step()  # warm-up, and the detections to report
     with peak_memory(torch_device) as memory:
         times = time_iterations(step, iters, warmup=max(0, warmup - 1), device=torch_device)
