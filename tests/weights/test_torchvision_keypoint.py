@@ -5,7 +5,7 @@ every tensor lands where it should (the keypoint head's Sequential indices 0, 2,
 
 The synthetic state dicts follow torchvision's naming rules (``KeypointRCNNHeads`` is a Sequential of
 conv, ReLU pairs; ``KeypointRCNNPredictor.kps_score_lowres`` a ConvTranspose2d (in, K, 4, 4)).
-Detection-level parity with torchvision's own code is test_torchvision_parity.py.
+Detection-level parity with torchvision's own code is test_torchvision_keypoint_parity.py.
 """
 
 from __future__ import annotations
