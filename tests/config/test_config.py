@@ -64,6 +64,21 @@ def test_bad_overrides_name_the_key(override, message):
         apply_overrides(Config(), [override])
 
 
+def test_exponent_notation_without_a_dot_is_a_number(tmp_path):
+    """YAML 1.1 (PyYAML) reads ``2e-3`` and ``1e-4`` as strings: ``--set train.lr=2e-3`` and ``lr: 1e-4`` in
+    a config file mean numbers all the same; a word is still refused."""
+    config = apply_overrides(Config(), ["train.lr=2e-3", "train.weight_decay=1E-4", "model.rpn.nms_thresh=7e-1"])
+    assert (config.train.lr, config.train.weight_decay, config.model.rpn.nms_thresh) == (2e-3, 1e-4, 0.7)
+    assert isinstance(config.train.lr, float)
+    path = tmp_path / "config.yaml"
+    save_yaml(config, path)
+    path.write_text(path.read_text().replace("lr: 0.002", "lr: 5e-4"))
+    assert load_yaml(path).train.lr == 5e-4
+    for word in ("fast", "nan", "inf", "1e-3x"):
+        with pytest.raises(ConfigError, match="expected a number"):
+            apply_overrides(Config(), [f"train.lr={word}"])
+
+
 def test_a_scalar_is_a_one_element_tuple_where_the_length_is_free():
     config = apply_overrides(Config(), ["input.min_size_train=320", "train.steps=500"])
     assert config.input.min_size_train == (320,) and config.train.steps == (500,)
