@@ -93,7 +93,7 @@ class ConvNormAct(nn.Conv2d):
             self.activation = activation()
 
     def forward(self, x: Tensor) -> Tensor:
-        # At inference a FrozenBatchNorm2d is folded into the weights (see layers/fusion.py).
+        # A FrozenBatchNorm2d is folded into the weights (see layers/fusion.py).
         folded = None if self.norm is None else folded_conv_weights(self, self.norm, x)
         if folded is not None:
             x = self._conv_forward(x, *folded)

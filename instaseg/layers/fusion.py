@@ -1,15 +1,20 @@
-"""Inference fast paths: FrozenBatchNorm2d folded into its convolution, and channels-last maps.
+"""Fast paths: FrozenBatchNorm2d folded into its convolution, and channels-last maps at inference.
 
 A frozen batch norm is the per-channel affine map ``y = x * scale + shift``, so after a convolution
 ``norm(conv(x)) = conv'(x)`` with ``W' = W * scale`` (per output channel) and
 ``b' = b * scale + shift``: one pass over the output instead of two, and one buffer less.
 
-The folded tensors are a cache, never parameters: ``state_dict()``, ``load_state_dict()``,
-training and gradients see the original convolution and norm. The cache is used only when
-nothing could need the unfolded graph (module in eval mode, autograd off, not tracing or
-compiling) and is rebuilt whenever one of its source tensors changed (a ``load_state_dict``, an
-optimizer step, ``.to(dtype)`` or ``.to(device)``): each source tensor's storage and version
-counter are part of the cache key.
+Folded tensors are never parameters: ``state_dict()``, ``load_state_dict()`` and the optimizer see the
+original convolution and norm. At inference they are a cache, used when autograd
+records nothing (autograd off, or a frozen stage whose weights and input need no gradient) and nothing
+is traced or compiled, and it is rebuilt whenever one of its source tensors changed (a
+``load_state_dict``, an optimizer step, ``.to(dtype)`` or ``.to(device)``): each source tensor's storage
+and version counter are part of the cache key.
+
+In training the fold is recomputed at every call as autograd operations on the live weight
+(:func:`fold_frozen_batchnorm_differentiable`): the weight's gradient flows through the scale, and the
+norm's pass over the output and its backward are saved (ResNet-50-FPN Mask R-CNN, 2 images of
+512x768, 2 threads: a training step 12.1 s folded vs 12.4 s unfolded, medians of 3 interleaved rounds).
 
 Channels-last (``torch.channels_last``) memory format lets oneDNN run convolutions without
 reordering their inputs and outputs; at inference ResNet switches its input to it, and every later
@@ -43,6 +48,7 @@ __all__ = [
     "fast_paths",
     "fast_path_settings",
     "fold_frozen_batchnorm",
+    "fold_frozen_batchnorm_differentiable",
     "conv_norm",
     "folded_conv_weights",
     "to_channels_last",
@@ -53,7 +59,7 @@ __all__ = [
 class FastPaths:
     """Which speed switches are on (in the current context; see :func:`fast_paths`)."""
 
-    fold_batchnorm: bool = True  # FrozenBatchNorm2d folded into the conv before it, at inference
+    fold_batchnorm: bool = True  # FrozenBatchNorm2d folded into the conv before it (training and inference)
     channels_last: bool = True  # at inference: backbone input (so every feature map) channels-last
 
 
@@ -126,9 +132,26 @@ def _can_fold(conv: nn.Module, norm: nn.Module) -> bool:
     # a compiled graph folds frozen norms itself (inductor's freezing)
     if _tracing() or not (_SETTINGS.get().fold_batchnorm and isinstance(norm, FrozenBatchNorm2d)):
         return False
-    if conv.training or torch.is_grad_enabled():
+    return not any(t.is_meta for t in _sources(conv, norm))
+
+
+def _needs_autograd(conv: nn.Module, x: Tensor) -> bool:
+    """Whether autograd would record ``conv(x)``: grad mode on and ``x`` or a conv parameter requiring grad
+    (a frozen stage's conv on an input without gradient records nothing, like inference)."""
+    if not torch.is_grad_enabled():
         return False
-    return not any(t.is_inference() or t.is_meta for t in _sources(conv, norm))
+    return x.requires_grad or any(p.requires_grad for p in conv.parameters(recurse=False))
+
+
+def fold_frozen_batchnorm_differentiable(weight: Tensor, bias: Tensor | None,
+                                         norm: FrozenBatchNorm2d) -> tuple[Tensor, Tensor]:
+    """Weight ``(C_out, ...)`` and bias ``(C_out,)`` of ``norm(conv(x))`` in ``weight``'s dtype, as autograd
+    operations: the weight's gradient flows through the per-channel scale. For training, where the
+    weight changes every step (nothing is cached)."""
+    scale = norm.weight * torch.rsqrt(norm.running_var + norm.eps)
+    shift = norm.bias - norm.running_mean * scale
+    folded_weight = weight * scale.view(-1, *([1] * (weight.dim() - 1)))
+    return folded_weight, shift if bias is None else torch.addcmul(shift, bias, scale)
 
 
 def _folded(conv: nn.Module, norm: FrozenBatchNorm2d, channels_last: bool) -> tuple[Tensor, Tensor]:
@@ -154,18 +177,23 @@ def _folded(conv: nn.Module, norm: FrozenBatchNorm2d, channels_last: bool) -> tu
 def folded_conv_weights(conv: nn.Module, norm: nn.Module, x: Tensor) -> tuple[Tensor, Tensor] | None:
     """Folded ``(weight, bias)`` of ``norm(conv(.))`` for input ``x``, or None where folding is off.
 
-    None unless ``norm`` is a FrozenBatchNorm2d, folding is switched on, ``conv`` is in eval mode,
-    autograd is off and nothing is being traced or compiled. The weight comes channels-last when
-    ``x`` is (what oneDNN wants then), for ``conv.weight`` of a plain 2-D convolution.
+    None unless ``norm`` is a FrozenBatchNorm2d, folding is switched on and nothing is being traced or
+    compiled. Where autograd records the conv, the fold is computed afresh as autograd operations;
+    otherwise it comes from the cache, channels-last when ``x`` is (what oneDNN wants then), for
+    ``conv.weight`` of a plain 2-D convolution.
     """
     if not _can_fold(conv, norm):
         return None
+    if _needs_autograd(conv, x):
+        return fold_frozen_batchnorm_differentiable(conv.weight, conv.bias, norm)
+    if any(t.is_inference() for t in _sources(conv, norm)):
+        return None  # inference tensors cannot be saved in the cache's detached aliases
     plain_conv = isinstance(conv, nn.Conv2d) and conv.weight.dim() == 4
     return _folded(conv, norm, plain_conv and x.is_contiguous(memory_format=torch.channels_last))
 
 
 def conv_norm(conv: nn.Module, norm: nn.Module, x: Tensor) -> Tensor:
-    """``norm(conv(x))``; at inference with a FrozenBatchNorm2d, one convolution with folded weights.
+    """``norm(conv(x))``; with a FrozenBatchNorm2d, one convolution with folded weights.
 
     ``conv`` is an ``nn.Conv2d`` or an :class:`~instaseg.layers.ModulatedDeformConv2d` (any other
     module is simply called); ``norm`` any module (``nn.Identity`` too). Shapes are the conv's.

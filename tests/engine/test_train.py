@@ -531,7 +531,9 @@ def test_bf16_training_follows_the_float32_loss_trajectory(toy_data, tmp_path, m
     def loss(original, call, model, raw, targets):
         if precision not in conv_dtypes:  # the first call of each run
             conv_dtypes[precision] = None
-            first_conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+            # the first conv module that runs as one (the backbone's fold their frozen norms into F.conv2d)
+            first_conv = next(m for name, m in model.named_modules()
+                              if isinstance(m, torch.nn.Conv2d) and not name.startswith("backbone"))
             first_conv.register_forward_hook(lambda module, args, out: conv_dtypes.update({precision: out.dtype}))
         loss_dtypes.setdefault(precision, {raw.class_logits.dtype, raw.mask_logits.dtype, raw.box_deltas.dtype})
         total, terms = original(raw, targets)

@@ -16,6 +16,7 @@ from instaseg.layers.fusion import (
     fast_path_settings,
     fast_paths,
     fold_frozen_batchnorm,
+    fold_frozen_batchnorm_differentiable,
     to_channels_last,
 )
 
@@ -51,7 +52,7 @@ def test_folded_weights_reproduce_conv_then_norm(bias, stride, groups):
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_conv_norm_folds_only_at_inference_without_autograd(channels_last):
+def test_conv_norm_folds_at_inference_into_cached_weights(channels_last):
     conv = nn.Conv2d(3, 5, 3, padding=1, bias=False).double()
     bn = _frozen_bn(5)
     x = torch.randn(1, 3, 8, 8, dtype=torch.float64)
@@ -62,11 +63,52 @@ def test_conv_norm_folds_only_at_inference_without_autograd(channels_last):
     with torch.no_grad():
         torch.testing.assert_close(conv_norm(conv, bn, x), expected, rtol=1e-12, atol=1e-12)
     assert conv in _FOLDED
-    # With autograd on (even in eval mode) the unfolded path runs and the weight gets a gradient.
+
+
+def _norm_calls(bn: nn.Module) -> list:
+    calls: list = []
+    bn.register_forward_hook(lambda *args: calls.append(1))
+    return calls
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_training_folds_the_frozen_norm_with_the_unfolded_gradients(bias):
+    """With autograd on, the fold is recomputed from the live weight each call: the output and the
+    gradients of the weight, bias and input equal conv-then-norm's (float64), and gradcheck holds."""
+    conv = nn.Conv2d(3, 5, 3, stride=2, padding=1, bias=bias).double().train()
+    bn = _frozen_bn(5)
+    calls = _norm_calls(bn)
+    x = torch.randn(2, 3, 9, 7, dtype=torch.float64, requires_grad=True)
+    upstream = torch.randn(2, 5, 5, 4, dtype=torch.float64)
     out = conv_norm(conv, bn, x)
-    out.sum().backward()
-    assert conv.weight.grad is not None
-    torch.testing.assert_close(out.detach(), expected, rtol=1e-12, atol=1e-12)
+    assert calls == [] and conv not in _FOLDED  # folded, and nothing cached
+    torch.testing.assert_close(out, _reference_conv_bn(x.detach(), conv, bn), rtol=1e-12, atol=1e-12)
+    params = [x, conv.weight] + ([conv.bias] if bias else [])
+    grads = torch.autograd.grad(out, params, upstream)
+    with fast_paths(fold_batchnorm=False):
+        plain = conv_norm(conv, bn, x)
+    assert calls == [1]
+    for got, want in zip(grads, torch.autograd.grad(plain, params, upstream)):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    weight = conv.weight.detach().clone().requires_grad_(True)
+
+    def folded_conv(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, *fold_frozen_batchnorm_differentiable(weight, conv.bias, bn), 2, 1)
+
+    assert torch.autograd.gradcheck(folded_conv, (x, weight))
+
+
+def test_a_frozen_conv_under_autograd_uses_the_cached_fold():
+    """A frozen stage (weights without gradient) on an input without gradient records nothing for
+    autograd: it takes the cached fold, as at inference; an input that needs a gradient does not."""
+    conv = nn.Conv2d(3, 4, 1).double().train().requires_grad_(False)
+    bn = _frozen_bn(4)
+    x = torch.randn(1, 3, 5, 5, dtype=torch.float64)
+    torch.testing.assert_close(conv_norm(conv, bn, x), _reference_conv_bn(x, conv, bn), rtol=1e-12, atol=1e-12)
+    assert conv in _FOLDED
+    _FOLDED.clear()
+    out = conv_norm(conv, bn, x.requires_grad_(True))
+    assert out.requires_grad and conv not in _FOLDED
 
 
 def test_cache_follows_weight_changes_and_stays_out_of_the_state_dict():
