@@ -69,7 +69,13 @@ def fast_kernels(enabled: bool) -> Iterator[None]:
 
 
 def torchvision_ops() -> ModuleType | None:
-    """``torchvision.ops`` if it imports and runs here and fast kernels are allowed, else None."""
-    if shimmed or not use_fast_kernels():
+    """``torchvision.ops`` if it imports and runs here and fast kernels are allowed, else None.
+
+    None while torch.compile traces: dynamo cannot read the ContextVar (a graph break at every call,
+    at every deformable convolution of a YOLACT++ backbone), and the compiler gets the pure-PyTorch
+    path to optimise."""
+    import torch
+
+    if torch.compiler.is_dynamo_compiling() or shimmed or not use_fast_kernels():
         return None
     return _load_torchvision_ops()

@@ -226,3 +226,31 @@ def test_the_bench_compiles_through_the_shared_helper(monkeypatch):
     bench_module.benchmark_model(model, (32, 32), "toy", iters=1, warmup=0, compile=True, stages=False, flops=False)
     assert calls == [{"dynamic": False, "freeze": True}]
     assert compile_module.TRAIN_PARTS  # what train.compile compiles
+
+
+@pytest.mark.parametrize("preset, size", [("mask_rcnn_r18_fpn_tiny", (96, 128)), ("yolact_pp_r18_tiny", (96, 96)),
+                                          ("keypoint_rcnn_r18_fpn_tiny", (96, 128))])
+def test_every_dense_part_is_one_graph_without_breaks(preset, size):
+    """What train.compile and ``bench --modes compile`` compile traces whole: a graph break splits a part
+    into eager pieces and each break spends the recompile budget (YOLACT++'s deformable convolutions
+    read the fast-kernel ContextVar: 12 breaks in its backbone before)."""
+    from instaseg.config.presets import get_preset
+    from instaseg.engine.bench import synthetic_targets
+    from instaseg.hub import build_model
+    from instaseg.hub.outputs import num_keypoints
+
+    model = build_model(preset, num_classes=3).train()
+    keypoints = num_keypoints(get_preset(preset))
+    calls: dict[str, tuple] = {}
+    hooks = [part.register_forward_pre_hook(lambda m, args, kwargs, name=name: calls.setdefault(name, (args, kwargs)),
+                                            with_kwargs=True)
+             for name in compile_module.DENSE_PARTS if isinstance(part := getattr(model, name, None), nn.Module)]
+    images = [torch.rand(3, *size) * 255 for _ in range(2)]
+    model(images, [synthetic_targets(size, 3, num_keypoints=keypoints) for _ in range(2)])
+    for hook in hooks:
+        hook.remove()
+    assert len(calls) == len(hooks) >= 4
+    for name, (args, kwargs) in calls.items():
+        explained = torch._dynamo.explain(getattr(model, name))(*args, **kwargs)
+        torch._dynamo.reset()
+        assert (explained.graph_count, explained.graph_break_count) == (1, 0), (name, explained.break_reasons[:3])
