@@ -67,7 +67,7 @@ def main() -> None:
     images = bench_images(image_size, batch, generator)
     if args.train:
         targets = [synthetic_targets(image_size, models["eager"].num_classes, generator=generator) for _ in images]
-        compile_parts(models["compiled"], TRAIN_PARTS, dynamic=None)
+        compile_parts(models["compiled"], TRAIN_PARTS, dynamic=None, training=True)
         steps = {name: train_step(model, images, targets) for name, model in models.items()}
     else:
         compile_parts(models["compiled"], DENSE_PARTS, dynamic=False, freeze=True)

@@ -307,7 +307,7 @@ def benchmark_model(model: Detector, image_size: tuple[int, int], name: str, *, 
     height, width = image_size
     model.to(torch_device)
     if compile:  # one image size: static graphs; inference folds the weights in (freezing)
-        compile_parts(model, DENSE_PARTS, dynamic=False, freeze=not train)
+        compile_parts(model, DENSE_PARTS, dynamic=False, freeze=not train, training=train)
     batch = batch_size or (2 if train else 1)
     generator = torch.Generator().manual_seed(0)
     images = [image.to(torch_device) for image in bench_images((height, width), batch, generator)]

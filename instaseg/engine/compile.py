@@ -28,28 +28,35 @@ __all__ = ["DENSE_PARTS", "TRAIN_PARTS", "compile_parts", "drop_compiled", "eage
 # simply lacks the ones that are not its own.
 DENSE_PARTS: tuple[str, ...] = ("backbone", "neck", "rpn_head", "box_head", "mask_head", "protonet",
                                 "prediction_head")
-# What ``train.compile`` compiles: every dense part (benchmarks/results/compile.md: 0.80x the eager
-# step time for the tiny preset; backbone and neck alone were not measured apart).
+# What ``train.compile`` compiles: every dense part (backbone and neck alone were not measured apart).
 TRAIN_PARTS: tuple[str, ...] = DENSE_PARTS
 
 
 def compile_parts(model: nn.Module, parts: Sequence[str] = DENSE_PARTS, *, dynamic: bool | None = None,
-                  freeze: bool = False, backend: str = "inductor") -> list[str]:
+                  freeze: bool = False, training: bool = False, backend: str = "inductor") -> list[str]:
     """``torch.compile`` each of ``model``'s submodules named in ``parts`` in place; the names compiled.
 
     ``dynamic``: ``torch.compile``'s (False: one graph per input shape, for a fixed benchmark size;
     None: static first, then symbolic sizes once a shape changes, for training's varying sizes).
     ``freeze`` (inductor, inference only): the weights become graph constants, so inductor folds
     frozen norms, pre-packs the oneDNN convolution weights and fuses activations into them; the
-    compiled part then ignores later weight changes. Compilation itself happens at the first call,
-    so that is where most failures surface (:func:`is_compile_error`).
+    compiled part then ignores later weight changes. ``training`` (inductor): the graphs keep
+    PyTorch's NCHW layout instead of inductor's channels-last "layout optimisation", whose
+    convolution backward is slow on the CPU (R50-FPN at 800, 2 images: a compiled step 1.39x eager
+    with it, 0.97x without; benchmarks/results/compile.md). Compilation itself happens at the first
+    call, so that is where most failures surface (:func:`is_compile_error`).
     """
-    options = {"freezing": True} if freeze and backend == "inductor" else None
+    options: dict[str, bool] = {}
+    if backend == "inductor":
+        if freeze:
+            options["freezing"] = True
+        if training:
+            options["layout_optimization"] = False
     compiled = []
     for name in parts:
         module = getattr(model, name, None)
         if isinstance(module, nn.Module):
-            module.compile(backend=backend, dynamic=dynamic, options=options)
+            module.compile(backend=backend, dynamic=dynamic, options=options or None)
             compiled.append(name)
     return compiled
 

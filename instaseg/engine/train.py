@@ -304,7 +304,7 @@ def _compile_model(model: Detector, logger: Any) -> list[str]:
     the multi-scale input changes them); the parts compiled, or [] (eager) after a message when
     wrapping fails. Most failures come at the first compiled step instead: :func:`_gradients`."""
     try:
-        parts = compile_parts(model, TRAIN_PARTS, dynamic=None)
+        parts = compile_parts(model, TRAIN_PARTS, dynamic=None, training=True)
     except Exception as error:  # noqa: BLE001 - any failure to compile means: train eagerly
         drop_compiled(model, TRAIN_PARTS)
         logger.warning(f"train.compile: torch.compile failed ({describe_error(error)}); training with the eager "

@@ -119,6 +119,32 @@ def test_compile_parts_keeps_state_dict_keys_and_drop_compiled_returns_to_eager(
     assert model.backbone._compiled_call_impl is None and model.neck._compiled_call_impl is None
 
 
+@pytest.mark.parametrize("freeze, training, options", [
+    (False, True, {"layout_optimization": False}),  # training: NCHW graphs (channels-last backward is slow)
+    (True, False, {"freezing": True}),  # inference: weights frozen into the graph
+    (False, False, None),
+])
+def test_inductor_options_for_training_and_inference(monkeypatch, freeze, training, options):
+    calls = []
+    monkeypatch.setattr(nn.Module, "compile", lambda self, **kwargs: calls.append(kwargs))
+    model = nn.Module()
+    model.backbone = Part(3, 4)
+    compile_parts(model, ("backbone",), freeze=freeze, training=training)
+    assert calls == [{"backend": "inductor", "dynamic": None, "options": options}]
+
+
+def test_train_compile_asks_for_training_graphs(toy_data, tmp_path, monkeypatch):
+    calls = []
+
+    def record(model, parts, **kwargs):
+        calls.append(kwargs)
+        return []  # nothing compiled: the run goes on eagerly
+
+    monkeypatch.setattr(train_module, "compile_parts", record)
+    run_training(tiny_config("train.max_iter=1", "train.compile=true"), tmp_path, toy_data)
+    assert calls == [{"dynamic": None, "training": True}]
+
+
 def test_compiled_training_follows_the_eager_loss_trajectory_and_saves_the_same_keys(
         eager_run, toy_data, tmp_path, monkeypatch):
     """train.compile through aot_eager: the same losses as eager for ITERS iterations at several image
@@ -224,7 +250,7 @@ def test_the_bench_compiles_through_the_shared_helper(monkeypatch):
     model.num_classes = 1
     model.predict = lambda images: [[]]
     bench_module.benchmark_model(model, (32, 32), "toy", iters=1, warmup=0, compile=True, stages=False, flops=False)
-    assert calls == [{"dynamic": False, "freeze": True}]
+    assert calls == [{"dynamic": False, "freeze": True, "training": False}]
     assert compile_module.TRAIN_PARTS  # what train.compile compiles
 
 

@@ -140,6 +140,58 @@ def test_two_process_gloo_ddp_keeps_ranks_identical(tmp_path):
     assert ap50[0] == ap50[1] and 0.2 < ap50[0] < 0.95
 
 
+_COMPILED_SCRIPT = textwrap.dedent("""
+    import functools, json, os, sys, warnings
+    from pathlib import Path
+    import torch
+    torch.set_num_threads(1)
+    import instaseg.engine.train as train_module
+    from instaseg.engine.compile import compile_parts
+    from instaseg.engine.distributed import destroy_distributed, exit_worker, init_distributed
+    from tests.engine.test_compile import Graphs
+    from tests.engine.test_train import MODEL_FACTORY, ToyDataset, run_training, tiny_config
+
+    rank, out = int(os.environ["RANK"]), Path(sys.argv[1])
+    assert init_distributed()
+    graphs = Graphs()  # aot_eager (dynamo + AOTAutograd) behind a graph counter
+    train_module.compile_parts = functools.partial(compile_parts, backend=graphs)
+    built, original_build = [], MODEL_FACTORY["build"]
+    MODEL_FACTORY["build"] = lambda config: built.append(original_build(config)) or built[-1]
+    warnings.simplefilter("ignore")
+    config = tiny_config("train.max_iter=3", "train.ims_per_batch=2", "train.checkpoint_period=0",
+                         "train.compile=true")
+    summary = run_training(config, out / "run", ToyDataset(out / f"data{rank}"))
+    model = built[0]
+    torch.save(model.state_dict(), out / f"final{rank}.pt")
+    still_compiled = [name for name in ("backbone", "neck", "rpn_head", "box_head", "mask_head")
+                      if getattr(model, name)._compiled_call_impl is not None]
+    (out / f"summary{rank}.json").write_text(json.dumps({"status": summary["status"], "graphs": graphs.count,
+                                                         "compiled": still_compiled}))
+    destroy_distributed()
+    exit_worker(0)
+""")
+
+
+def test_two_process_gloo_ddp_trains_with_compiled_parts(tmp_path):
+    """train.compile under DDP: the compiled parts sit inside the DDP wrapper, and DDP's gradient hooks
+    fire from the compiled backward; both ranks stay identical and nothing falls back to eager."""
+    script = tmp_path / "ddp_compiled.py"
+    script.write_text(_COMPILED_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    command = [str(TORCHRUN), "--standalone", "--nproc_per_node", "2", str(script), str(tmp_path)]
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    summaries = [json.loads((tmp_path / f"summary{r}.json").read_text()) for r in range(2)]
+    for summary in summaries:
+        assert summary["status"] == "finished" and summary["graphs"] >= 5
+        assert summary["compiled"] == ["backbone", "neck", "rpn_head", "box_head", "mask_head"]
+    final = [torch.load(tmp_path / f"final{r}.pt", weights_only=True) for r in range(2)]
+    for key in final[0]:
+        assert torch.equal(final[0][key], final[1][key]), key
+    payload = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert payload["iteration"] == 3 and set(payload["model"]) == set(final[0])
+
+
 def test_exit_worker_flushes_streams_and_logs_and_keeps_the_code(tmp_path):
     code = textwrap.dedent(f"""
         import logging, sys
