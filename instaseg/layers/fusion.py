@@ -13,8 +13,10 @@ and version counter are part of the cache key.
 
 In training the fold is recomputed at every call as autograd operations on the live weight
 (:func:`fold_frozen_batchnorm_differentiable`): the weight's gradient flows through the scale, and the
-norm's pass over the output and its backward are saved (ResNet-50-FPN Mask R-CNN, 2 images of
-512x768, 2 threads: a training step 12.1 s folded vs 12.4 s unfolded, medians of 3 interleaved rounds).
+norm's pass over the output, its output buffer and its backward are saved. Measured on a 2-core CPU
+(ResNet-50-FPN Mask R-CNN, 2 images, 2 threads, ``benchmarks/train_step.py``, medians of 3 interleaved
+rounds): 12.1 s folded vs 12.4 s unfolded at 512x768 on a loaded machine, no measurable difference at
+800x1216 on a quiet one (18.5 vs 18.4 s): convolutions are 85% of that step.
 
 Channels-last (``torch.channels_last``) memory format lets oneDNN run convolutions without
 reordering their inputs and outputs; at inference ResNet switches its input to it, and every later

@@ -111,13 +111,18 @@ _SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_two_process_gloo_ddp_keeps_ranks_identical(tmp_path):
-    script = tmp_path / "ddp_train.py"
-    script.write_text(_SCRIPT)
+def _torchrun_two_processes(script_text: str, folder: Path, timeout: float) -> None:
+    """``torchrun --standalone --nproc_per_node 2 SCRIPT FOLDER`` (one thread each); fails the test on an error."""
+    script = folder / "ddp_script.py"
+    script.write_text(script_text)
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    command = [str(TORCHRUN), "--standalone", "--nproc_per_node", "2", str(script), str(tmp_path)]
-    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    command = [str(TORCHRUN), "--standalone", "--nproc_per_node", "2", str(script), str(folder)]
+    result = subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+
+def test_two_process_gloo_ddp_keeps_ranks_identical(tmp_path):
+    _torchrun_two_processes(_SCRIPT, tmp_path, timeout=240)
     init = [torch.load(tmp_path / f"init{r}.pt", weights_only=True) for r in range(2)]
     final = [torch.load(tmp_path / f"final{r}.pt", weights_only=True) for r in range(2)]
     trainable = [k for k in final[0] if "neck" in k or "head" in k or "predictor" in k]
@@ -175,12 +180,7 @@ _COMPILED_SCRIPT = textwrap.dedent("""
 def test_two_process_gloo_ddp_trains_with_compiled_parts(tmp_path):
     """train.compile under DDP: the compiled parts sit inside the DDP wrapper, and DDP's gradient hooks
     fire from the compiled backward; both ranks stay identical and nothing falls back to eager."""
-    script = tmp_path / "ddp_compiled.py"
-    script.write_text(_COMPILED_SCRIPT)
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    command = [str(TORCHRUN), "--standalone", "--nproc_per_node", "2", str(script), str(tmp_path)]
-    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    _torchrun_two_processes(_COMPILED_SCRIPT, tmp_path, timeout=300)
     summaries = [json.loads((tmp_path / f"summary{r}.json").read_text()) for r in range(2)]
     for summary in summaries:
         assert summary["status"] == "finished" and summary["graphs"] >= 5
