@@ -107,24 +107,33 @@ def test_new_weights_after_inference_are_used():
     _assert_same(expected, model.predict(images))
 
 
+class _ConvInputLayouts(torch.overrides.TorchFunctionMode):
+    """Records, for every 2-D convolution called (a module's, or a folded one's ``F.conv2d``), whether its
+    input is channels-last (and not also plain contiguous, as a 1x1 map is)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layouts: list[bool] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if getattr(func, "__name__", "") == "conv2d":
+            x = args[0]
+            self.layouts.append(x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous())
+        return func(*args, **(kwargs or {}))
+
+
 def test_channels_last_at_inference_only():
     """Training keeps the default layout (oneDNN would otherwise reorder every weight and weight
     gradient, each step); inference, with autograd off, runs channels-last from the stem on."""
     model = _rcnn()
-    layouts = []
-
-    def record(module, inputs, output):
-        layouts.append(inputs[0].is_contiguous(memory_format=torch.channels_last) and not inputs[0].is_contiguous())
-
     convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
-    for conv in convs:
-        conv.register_forward_hook(record)
     images, targets = zip(*[toy_scene(seed, 96) for seed in range(2)])
-    model.train()(list(images), list(targets))
-    assert len(layouts) >= len(convs) - 1 and not any(layouts)  # every conv ran (the mask head's too)
-    layouts.clear()
-    model.eval().predict(list(images))
-    assert layouts and all(layouts[:20])  # the backbone's convs (the mask head runs only on detections)
+    with _ConvInputLayouts() as seen:
+        model.train()(list(images), list(targets))
+    assert len(seen.layouts) >= len(convs) - 1 and not any(seen.layouts)  # every conv ran (the mask head's too)
+    with _ConvInputLayouts() as seen:
+        model.eval().predict(list(images))
+    assert seen.layouts and all(seen.layouts[:20])  # the backbone's convs (the mask head runs only on detections)
 
 
 def _reference_top_nms(boxes, scores, idxs, threshold, max_keep):
