@@ -20,6 +20,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from types import ModuleType
 
+import torch
+
 __all__ = ["fast_kernels", "torchvision_ops", "use_fast_kernels"]
 
 # The user-facing default, read once at import: INSTASEG_FAST_KERNELS=0 forces the pure-PyTorch
@@ -38,7 +40,6 @@ shimmed = False
 @functools.lru_cache(maxsize=1)
 def _load_torchvision_ops() -> ModuleType | None:
     try:
-        import torch
         import torchvision.ops  # noqa: F401  (imported only here, on first use)
 
         # Importing is not enough: CUDA-only builds import but fail on the first CPU call.
@@ -74,8 +75,6 @@ def torchvision_ops() -> ModuleType | None:
     None while torch.compile traces: dynamo cannot read the ContextVar (a graph break at every call,
     at every deformable convolution of a YOLACT++ backbone), and the compiler gets the pure-PyTorch
     path to optimise."""
-    import torch
-
     if torch.compiler.is_dynamo_compiling() or shimmed or not use_fast_kernels():
         return None
     return _load_torchvision_ops()
