@@ -7,7 +7,10 @@ boxes and masks; ResNet-50 with frozen batch norm, stem and res2 frozen, as both
 from ImageNet weights; 512 RoIs per image, 1000 RPN proposals per image after NMS in both).
 torchvision's compiled ops cannot load with this CPU build of torch, so its ``nms`` and
 ``roi_align`` ops are registered with instaseg's pure-PyTorch kernels (as the parity test does);
-everything else is each library's own code. "frozen BN unfolded" is instaseg with the frozen batch
+everything else is each library's own code. The C library's allocator is process-wide, so both
+libraries run under the same setting: freed memory kept for reuse as ``instaseg`` does
+(``instaseg.engine.allocator``), or glibc's defaults with ``INSTASEG_MALLOC=system`` (as a plain
+torchvision script runs). "frozen BN unfolded" is instaseg with the frozen batch
 norms run after their convolutions instead of folded into their weights. Variants run alternately and the medians are
 compared, because other work on the machine makes single timings noisy; CPU seconds (which
 include both threads) are printed too.
@@ -29,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _timing import markdown_table  # noqa: E402
 
+from instaseg.engine.allocator import malloc_setting  # noqa: E402
 from instaseg.engine.bench import synthetic_targets, train_step  # noqa: E402
 from instaseg.hub import build_model  # noqa: E402
 from instaseg.layers.fusion import fast_paths  # noqa: E402
@@ -75,6 +79,7 @@ def main() -> None:
     parser.add_argument("--torchvision-site", default=str(ROOT / ".venv" / "torchvision-site"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    malloc = malloc_setting()  # process-wide: both libraries run under it
     h, w = args.size, int(round(args.size * 1.52 / 32)) * 32
     g = torch.Generator().manual_seed(0)
     images = [torch.rand(3, h, w, generator=g) * 255 for _ in range(args.batch)]
@@ -101,7 +106,7 @@ def main() -> None:
                     wall[name].append((time.perf_counter() - start) * 1000)
                     cpu[name].append((time.process_time() - start_cpu) * 1000)
     print(f"Mask R-CNN R50-FPN training step, {args.batch} images {h}x{w}, {args.threads} threads, "
-          f"torch {torch.__version__}, load average {load_before:.1f} -> {os.getloadavg()[0]:.1f}")
+          f"torch {torch.__version__}, malloc {malloc}, load average {load_before:.1f} -> {os.getloadavg()[0]:.1f}")
     rows = [[name, f"{statistics.median(wall[name]):.0f}", f"{min(wall[name]):.0f}", f"{max(wall[name]):.0f}",
              f"{statistics.median(cpu[name]):.0f}"] for name in steps]
     print(markdown_table(["variant", "median ms", "min ms", "max ms", "CPU ms (all threads)"], rows))

@@ -57,7 +57,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from instaseg.engine.allocator import reuse_freed_memory
+
     try:
+        reuse_freed_memory()  # every command's large tensors: see instaseg.engine.allocator
         return int(args._run(args) or 0)
     except InstasegError as error:
         print(f"instaseg {args.command}: error: {error}", file=sys.stderr)

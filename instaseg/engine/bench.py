@@ -32,6 +32,7 @@ from torch import Tensor
 
 from instaseg.config.schema import InputConfig
 from instaseg.detectors.base import Detector
+from instaseg.engine.allocator import malloc_setting
 from instaseg.engine.compile import DENSE_PARTS, compile_parts
 from instaseg.engine.precision import autocast, autocast_dtype, float32_outputs
 from instaseg.structures.instances import Targets
@@ -87,6 +88,7 @@ class BenchResult:
     gflops: float | None = None  # per image
     num_detections: int | None = None  # inference: detections in the first image
     runtime: str = "pytorch"  # or "onnxruntime" (the exported graph)
+    malloc: str = "system"  # or "reuse": freed memory kept for reuse (instaseg.engine.allocator)
 
     @property
     def label(self) -> str:
@@ -304,6 +306,7 @@ def benchmark_model(model: Detector, image_size: tuple[int, int], name: str, *, 
     preset or checkpoint is the caller's (``instaseg.hub.run_benchmark``).
     """
     torch_device = torch.device(device)
+    malloc = malloc_setting()
     height, width = image_size
     model.to(torch_device)
     if compile:  # one image size: static graphs; inference folds the weights in (freezing)
@@ -327,7 +330,7 @@ def benchmark_model(model: Detector, image_size: tuple[int, int], name: str, *, 
         device=str(torch_device), image_size=(height, width), batch_size=batch, threads=torch.get_num_threads(),
         precision=precision, compiled=compile, times_ms=times, peak_memory_mb=float(memory["mb"]),
         memory_kind=str(memory["kind"]),
-        num_detections=None if train else len(first[0]),
+        num_detections=None if train else len(first[0]), malloc=malloc,
     )
     if stages:
         result.stages_ms = stage_times(step)
@@ -341,7 +344,7 @@ def format_modes(results: list[BenchResult]) -> str:
     first = results[0]
     h, w = first.image_size
     lines = [f"{first.preset}: {first.mode}, {first.device}, {first.threads} threads, {h}x{w}, batch {first.batch_size}, "
-             f"torch {torch.__version__}", "",
+             f"torch {torch.__version__}, malloc {first.malloc}", "",
              f"| mode | ms / image | images / s | peak memory (MiB) | time vs {first.label} |", "|---|---|---|---|---|"]
     for result in results:
         lines.append(f"| {result.label} | {result.median_ms:.1f} | {result.images_per_s:.2f} | "
@@ -359,6 +362,7 @@ def result_summary(result: BenchResult) -> dict[str, object]:
         "images_per_s": result.images_per_s, "peak_memory_mb": result.peak_memory_mb,
         "memory_kind": result.memory_kind, "stages_ms": result.stages_ms, "stage_groups_ms": result.stage_groups(),
         "gflops": result.gflops, "num_detections": result.num_detections, "torch": torch.__version__,
+        "malloc": result.malloc,
     }
 
 
@@ -368,7 +372,8 @@ def format_result(result: BenchResult) -> str:
     lines = [
         f"{result.preset}: {result.mode}, {result.device}, {result.threads} threads, {result.precision}"
         f"{' (bf16 autocast: outputs differ slightly from float32)' if result.precision != 'float32' else ''}"
-        f"{', torch.compile' if result.compiled else ''}, {h}x{w}, batch {result.batch_size}, torch {torch.__version__}",
+        f"{', torch.compile' if result.compiled else ''}, {h}x{w}, batch {result.batch_size}, torch {torch.__version__}, "
+        f"malloc {result.malloc}",
         f"per image: median {result.median_ms:.1f} ms (min {result.min_ms:.1f}, max {result.max_ms:.1f}) over "
         f"{len(result.times_ms)} iterations; {result.images_per_s:.2f} images/s",
         f"peak memory: {result.peak_memory_mb:.0f} MiB ({result.memory_kind})",

@@ -51,6 +51,7 @@ from torch import nn
 from instaseg.config.io import config_from_dict, save_yaml
 from instaseg.config.schema import Config
 from instaseg.detectors.base import Detector
+from instaseg.engine.allocator import malloc_setting, reuse_freed_memory
 from instaseg.engine.compile import (TRAIN_PARTS, buffer_snapshot, compile_parts, describe_error, drop_compiled,
                                      eager_parts, is_compile_error, restore_buffers)
 from instaseg.engine.checkpoint import (load_checkpoint, load_state_dict_checked, point_last_at, rotate_checkpoints,
@@ -212,6 +213,7 @@ def train_on_dataset(config: Config, train_dataset: Any, out_dir: str | Path, *,
     ``last_checkpoint``, ``best_checkpoint`` (or None), ``metrics`` (last evaluation or None),
     ``skipped_steps``, ``seconds``, ``out_dir``.
     """
+    reuse_freed_memory()  # before the model and the first batch: see instaseg.engine.allocator
     owns_group = init_distributed()
     try:
         run = _setup(config, model_factory, train_dataset, Path(out_dir), val_dataset, resume, overrides_note,
@@ -295,7 +297,7 @@ def _setup(config: Config, model_factory: ModelFactory, dataset: Any, out_dir: P
     run.writer.truncate_after(run.iteration)
     logger.info(f"training {config.name}: {max_iter} iterations of {cfg.ims_per_batch} images "
                 f"({get_world_size()} process(es) x {cfg.accumulate} micro-batch(es) of {run.micro_batch}) "
-                f"on {device}, starting at iteration {run.iteration}")
+                f"on {device}, starting at iteration {run.iteration} (malloc: {malloc_setting()})")
     return run
 
 

@@ -15,6 +15,7 @@ from instaseg.config.io import apply_overrides, config_from_dict
 from instaseg.detectors.build import resolve_config
 from instaseg.engine.bench import (BenchResult, bench_image_size, bench_images, benchmark_model, peak_memory,
                                    time_iterations)
+from instaseg.engine.allocator import malloc_setting
 from instaseg.engine.checkpoint import load_checkpoint, load_state_dict_checked
 from instaseg.errors import InstasegError
 from instaseg.hub.build import model_from_config
@@ -108,6 +109,7 @@ def _benchmark_onnxruntime(model: nn.Module, image_size: tuple[int, int], name: 
     """Export ``model`` for ``image_size`` (a static graph) and time ONNX Runtime on one image."""
     from instaseg.export.exporters import OnnxPredictor, export_onnx
 
+    malloc = malloc_setting()
     image = bench_images(image_size, 1, torch.Generator().manual_seed(0))[0]
     with tempfile.TemporaryDirectory() as folder:
         path = export_onnx(model.eval(), Path(folder) / "model.onnx", example=image_size, dynamic=False)
@@ -118,4 +120,4 @@ def _benchmark_onnxruntime(model: nn.Module, image_size: tuple[int, int], name: 
     return BenchResult(preset=name, mode="inference", device="cpu", image_size=image_size, batch_size=1,
                        threads=torch.get_num_threads(), precision="float32", compiled=False, times_ms=times,
                        peak_memory_mb=float(memory["mb"]), memory_kind=str(memory["kind"]),
-                       num_detections=len(first[0]), runtime="onnxruntime")
+                       num_detections=len(first[0]), runtime="onnxruntime", malloc=malloc)

@@ -1,6 +1,7 @@
 """``instaseg bench`` end to end on a tiny preset."""
 
 import json
+import platform
 
 from instaseg.cli.main import main
 
@@ -15,6 +16,15 @@ def test_bench_prints_timings_stages_and_writes_json(tmp_path, capsys):
     result = json.loads(out.read_text())
     assert len(result["times_ms"]) == 2 and result["min_ms"] <= result["median_ms"] <= result["max_ms"]
     assert result["image_size"] == [64, 96] and result["threads"] == 2 and result["gflops"] > 0
+    # the instaseg command keeps freed memory for reuse (instaseg.engine.allocator), and says so
+    assert result["malloc"] == ("reuse" if platform.libc_ver()[0] == "glibc" else "system")
+    assert f"malloc {result['malloc']}" in text
+
+
+def test_an_unknown_malloc_setting_stops_the_command_with_a_message(monkeypatch, capsys):
+    monkeypatch.setenv("INSTASEG_MALLOC", "tcmalloc")
+    assert main(["presets"]) == 2
+    assert "INSTASEG_MALLOC='tcmalloc': expected one of reuse, system" in capsys.readouterr().err
 
 
 def test_bench_training_step(capsys):
