@@ -343,8 +343,8 @@ def format_modes(results: list[BenchResult]) -> str:
     """One markdown table of several modes of one model (the first is the baseline of the last column)."""
     first = results[0]
     h, w = first.image_size
-    lines = [f"{first.preset}: {first.mode}, {first.device}, {first.threads} threads, {h}x{w}, batch {first.batch_size}, "
-             f"torch {torch.__version__}, malloc {first.malloc}", "",
+    lines = [f"{first.preset}: {first.mode}, {first.device}, {first.threads} threads, {h}x{w}, "
+             f"batch {first.batch_size}, torch {torch.__version__}, malloc {first.malloc}", "",
              f"| mode | ms / image | images / s | peak memory (MiB) | time vs {first.label} |", "|---|---|---|---|---|"]
     for result in results:
         lines.append(f"| {result.label} | {result.median_ms:.1f} | {result.images_per_s:.2f} | "
@@ -372,8 +372,8 @@ def format_result(result: BenchResult) -> str:
     lines = [
         f"{result.preset}: {result.mode}, {result.device}, {result.threads} threads, {result.precision}"
         f"{' (bf16 autocast: outputs differ slightly from float32)' if result.precision != 'float32' else ''}"
-        f"{', torch.compile' if result.compiled else ''}, {h}x{w}, batch {result.batch_size}, torch {torch.__version__}, "
-        f"malloc {result.malloc}",
+        f"{', torch.compile' if result.compiled else ''}, {h}x{w}, batch {result.batch_size}, "
+        f"torch {torch.__version__}, malloc {result.malloc}",
         f"per image: median {result.median_ms:.1f} ms (min {result.min_ms:.1f}, max {result.max_ms:.1f}) over "
         f"{len(result.times_ms)} iterations; {result.images_per_s:.2f} images/s",
         f"peak memory: {result.peak_memory_mb:.0f} MiB ({result.memory_kind})",
