@@ -11,9 +11,9 @@ tcmalloc / jemalloc set-ups recommended for PyTorch on CPUs do, without a preloa
 
 The cost: the process keeps its peak memory instead of returning it between steps, and the heap
 fragments a little: that step's peak RSS is 4.0 GiB instead of 3.1, and with the image size changing
-at every step the process settled at ~1.2x glibc's default peak. It is process-wide, applied once, by the ``instaseg`` command, training and the
-benchmarks; ``INSTASEG_MALLOC=system`` leaves the C library's defaults. Other C libraries (macOS,
-Windows, musl) are left as they are.
+at every step the process settled at ~1.2x glibc's default peak. It is process-wide, applied once,
+by the ``instaseg`` command, training and the benchmarks; ``INSTASEG_MALLOC=system`` leaves the C
+library's defaults. Other C libraries (macOS, Windows, musl) are left as they are.
 """
 
 from __future__ import annotations
