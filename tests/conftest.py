@@ -7,9 +7,16 @@ import numpy as np
 import pytest
 import torch
 
+from instaseg.engine.allocator import reuse_freed_memory
+
 # Under pytest-xdist (``make test``: two workers on two cores) each worker keeps to one thread: two
 # workers of two threads each oversubscribed the cores and the suite took 909 s instead of 690 s.
 torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
+
+# Tests run as the instaseg command does: freed memory kept for reuse (instaseg.engine.allocator),
+# from the start rather than from whichever test first calls the command or trains. The tiny
+# preset's learning test: 43 s instead of 53 s in one process.
+reuse_freed_memory()
 
 
 @pytest.fixture(autouse=True)
