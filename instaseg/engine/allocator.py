@@ -19,7 +19,6 @@ library's defaults. Other C libraries (macOS, Windows, musl) are left as they ar
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import platform
 import sys
@@ -62,10 +61,8 @@ def malloc_setting() -> str:
 def _set_glibc_options() -> bool:
     if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
         return False
-    name = ctypes.util.find_library("c")
-    if name is None:  # pragma: no cover - glibc without a findable libc.so
-        return False
-    mallopt = ctypes.CDLL(name).mallopt
+    # The process's own symbols, glibc's among them (ctypes.util.find_library would run ldconfig).
+    mallopt = ctypes.CDLL(None).mallopt
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
     # No mmap, and no trimming either: freed memory at the top of the heap would go back to the kernel.
     return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, _KEEP_UP_TO))

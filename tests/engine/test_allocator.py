@@ -71,3 +71,15 @@ def test_an_unknown_choice_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(allocator.ENV_VAR, "jemalloc")
     with pytest.raises(ConfigError, match="INSTASEG_MALLOC='jemalloc': expected one of reuse, system"):
         allocator.reuse_freed_memory()
+
+
+@glibc_only
+def test_it_starts_no_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    # ctypes.util.find_library runs `ldconfig -p`: a child process of `instaseg train` before its signal
+    # handlers, which tests/reliability took for the data loader worker and signalled too early.
+    def no_process(*args: object, **kwargs: object) -> None:
+        raise AssertionError(f"a process was started: {args}")
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", no_process)
+    monkeypatch.setattr(allocator, "_state", None)
+    assert allocator.reuse_freed_memory() is True
