@@ -27,8 +27,6 @@ def run_parity_script(name: str, timeout: float) -> list[dict]:
     """``python tests/weights/<name> SITE`` with instaseg importable; fails the test on a non-zero exit."""
     script = Path(__file__).with_name(name)
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    if os.environ.get("PYTEST_XDIST_WORKER"):  # one thread per worker, as tests/conftest.py: no oversubscription
-        env["OMP_NUM_THREADS"] = "1"
     done = subprocess.run([sys.executable, str(script), str(SITE)], capture_output=True, text=True, env=env,
                           timeout=timeout)
     assert done.returncode == 0, done.stderr[-3000:]
