@@ -1,17 +1,20 @@
-"""The AP cost of bfloat16 inference: one trained checkpoint evaluated in float32 and under
-``torch.autocast(bfloat16)`` (the ``bf16`` variant of ``benchmarks/inference.py``, ``instaseg bench
---precision bf16``), with the median time per image of each.
+"""The AP cost of reduced-precision inference: one trained checkpoint evaluated in float32, under
+``torch.autocast(bfloat16)`` (``instaseg bench --precision bf16``) and with its backbone and FPN in
+int8 (``instaseg bench --precision int8``, calibrated on the first 8 images of ``--calibration``),
+with the median time per image of each.
 
     python benchmarks/precision.py --checkpoint RUN/checkpoints/last.pt --json VAL.json --images VAL_DIR
-                                   [--threads 2]
+                                   [--calibration TRAIN_DIR] [--modes float32,bf16,int8] [--threads 2]
 
-``make demo`` leaves such a checkpoint and validation split (``demo_out/run``, ``demo_out/data``).
-Prints a markdown table of COCO segm / bbox AP, AP50, AP75 and ms per image.
+``make demo`` leaves such a checkpoint and data (``demo_out/run``, ``demo_out/data``: calibrate on
+its training images, evaluate on the validation split). Prints a markdown table of COCO segm / bbox
+AP, AP50, AP75 and ms per image.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import sys
 import time
@@ -27,6 +30,8 @@ from _timing import markdown_table  # noqa: E402
 from instaseg.data.coco import CocoDataset  # noqa: E402
 from instaseg.hub import load_model  # noqa: E402
 from instaseg.engine.evaluate import evaluate_model  # noqa: E402
+from instaseg.engine.int8 import quantize_int8  # noqa: E402
+from instaseg.hub.bench import calibration_images  # noqa: E402
 from instaseg.engine.precision import autocast, autocast_dtype  # noqa: E402
 
 
@@ -50,6 +55,8 @@ def main() -> None:
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--json", required=True, help="COCO json of the evaluation split")
     parser.add_argument("--images", required=True, help="its image folder")
+    parser.add_argument("--calibration", help="int8: folder of images to calibrate on (the training images)")
+    parser.add_argument("--modes", default="float32,bf16,int8", help="comma list of float32, bf16, int8")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -57,13 +64,19 @@ def main() -> None:
     model.eval()
     dataset = CocoDataset(args.json, args.images)
     rows = []
-    for precision in ("float32", "bf16"):
+    for precision in args.modes.split(","):
         timed = _Timed(model, precision)
+        if precision == "int8":
+            if not args.calibration:
+                parser.error("int8 needs --calibration FOLDER")
+            timed = _Timed(quantize_int8(copy.deepcopy(model), calibration_images(args.calibration, (0, 0))),
+                           "float32")
         metrics = evaluate_model(timed, dataset, progress=False)
         row = [precision]
         for task in ("segm", "bbox"):
             row += [f"{100 * metrics[task][key]:.1f}" for key in ("AP", "AP50", "AP75")]
         rows.append(row + [f"{statistics.median(timed.ms[1:] or timed.ms):.1f}"])
+        print(" | ".join(rows[-1]), flush=True)
     print(f"{args.checkpoint}: {len(dataset)} images, {args.threads} threads, torch {torch.__version__}")
     print(markdown_table(["precision", "segm AP", "AP50", "AP75", "bbox AP", "AP50", "AP75", "ms per image"], rows))
 

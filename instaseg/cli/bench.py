@@ -20,8 +20,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train", action="store_true",
                         help="time one training iteration (forward, loss, backward, SGD step) instead")
     parser.add_argument("--batch", type=int, default=None, help="images per iteration (default 1, training 2)")
-    parser.add_argument("--precision", default="float32", choices=("float32", "bf16"),
-                        help="bf16: bfloat16 autocast (train.precision's mode), outputs differ slightly")
+    parser.add_argument("--precision", default="float32", choices=("float32", "bf16", "int8"),
+                        help="bf16: bfloat16 autocast (train.precision's mode), outputs differ slightly; int8: "
+                             "backbone and FPN quantized, calibrated on --calibration's images (inference only)")
+    parser.add_argument("--calibration", metavar="FOLDER",
+                        help="int8: calibrate on the first 8 images of this folder "
+                             "(default: 2 synthetic images, right for timing only)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the dense layers (slow first call)")
     parser.add_argument("--score-thresh", type=float, default=None,
                         help="detection score threshold (default: 0 with random weights, the checkpoint's own)")
@@ -29,8 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-flops", action="store_true", help="skip counting FLOPs")
     parser.add_argument("--modes", metavar="M1,M2", default=None,
                         help="measure several modes side by side, a comma list of float32, bf16, compile, "
-                             "bf16+compile, onnxruntime (the exported graph; inference only); ignores --precision "
-                             "and --compile")
+                             "bf16+compile, onnxruntime (the exported graph), int8 (the last two inference only); "
+                             "ignores --precision and --compile")
     parser.add_argument("--json", metavar="PATH", help="also write the result as JSON")
 
 
@@ -59,14 +63,15 @@ def run(args: argparse.Namespace) -> int:
     if args.modes:
         results = run_modes(args.preset, [m.strip() for m in args.modes.split(",") if m.strip()],
                             checkpoint=args.checkpoint, size=size, threads=args.threads, iters=args.iters,
-                            warmup=args.warmup, train=args.train, batch_size=args.batch, score_thresh=args.score_thresh)
+                            warmup=args.warmup, train=args.train, batch_size=args.batch, score_thresh=args.score_thresh,
+                            calibration=args.calibration)
         print(format_modes(results))
     else:
         results = [run_benchmark(
             args.preset, checkpoint=args.checkpoint, size=size, device=args.device, threads=args.threads,
             iters=args.iters, warmup=args.warmup, train=args.train, batch_size=args.batch,
             precision=args.precision, compile=args.compile, score_thresh=args.score_thresh,
-            stages=not args.no_stages, flops=not args.no_flops,
+            stages=not args.no_stages, flops=not args.no_flops, calibration=args.calibration,
         )]
         print(format_result(results[0]))
     if args.json:

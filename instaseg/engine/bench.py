@@ -34,6 +34,7 @@ from instaseg.config.schema import InputConfig
 from instaseg.detectors.base import Detector
 from instaseg.engine.allocator import malloc_setting
 from instaseg.engine.compile import DENSE_PARTS, compile_parts
+from instaseg.engine.int8 import is_int8
 from instaseg.engine.precision import autocast, autocast_dtype, float32_outputs
 from instaseg.structures.instances import Targets
 
@@ -79,7 +80,7 @@ class BenchResult:
     image_size: tuple[int, int]  # (H, W) the model sees
     batch_size: int
     threads: int
-    precision: str  # "float32", or "bf16" (autocast: instaseg.engine.precision)
+    precision: str  # "float32", "bf16" (autocast: instaseg.engine.precision) or "int8" (instaseg.engine.int8)
     compiled: bool
     times_ms: list[float]
     peak_memory_mb: float
@@ -255,10 +256,12 @@ def peak_memory(device: torch.device | str) -> Iterator[dict[str, float | str]]:
 
 def predict_step(model: Detector, images: list[Tensor], precision: str = "float32",
                  device: torch.device = torch.device("cpu")) -> Callable[[], object]:
-    """A closure running ``model.predict(images)`` once (eval mode, autocast for ``precision``)."""
+    """A closure running ``model.predict(images)`` once (eval mode, autocast for ``precision``; "int8":
+    a model :func:`instaseg.engine.int8.quantize_int8` converted, run as it is)."""
     model.eval()
-
-    dtype = autocast_dtype(precision, device)
+    if precision == "int8" and not is_int8(model):
+        raise ValueError("precision int8 measures a model quantize_int8 has converted")
+    dtype = None if precision == "int8" else autocast_dtype(precision, device)
 
     def step() -> object:
         with autocast(dtype, device):
@@ -334,7 +337,7 @@ def benchmark_model(model: Detector, image_size: tuple[int, int], name: str, *, 
     )
     if stages:
         result.stages_ms = stage_times(step)
-    if flops and not compile:
+    if flops and not compile and precision != "int8":  # the counter knows no quantized kernels
         result.gflops = count_gflops(step) / batch
     return result
 
@@ -366,12 +369,16 @@ def result_summary(result: BenchResult) -> dict[str, object]:
     }
 
 
+_PRECISION_NOTES = {"bf16": " (bf16 autocast: outputs differ slightly from float32)",
+                    "int8": " (backbone and FPN in int8, calibrated: outputs differ slightly from float32)"}
+
+
 def format_result(result: BenchResult) -> str:
     """A few lines and a markdown table of stages, for the terminal."""
     h, w = result.image_size
     lines = [
         f"{result.preset}: {result.mode}, {result.device}, {result.threads} threads, {result.precision}"
-        f"{' (bf16 autocast: outputs differ slightly from float32)' if result.precision != 'float32' else ''}"
+        f"{_PRECISION_NOTES.get(result.precision, '')}"
         f"{', torch.compile' if result.compiled else ''}, {h}x{w}, batch {result.batch_size}, "
         f"torch {torch.__version__}, malloc {result.malloc}",
         f"per image: median {result.median_ms:.1f} ms (min {result.min_ms:.1f}, max {result.max_ms:.1f}) over "

@@ -15,12 +15,14 @@ from instaseg.config.io import apply_overrides, config_from_dict
 from instaseg.detectors.build import resolve_config
 from instaseg.engine.bench import (BenchResult, bench_image_size, bench_images, benchmark_model, peak_memory,
                                    time_iterations)
+from instaseg.data.image_io import IMAGE_EXTENSIONS, read_image
 from instaseg.engine.allocator import malloc_setting
 from instaseg.engine.checkpoint import load_checkpoint, load_state_dict_checked
+from instaseg.engine.int8 import quantize_int8
 from instaseg.errors import InstasegError
 from instaseg.hub.build import model_from_config
 
-__all__ = ["build_bench_model", "run_benchmark", "run_modes", "MODES"]
+__all__ = ["build_bench_model", "run_benchmark", "run_modes", "calibration_images", "MODES"]
 
 # ``instaseg bench --modes``: mode -> (precision, torch.compile, runtime).
 MODES: dict[str, tuple[str, bool, str]] = {
@@ -29,7 +31,11 @@ MODES: dict[str, tuple[str, bool, str]] = {
     "compile": ("float32", True, "pytorch"),
     "bf16+compile": ("bf16", True, "pytorch"),
     "onnxruntime": ("float32", False, "onnxruntime"),
+    "int8": ("int8", False, "pytorch"),
 }
+
+# Images a folder gives the int8 calibration at most (a few are enough: it records value ranges).
+MAX_CALIBRATION_IMAGES = 8
 
 
 def build_bench_model(preset: str, checkpoint: str | None = None, size: int = 800,
@@ -60,13 +66,20 @@ def build_bench_model(preset: str, checkpoint: str | None = None, size: int = 80
 def run_benchmark(preset: str, *, checkpoint: str | None = None, size: int = 800, device: str = "cpu",
                   threads: int | None = None, iters: int = 5, warmup: int = 1, train: bool = False,
                   batch_size: int | None = None, precision: str = "float32", compile: bool = False,
-                  score_thresh: float | None = None, stages: bool = True, flops: bool = True) -> BenchResult:
+                  score_thresh: float | None = None, stages: bool = True, flops: bool = True,
+                  calibration: str | None = None) -> BenchResult:
     """Build ``preset`` (or load ``checkpoint``) and measure it (``instaseg.engine.bench.benchmark_model``).
 
     ``batch_size`` defaults to 1 image for inference and 2 for training; ``size`` is the shorter
     image side (YOLACT: the square side). ``threads`` sets ``torch.set_num_threads`` when given.
+    ``precision="int8"``: the backbone and FPN quantized (``instaseg.engine.int8``), calibrated on the
+    images of the folder ``calibration`` (:func:`calibration_images`); inference only.
     """
+    if precision == "int8" and train:
+        raise InstasegError("int8 is for inference (training keeps float32 weights): drop --train or int8")
     model, image_size, name = _seeded_bench_model(preset, checkpoint, size, score_thresh, threads)
+    if precision == "int8":
+        quantize_int8(model, calibration_images(calibration, image_size))
     return benchmark_model(model, image_size, name, device=device, iters=iters, warmup=warmup, train=train,
                            batch_size=batch_size, precision=precision, compile=compile, stages=stages, flops=flops)
 
@@ -83,14 +96,15 @@ def _seeded_bench_model(preset: str, checkpoint: str | None, size: int, score_th
 
 def run_modes(preset: str, modes: list[str], *, checkpoint: str | None = None, size: int = 800,
               threads: int | None = None, iters: int = 5, warmup: int = 1, train: bool = False,
-              batch_size: int | None = None, score_thresh: float | None = None) -> list[BenchResult]:
+              batch_size: int | None = None, score_thresh: float | None = None,
+              calibration: str | None = None) -> list[BenchResult]:
     """Measure ``preset`` (or ``checkpoint``) in each of ``modes`` (keys of :data:`MODES`), each on a
     freshly built model with the same weights and images; no stage profile or FLOP count."""
     unknown = [mode for mode in modes if mode not in MODES]
     if unknown or not modes:
         raise InstasegError(f"unknown bench mode {unknown[0] if unknown else ''!r}: use some of {', '.join(MODES)}")
-    if train and "onnxruntime" in modes:
-        raise InstasegError("the onnxruntime mode runs the exported graph, which only predicts: drop it or --train")
+    if train and ("onnxruntime" in modes or "int8" in modes):
+        raise InstasegError("the onnxruntime and int8 modes only predict: drop them or --train")
     results = []
     for mode in modes:
         precision, compile, runtime = MODES[mode]
@@ -100,8 +114,23 @@ def run_modes(preset: str, modes: list[str], *, checkpoint: str | None = None, s
             continue
         results.append(run_benchmark(preset, checkpoint=checkpoint, size=size, threads=threads, iters=iters,
                                      warmup=warmup, train=train, batch_size=batch_size, precision=precision,
-                                     compile=compile, score_thresh=score_thresh, stages=False, flops=False))
+                                     compile=compile, score_thresh=score_thresh, stages=False, flops=False,
+                                     calibration=calibration))
     return results
+
+
+def calibration_images(folder: str | None, image_size: tuple[int, int]) -> list[torch.Tensor]:
+    """``(3, H, W)`` float images for the int8 calibration: the first :data:`MAX_CALIBRATION_IMAGES` of
+    ``folder`` (sorted by name), or, without one, two synthetic images of ``image_size`` (noise: right
+    for timing, not for accuracy; give a folder of the user's own images for that)."""
+    if folder is None:
+        return bench_images(image_size, 2, torch.Generator().manual_seed(1))
+    if not Path(folder).is_dir():
+        raise InstasegError(f"--calibration {folder}: not a folder")
+    paths = sorted(path for path in Path(folder).iterdir() if path.suffix.lower() in IMAGE_EXTENSIONS)
+    if not paths:
+        raise InstasegError(f"--calibration {folder}: no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+    return [torch.from_numpy(read_image(path)).permute(2, 0, 1).float() for path in paths[:MAX_CALIBRATION_IMAGES]]
 
 
 def _benchmark_onnxruntime(model: nn.Module, image_size: tuple[int, int], name: str, iters: int,

@@ -3,6 +3,9 @@
 import json
 import platform
 
+import numpy as np
+from PIL import Image
+
 from instaseg.cli.main import main
 
 
@@ -62,4 +65,32 @@ def test_bench_modes_refuses_unknown_modes_and_onnxruntime_training(capsys):
     assert main(base + ["--modes", "float32,int4"]) == 2
     assert "unknown bench mode 'int4'" in capsys.readouterr().err
     assert main(base + ["--modes", "float32,onnxruntime", "--train"]) == 2
-    assert "only predicts" in capsys.readouterr().err
+    assert "only predict" in capsys.readouterr().err
+    assert main(base + ["--modes", "int8", "--train"]) == 2
+    assert "only predict" in capsys.readouterr().err
+    assert main(base + ["--precision", "int8", "--train"]) == 2
+    assert "int8 is for inference" in capsys.readouterr().err
+
+
+def test_bench_int8_calibrated_on_a_folder_of_images(tmp_path, capsys):
+    folder = tmp_path / "calibration"
+    folder.mkdir()
+    generator = np.random.default_rng(0)
+    for index in range(2):
+        Image.fromarray(generator.integers(0, 255, (60, 90, 3), dtype=np.uint8)).save(folder / f"{index}.png")
+    (folder / "notes.txt").write_text("not an image")
+    out = tmp_path / "int8.json"
+    base = ["bench", "--preset", "mask_rcnn_r18_fpn_tiny", "--size", "64", "--iters", "1", "--threads", "2"]
+    assert main(base + ["--modes", "float32,int8", "--calibration", str(folder), "--json", str(out)]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "mode" not in line]
+    assert [row.split("|")[1].strip() for row in rows] == ["float32", "int8"]
+    results = json.loads(out.read_text())
+    assert [r["precision"] for r in results] == ["float32", "int8"] and results[1]["num_detections"] > 0
+    assert main(base + ["--precision", "int8", "--no-flops"]) == 0  # synthetic calibration images
+    text = capsys.readouterr().out
+    assert "int8 (backbone and FPN in int8" in text and "bf16" not in text and "| backbone |" in text
+    assert main(base + ["--precision", "int8", "--calibration", str(tmp_path / "missing")]) == 2
+    assert "not a folder" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(base + ["--precision", "int8", "--calibration", str(tmp_path / "empty")]) == 2
+    assert "no images" in capsys.readouterr().err
