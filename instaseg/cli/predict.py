@@ -53,6 +53,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_options(parser)
     parser.add_argument("--tile", type=tile_argument, metavar="SIZE",
                         help="large images: predict on overlapping SIZE x SIZE tiles and merge (images only)")
+    parser.add_argument("--int8", action="store_true",
+                        help="backbone, FPN and head convolutions in int8 (CPU), calibrated on the first 8 input "
+                             "images: faster, outputs differ slightly")
     parser.add_argument("--overlap", type=overlap_argument, default=0.2, metavar="FRAC",
                         help="with --tile: fraction of a tile shared with its neighbours (default 0.2)")
 
@@ -96,11 +99,15 @@ def run(args: argparse.Namespace) -> int:
     from instaseg.hub.pretrained import resolve_checkpoint
 
     images, videos = collect_inputs(args.inputs)
+    if args.int8 and args.device != "cpu":
+        raise InstasegError("--int8 runs on the CPU (PyTorch's quantized kernels): drop --device or --int8")
     out = ensure_writable_dir(args.out)
     checkpoint = resolve_checkpoint(args.weights or args.checkpoint)
     predictor = Predictor.from_checkpoint(checkpoint, args.device, args.score_threshold,
                                           allow_partial=args.allow_partial, overrides=args.overrides,
                                           max_detections=args.max_detections)
+    if args.int8:
+        _quantize(predictor.model, images)
     if args.tile:
         predictor.check_tiling()  # before any work: a keypoint model without masks cannot merge tiles
     payload = load_checkpoint(checkpoint)
@@ -126,6 +133,18 @@ def run(args: argparse.Namespace) -> int:
         listed = "; ".join(bad[:10]) + (f"; and {len(bad) - 10} more" if len(bad) > 10 else "")
         print(f"skipped {len(bad)} unreadable image(s): {listed}")
     return 0
+
+
+def _quantize(model, images: list[Path]) -> None:
+    """``--int8``: the model's dense layers in int8, calibrated on the first input images."""
+    from instaseg.engine.int8 import MAX_CALIBRATION_IMAGES, load_calibration_images, quantize_int8
+
+    if not images:
+        raise InstasegError("--int8 calibrates on the input images: give at least one image, not only videos")
+    calibration = load_calibration_images(images)
+    quantize_int8(model, calibration)
+    print(f"int8: backbone, FPN and head convolutions quantized, calibrated on {len(calibration)} input image(s) "
+          f"(at most {MAX_CALIBRATION_IMAGES})")
 
 
 def _predict_images(predictor, items: list[tuple[int, Path]], category_ids: list[int], style: _Style,

@@ -1,10 +1,13 @@
-"""int8 inference of the ResNet / ResNeXt trunk and the FPN: static quantization, calibrated on images.
+"""int8 inference of the ResNet / ResNeXt trunk, the FPN and the R-CNN heads' 3x3 convolutions:
+static quantization, calibrated on images.
 
 ``quantize_int8(model, images)`` replaces ``model.backbone`` and ``model.neck`` by int8 versions
 with the same structure, in place: every convolution with its frozen norm folded in (and its ReLU
 fused) runs on PyTorch's x86 quantized kernels (FBGEMM / oneDNN) with int8 weights and uint8
 activations, the residual additions and the FPN's top-down sums add in uint8, and the pyramid
-levels come out in float32 for the heads. The RPN, RoI heads, NMS and mask pasting stay float32.
+levels come out in float32 for the heads. With ``heads=True`` (the default) the RPN's shared 3x3
+convolution and the FCN mask head's 3x3 stack run in int8 too, each between float maps. The 1x1
+predictors, the box head, the mask deconvolution, NMS, RoIAlign and mask pasting stay float32.
 
 Quantization (the x86 scheme PyTorch's own ``get_default_qconfig("x86")`` uses):
 
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 import torch.ao.nn.intrinsic.quantized as nniq
@@ -36,13 +40,20 @@ from torch import Tensor, nn
 from torch.ao.quantization.observer import HistogramObserver
 
 from instaseg.backbones.resnet import BasicBlock, Bottleneck, ResNet
+from instaseg.data.image_io import read_image
 from instaseg.errors import ConfigError
+from instaseg.heads.mask_head import MaskFCNHead
+from instaseg.heads.rpn import RPNHead
 from instaseg.layers.fusion import fold_frozen_batchnorm
 from instaseg.layers.norm import FrozenBatchNorm2d, convert_frozen_batchnorm
 from instaseg.necks.fpn import FPN
 
-__all__ = ["quantize_int8", "convert_calibrated", "is_int8", "quantize_weight", "QuantConv", "QuantAdd", "QuantInput",
-           "Int8ResNet", "Int8FPN"]
+__all__ = ["quantize_int8", "load_calibration_images", "MAX_CALIBRATION_IMAGES", "convert_calibrated", "is_int8",
+           "quantize_weight", "QuantConv", "QuantAdd", "QuantInput", "Int8ResNet", "Int8FPN", "Int8Conv"]
+
+
+# Images a calibration reads at most: it records value ranges, a few images are enough.
+MAX_CALIBRATION_IMAGES = 8
 
 
 def _activation_observer() -> HistogramObserver:
@@ -264,6 +275,22 @@ class Int8FPN(nn.Module):
         return levels
 
 
+class Int8Conv(nn.Module):
+    """A head's convolution (and ReLU) in int8 between float maps: ``(K, C, H, W) -> (K, C', H', W')``
+    float32, its input quantized at a calibrated scale and its output dequantized. Empty inputs
+    (no RoIs) run the float convolution."""
+
+    def __init__(self, conv: nn.Conv2d, relu: bool) -> None:
+        super().__init__()
+        self.input, self.conv = QuantInput(), QuantConv(conv, None, relu=relu)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.numel() == 0:
+            y = self.conv.conv(x)
+            return F.relu(y) if self.conv.relu else y
+        return _dequantize(self.conv(self.input(x)))
+
+
 def _dequantize(x: Tensor) -> Tensor:
     return x.dequantize() if x.is_quantized else x
 
@@ -282,13 +309,35 @@ def is_int8(model: nn.Module) -> bool:
     return isinstance(getattr(model, "backbone", None), Int8ResNet)
 
 
-def quantize_int8(model: nn.Module, images: Sequence[Tensor]) -> nn.Module:
+def load_calibration_images(paths: Sequence[str | Path], limit: int = MAX_CALIBRATION_IMAGES) -> list[Tensor]:
+    """The first ``limit`` of ``paths`` as ``(3, H, W)`` float images (0-255), for :func:`quantize_int8`."""
+    return [torch.from_numpy(read_image(path)).permute(2, 0, 1).float() for path in list(paths)[:limit]]
+
+
+def _head_convs(model: nn.Module) -> list[tuple[nn.Module, str, nn.Conv2d]]:
+    """(parent, attribute, conv) of each head convolution followed by a ReLU that :func:`quantize_int8`
+    converts: the RPN's shared 3x3 and the FCN mask head's 3x3 stack (``heads=True``)."""
+    found = []
+    rpn_head = getattr(model, "rpn_head", None)
+    if isinstance(rpn_head, RPNHead):
+        found.append((rpn_head, "conv", rpn_head.conv))
+    mask_head = getattr(model, "mask_head", None)
+    if isinstance(mask_head, MaskFCNHead):
+        found += [(mask_head.convs, str(index), conv) for index, conv in enumerate(mask_head.convs)]
+    return found
+
+
+def quantize_int8(model: nn.Module, images: Sequence[Tensor], heads: bool = True) -> nn.Module:
     """Replace ``model.backbone`` (and ``model.neck``, an FPN) by int8 versions calibrated on ``images``.
 
     ``images``: what ``model.predict`` takes, ``(3, H, W)`` tensors of the kind the model will see
-    (a few are enough: the ranges of 4-8 images). In place; returns ``model``, in eval mode, for
-    inference only. Sets ``torch.backends.quantized.engine`` to ``"x86"`` (FBGEMM / oneDNN kernels) for
-    the process. Raises :class:`ConfigError` for what has no int8 form (see the module docstring).
+    (a few are enough: the ranges of 4-8 images). ``heads``: also the R-CNN heads' 3x3 convolutions
+    (the RPN's shared conv, the FCN mask head's four), each between float maps (:class:`Int8Conv`);
+    the 1x1 predictors, the box head, the mask deconvolution and everything data-dependent stay
+    float32. In place; returns ``model``, in eval mode, for inference only. Sets
+    ``torch.backends.quantized.engine`` to ``"x86"`` (FBGEMM / oneDNN kernels) for the process.
+    Raises :class:`ConfigError` for what has no int8 form (see the module docstring), leaving the
+    model as it was.
     """
     if not images:
         raise ConfigError("int8: calibration needs at least one image")
@@ -304,16 +353,20 @@ def quantize_int8(model: nn.Module, images: Sequence[Tensor]) -> nn.Module:
         raise ConfigError(f"int8: this PyTorch build has no x86 quantized kernels (engines: {engines})")
     torch.backends.quantized.engine = "x86" if "x86" in engines else "fbgemm"
     model.eval()
-    int8_backbone = Int8ResNet(backbone, float_outputs=neck is None)
-    int8_neck = None if neck is None else Int8FPN(neck)
-    model.backbone, model.neck = int8_backbone, int8_neck
+    swaps = [(model, "backbone", backbone, Int8ResNet(backbone, float_outputs=neck is None))]
+    if neck is not None:
+        swaps.append((model, "neck", neck, Int8FPN(neck)))
+    if heads:
+        swaps += [(parent, name, conv, Int8Conv(conv, relu=True)) for parent, name, conv in _head_convs(model)]
+    for parent, name, _, new in swaps:
+        setattr(parent, name, new)
     try:
         with torch.inference_mode():
             model.predict(list(images))
-        convert_calibrated(int8_backbone)
-        if int8_neck is not None:
-            convert_calibrated(int8_neck)
+        for _, _, _, new in swaps:
+            convert_calibrated(new)
     except BaseException:
-        model.backbone, model.neck = backbone, neck
+        for parent, name, old, _ in swaps:
+            setattr(parent, name, old)
         raise
     return model

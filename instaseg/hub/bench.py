@@ -15,10 +15,10 @@ from instaseg.config.io import apply_overrides, config_from_dict
 from instaseg.detectors.build import resolve_config
 from instaseg.engine.bench import (BenchResult, bench_image_size, bench_images, benchmark_model, peak_memory,
                                    time_iterations)
-from instaseg.data.image_io import IMAGE_EXTENSIONS, read_image
+from instaseg.data.image_io import IMAGE_EXTENSIONS
 from instaseg.engine.allocator import malloc_setting
 from instaseg.engine.checkpoint import load_checkpoint, load_state_dict_checked
-from instaseg.engine.int8 import quantize_int8
+from instaseg.engine.int8 import load_calibration_images, quantize_int8
 from instaseg.errors import InstasegError
 from instaseg.hub.build import model_from_config
 
@@ -34,8 +34,6 @@ MODES: dict[str, tuple[str, bool, str]] = {
     "int8": ("int8", False, "pytorch"),
 }
 
-# Images a folder gives the int8 calibration at most (a few are enough: it records value ranges).
-MAX_CALIBRATION_IMAGES = 8
 
 
 def build_bench_model(preset: str, checkpoint: str | None = None, size: int = 800,
@@ -120,9 +118,9 @@ def run_modes(preset: str, modes: list[str], *, checkpoint: str | None = None, s
 
 
 def calibration_images(folder: str | None, image_size: tuple[int, int]) -> list[torch.Tensor]:
-    """``(3, H, W)`` float images for the int8 calibration: the first :data:`MAX_CALIBRATION_IMAGES` of
-    ``folder`` (sorted by name), or, without one, two synthetic images of ``image_size`` (noise: right
-    for timing, not for accuracy; give a folder of the user's own images for that)."""
+    """``(3, H, W)`` float images for the int8 calibration: the first few images of ``folder`` (sorted
+    by name; :func:`~instaseg.engine.int8.load_calibration_images`), or, without one, two synthetic
+    images of ``image_size`` (noise: right for timing, not for accuracy; give the user's own images)."""
     if folder is None:
         return bench_images(image_size, 2, torch.Generator().manual_seed(1))
     if not Path(folder).is_dir():
@@ -130,7 +128,7 @@ def calibration_images(folder: str | None, image_size: tuple[int, int]) -> list[
     paths = sorted(path for path in Path(folder).iterdir() if path.suffix.lower() in IMAGE_EXTENSIONS)
     if not paths:
         raise InstasegError(f"--calibration {folder}: no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
-    return [torch.from_numpy(read_image(path)).permute(2, 0, 1).float() for path in paths[:MAX_CALIBRATION_IMAGES]]
+    return load_calibration_images(paths)
 
 
 def _benchmark_onnxruntime(model: nn.Module, image_size: tuple[int, int], name: str, iters: int,

@@ -107,3 +107,21 @@ def test_predict_says_the_best_score_when_nothing_passes_the_threshold(data, che
     assert main(["predict", "--checkpoint", checkpoint, str(data.val_images), "--out", str(tmp_path / "q"),
                  "--no-overlays", "--set", "model.inference.score_thresh=0.9999"]) == 0
     assert "detected nothing at all" in capsys.readouterr().out
+
+
+def test_predict_int8_calibrates_on_the_input_images_and_finds_what_float32_finds(data, checkpoint, tmp_path,
+                                                                                 capsys):
+    base = ["predict", "--checkpoint", checkpoint, str(data.val_images), "--score-threshold", "0", "--no-overlays"]
+    assert main(base + ["--out", str(tmp_path / "float32")]) == 0
+    assert main(base + ["--out", str(tmp_path / "int8"), "--int8"]) == 0
+    assert "int8: backbone, FPN and head convolutions quantized, calibrated on 4 input image(s)" in capsys.readouterr().out
+    float32, int8 = (json.loads((tmp_path / name / "results.json").read_text()) for name in ("float32", "int8"))
+    assert len(int8) > 0 and {r["image_id"] for r in int8} == {r["image_id"] for r in float32}
+    # an untrained model's scores are near-equal, so compare the best score of each image
+    best = {name: {} for name in ("float32", "int8")}
+    for name, results in (("float32", float32), ("int8", int8)):
+        for r in results:
+            best[name][r["image_id"]] = max(best[name].get(r["image_id"], 0.0), r["score"])
+    assert all(abs(best["int8"][i] - best["float32"][i]) < 0.02 for i in best["float32"])
+    assert main(base + ["--out", str(tmp_path / "cuda"), "--int8", "--device", "cuda"]) == 2
+    assert "--int8 runs on the CPU" in capsys.readouterr().err

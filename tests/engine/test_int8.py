@@ -11,9 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from instaseg.engine.int8 import (Int8FPN, Int8ResNet, QuantAdd, QuantConv, QuantInput, convert_calibrated, is_int8,
-                                  quantize_int8, quantize_weight)
 from instaseg.backbones.resnet import ResNet
+from instaseg.engine.int8 import (Int8Conv, Int8FPN, Int8ResNet, QuantAdd, QuantConv, QuantInput, convert_calibrated,
+                                  is_int8, quantize_int8, quantize_weight)
 from instaseg.errors import ConfigError
 from instaseg.hub.bench import build_bench_model
 from instaseg.layers.norm import FrozenBatchNorm2d
@@ -146,7 +146,9 @@ def test_quantize_int8_predicts_close_to_float32_and_keeps_the_rest_float():
     quantize_int8(model, images[:2])
     assert is_int8(model) and not is_int8(reference)
     assert isinstance(model.backbone, Int8ResNet) and isinstance(model.neck, Int8FPN)
-    assert model.rpn_head.state_dict().keys() == reference.rpn_head.state_dict().keys()
+    assert isinstance(model.rpn_head.conv, Int8Conv) and all(isinstance(c, Int8Conv) for c in model.mask_head.convs)
+    assert model.box_head.state_dict().keys() == reference.box_head.state_dict().keys()  # float32
+    assert type(model.mask_head.predictor) is nn.Conv2d and type(model.rpn_head.objectness_logits) is nn.Conv2d
     with torch.inference_mode():
         ours, theirs = model.predict(images[2:])[0], reference.predict(images[2:])[0]
     # random weights, so near-equal scores: most of the top boxes are found again, the scores barely move
@@ -156,6 +158,8 @@ def test_quantize_int8_predicts_close_to_float32_and_keeps_the_rest_float():
     assert torch.allclose(ours.scores[:5], theirs.scores[:5], atol=0.01)
     with pytest.raises(ConfigError, match="already quantized"):
         quantize_int8(model, images)
+    trunk_only = quantize_int8(copy.deepcopy(reference), images[:2], heads=False)
+    assert isinstance(trunk_only.neck, Int8FPN) and type(trunk_only.rpn_head.conv) is nn.Conv2d
 
 
 def test_what_has_no_int8_form_is_refused_and_the_model_left_as_it_was():
