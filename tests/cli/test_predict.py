@@ -114,7 +114,8 @@ def test_predict_int8_calibrates_on_the_input_images_and_finds_what_float32_find
     base = ["predict", "--checkpoint", checkpoint, str(data.val_images), "--score-threshold", "0", "--no-overlays"]
     assert main(base + ["--out", str(tmp_path / "float32")]) == 0
     assert main(base + ["--out", str(tmp_path / "int8"), "--int8"]) == 0
-    assert "int8: backbone, FPN and head convolutions quantized, calibrated on 4 input image(s)" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert "int8: backbone, FPN and head convolutions quantized, calibrated on 4 input image(s)" in said
     float32, int8 = (json.loads((tmp_path / name / "results.json").read_text()) for name in ("float32", "int8"))
     assert len(int8) > 0 and {r["image_id"] for r in int8} == {r["image_id"] for r in float32}
     # an untrained model's scores are near-equal, so compare the best score of each image
