@@ -56,7 +56,8 @@ def main() -> None:
     parser.add_argument("--json", required=True, help="COCO json of the evaluation split")
     parser.add_argument("--images", required=True, help="its image folder")
     parser.add_argument("--calibration", help="int8: folder of images to calibrate on (the training images)")
-    parser.add_argument("--modes", default="float32,bf16,int8", help="comma list of float32, bf16, int8")
+    parser.add_argument("--modes", default="float32,bf16,int8",
+                        help="comma list of float32, bf16, int8, int8-trunk (backbone and FPN only)")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -66,11 +67,12 @@ def main() -> None:
     rows = []
     for precision in args.modes.split(","):
         timed = _Timed(model, precision)
-        if precision == "int8":
+        if precision.startswith("int8"):
             if not args.calibration:
                 parser.error("int8 needs --calibration FOLDER")
-            timed = _Timed(quantize_int8(copy.deepcopy(model), calibration_images(args.calibration, (0, 0))),
-                           "float32")
+            quantized = quantize_int8(copy.deepcopy(model), calibration_images(args.calibration, (0, 0)),
+                                      heads=precision == "int8")
+            timed = _Timed(quantized, "float32")
         metrics = evaluate_model(timed, dataset, progress=False)
         row = [precision]
         for task in ("segm", "bbox"):
