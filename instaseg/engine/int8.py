@@ -52,7 +52,7 @@ from instaseg.heads.mask_head import MaskFCNHead
 from instaseg.heads.rpn import RPNHead
 from instaseg.layers.fusion import fold_frozen_batchnorm
 from instaseg.layers.norm import FrozenBatchNorm2d, convert_frozen_batchnorm
-from instaseg.necks.fpn import FPN
+from instaseg.necks.fpn import FPN, extra_levels, upsample_to
 
 __all__ = ["quantize_int8", "load_calibration_images", "MAX_CALIBRATION_IMAGES", "convert_calibrated", "is_int8",
            "quantize_weight", "QuantConv", "QuantAdd", "QuantInput", "Int8ResNet", "Int8FPN", "Int8Conv"]
@@ -226,6 +226,22 @@ class Int8ResNet(nn.Module):
         return outputs
 
 
+class Int8Conv(nn.Module):
+    """A convolution (its norm folded in, an optional ReLU) in int8 between float maps, for the heads and
+    the FPN's extra levels: ``(K, C, H, W) -> (K, C', H', W')`` float32, the input quantized at its
+    calibrated scale, the output dequantized. Empty inputs (no RoIs) run the float convolution."""
+
+    def __init__(self, conv: nn.Conv2d, norm: nn.Module | None = None, relu: bool = False) -> None:
+        super().__init__()
+        self.input, self.conv = QuantInput(), QuantConv(conv, norm, relu=relu)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.numel() == 0:
+            y = self.conv.conv(x)
+            return F.relu(y) if self.conv.relu else y
+        return _dequantize(self.conv(self.input(x)))
+
+
 class Int8FPN(nn.Module):
     """``FPN`` in int8: takes :class:`Int8ResNet`'s quint8 maps, returns the float32 pyramid levels
     ``{"p2": (N, C, H_2, W_2), ...}`` as the float neck does."""
@@ -238,8 +254,7 @@ class Int8FPN(nn.Module):
         self.lateral = nn.ModuleList(QuantConv(conv, conv.norm, relu=False) for conv in fpn.lateral_convs)
         self.output = nn.ModuleList(QuantConv(conv, conv.norm, relu=fpn.relu_outputs) for conv in fpn.output_convs)
         self.sums = nn.ModuleList(QuantAdd(relu=False) for _ in fpn.lateral_convs[:-1])
-        self.extra_convs = nn.ModuleList(QuantConv(conv, conv.norm, relu=False) for conv in fpn.extra_convs)
-        self.extra_inputs = nn.ModuleList(QuantInput() for _ in fpn.extra_convs)
+        self.extra_convs = nn.ModuleList(Int8Conv(conv, conv.norm) for conv in fpn.extra_convs)
 
     def output_shape(self) -> dict:
         return dict(self._shapes)
@@ -251,50 +266,12 @@ class Int8FPN(nn.Module):
         outputs = [self.output[-1](merged)]
         for index in range(len(features) - 2, -1, -1):
             lateral = self.lateral[index](features[index])
-            merged = self.sums[index](lateral, self._upsample(merged, lateral))
+            merged = self.sums[index](lateral, upsample_to(merged, lateral.shape[-2:], self.upsample_mode))
             outputs.insert(0, self.output[index](merged))
         outputs = [_dequantize(out) for out in outputs]
-        outputs.extend(self._extra_levels(outputs[-1], features[-1]))
+        last_input = _dequantize(features[-1]) if self.extra == "convs" and self.extra_from == "input" else features[-1]
+        outputs.extend(extra_levels(self, self.extra_convs, outputs[-1], last_input))
         return dict(zip(self._shapes, outputs))
-
-    def _upsample(self, coarse: Tensor, lateral: Tensor) -> Tensor:
-        size = lateral.shape[-2:]
-        if self.upsample_mode == "nearest":
-            return F.interpolate(coarse, size=size, mode="nearest")
-        return F.interpolate(coarse, size=size, mode=self.upsample_mode, align_corners=False)
-
-    def _extra_levels(self, last_output: Tensor, last_input: Tensor) -> list[Tensor]:
-        levels: list[Tensor] = []
-        if self.extra == "maxpool":
-            x = last_output
-            for _ in range(self.num_extra):
-                x = F.max_pool2d(x, kernel_size=1, stride=2)
-                levels.append(x)
-            return levels
-        x = last_input if self.extra_from == "input" else last_output
-        for index, (requantize, conv) in enumerate(zip(self.extra_inputs, self.extra_convs)):
-            x = _dequantize(x)
-            if index > 0 and self.extra_relu:
-                x = F.relu(x)
-            x = _dequantize(conv(requantize(x)))
-            levels.append(x)
-        return levels
-
-
-class Int8Conv(nn.Module):
-    """A head's convolution (and ReLU) in int8 between float maps: ``(K, C, H, W) -> (K, C', H', W')``
-    float32, its input quantized at a calibrated scale and its output dequantized. Empty inputs
-    (no RoIs) run the float convolution."""
-
-    def __init__(self, conv: nn.Conv2d, relu: bool) -> None:
-        super().__init__()
-        self.input, self.conv = QuantInput(), QuantConv(conv, None, relu=relu)
-
-    def forward(self, x: Tensor) -> Tensor:
-        if x.numel() == 0:
-            y = self.conv.conv(x)
-            return F.relu(y) if self.conv.relu else y
-        return _dequantize(self.conv(self.input(x)))
 
 
 def _dequantize(x: Tensor) -> Tensor:

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from instaseg.layers.conv import ConvNormAct, c2_xavier_fill
 from instaseg.layers.shape_spec import ShapeSpec
 
-__all__ = ["FPN", "rcnn_fpn", "yolact_fpn"]
+__all__ = ["FPN", "rcnn_fpn", "yolact_fpn", "upsample_to", "extra_levels"]
 
 _EXTRA_KINDS = ("maxpool", "convs", "none")
 
@@ -111,7 +111,7 @@ class FPN(nn.Module):
             outputs.insert(0, self.output_convs[index](merged))
         if self.relu_outputs:
             outputs = [F.relu(out, inplace=True) for out in outputs]
-        outputs.extend(self._extra_levels(outputs[-1], features[-1]))
+        outputs.extend(extra_levels(self, self.extra_convs, outputs[-1], features[-1]))
         return dict(zip(self._shapes, outputs))
 
     def _add_upsampled(self, lateral: Tensor, coarse: Tensor) -> Tensor:
@@ -126,29 +126,34 @@ class FPN(nn.Module):
             blocks = lateral.unflatten(3, (coarse_w, 2)).unflatten(2, (coarse_h, 2))  # (N, C, h/2, 2, w/2, 2)
             blocks.add_(coarse[:, :, :, None, :, None])
             return lateral
-        return lateral.add_(self._upsample(coarse, lateral))
+        return lateral.add_(upsample_to(coarse, lateral.shape[-2:], self.upsample_mode))
 
-    def _upsample(self, coarse: Tensor, lateral: Tensor) -> Tensor:
-        size = lateral.shape[-2:]
-        if self.upsample_mode == "nearest":
-            return F.interpolate(coarse, size=size, mode="nearest")
-        return F.interpolate(coarse, size=size, mode=self.upsample_mode, align_corners=False)
 
-    def _extra_levels(self, last_output: Tensor, last_input: Tensor) -> list[Tensor]:
-        levels: list[Tensor] = []
-        if self.extra == "maxpool":
-            x = last_output
-            for _ in range(self.num_extra):
-                x = F.max_pool2d(x, kernel_size=1, stride=2)
-                levels.append(x)
-        elif self.extra == "convs":
-            x = last_input if self.extra_from == "input" else last_output
-            for index, conv in enumerate(self.extra_convs):
-                if index > 0 and self.extra_relu:
-                    x = F.relu(x)
-                x = conv(x)
-                levels.append(x)
-        return levels
+def upsample_to(coarse: Tensor, size: Sequence[int], mode: str) -> Tensor:
+    """``coarse (N, C, h, w)`` resized to ``size = (H, W)``: "nearest", or "bilinear" without corner alignment."""
+    if mode == "nearest":
+        return F.interpolate(coarse, size=size, mode="nearest")
+    return F.interpolate(coarse, size=size, mode=mode, align_corners=False)
+
+
+def extra_levels(fpn: nn.Module, convs: Sequence[nn.Module], last_output: Tensor, last_input: Tensor) -> list[Tensor]:
+    """The levels coarser than the inputs', as the settings of ``fpn`` (an :class:`FPN`, or the int8
+    one: ``extra``, ``num_extra``, ``extra_from``, ``extra_relu``) make them from the last output and
+    input levels (float maps), with ``convs`` as the extra convolutions."""
+    levels: list[Tensor] = []
+    if fpn.extra == "maxpool":
+        x = last_output
+        for _ in range(fpn.num_extra):
+            x = F.max_pool2d(x, kernel_size=1, stride=2)
+            levels.append(x)
+    elif fpn.extra == "convs":
+        x = last_input if fpn.extra_from == "input" else last_output
+        for index, conv in enumerate(convs):
+            if index > 0 and fpn.extra_relu:
+                x = F.relu(x)
+            x = conv(x)
+            levels.append(x)
+    return levels
 
 
 def _check_arguments(
