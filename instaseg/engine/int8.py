@@ -144,7 +144,7 @@ class QuantConv(_Observed):
             raise ConfigError(f"int8: {type(conv).__name__} has no int8 kernel (plain convolutions only; "
                               "deformable convolutions stay float32: use float32 for this model)")
         weight, bias = _folded(conv, norm)
-        self.conv = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+        self.conv: nn.Conv2d | None = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
                               conv.dilation, conv.groups, bias=True).requires_grad_(False)
         with torch.no_grad():
             self.conv.weight.copy_(weight)
@@ -167,7 +167,7 @@ class QuantConv(_Observed):
         layer = kind(c.in_channels, c.out_channels, c.kernel_size, c.stride, c.padding, c.dilation, c.groups)
         layer.set_weight_bias(quantize_weight(c.weight.detach()), c.bias.detach().clone())
         layer.scale, layer.zero_point = self.qparams
-        self.quantized = layer
+        self.quantized, self.conv = layer, None  # the float32 copy is no longer needed
 
 
 class _Int8Block(nn.Module):
@@ -234,10 +234,11 @@ class Int8Conv(nn.Module):
     def __init__(self, conv: nn.Conv2d, norm: nn.Module | None = None, relu: bool = False) -> None:
         super().__init__()
         self.input, self.conv = QuantInput(), QuantConv(conv, norm, relu=relu)
+        self.fallback = self.conv.conv  # float32, kept after conversion for empty inputs
 
     def forward(self, x: Tensor) -> Tensor:
         if x.numel() == 0:
-            y = self.conv.conv(x)
+            y = self.fallback(x)
             return F.relu(y) if self.conv.relu else y
         return _dequantize(self.conv(self.input(x)))
 

@@ -69,10 +69,14 @@ def test_a_quantized_conv_computes_what_float64_gives_on_the_same_integers(relu,
         qx = quantize_input(x)
         out = layer(qx)
     assert out.dtype == torch.quint8
-    # The reference: the conv of the dequantized input and weights in float64, the folded bias, the
-    # ReLU, rounded to the output's scale and zero point.
-    qweight = quantize_weight(layer.conv.weight)
-    expected = F.conv2d(qx.dequantize().double(), qweight.dequantize().double(), layer.conv.bias.double(),
+    assert layer.conv is None  # the float32 copy is dropped once converted
+    # The reference: the norm folded into the conv in float64, its weights quantized per channel, the
+    # conv of the dequantized input in float64, the ReLU, rounded to the output's scale and zero point.
+    norm_scale = norm.weight.double() / torch.sqrt(norm.running_var.double() + norm.eps)
+    folded_weight = conv.weight.detach().double() * norm_scale.view(-1, 1, 1, 1)
+    folded_bias = norm.bias.double() - norm.running_mean.double() * norm_scale
+    qweight = quantize_weight(folded_weight.float())
+    expected = F.conv2d(qx.dequantize().double(), qweight.dequantize().double(), folded_bias,
                         stride=stride, padding=1, groups=groups)
     if relu:
         expected = expected.clamp(min=0)
@@ -81,9 +85,20 @@ def test_a_quantized_conv_computes_what_float64_gives_on_the_same_integers(relu,
     difference = (out.int_repr().double() - expected_int).abs()
     assert difference.max() <= 1  # requantization rounds once in float32
     assert (difference > 0).double().mean() < 0.02
-    # and the folded weights are the conv's followed by the norm
-    reference = norm(conv(x))
-    assert torch.allclose(layer.conv(x), reference, atol=1e-5)
+
+
+def test_a_head_conv_in_int8_takes_float_maps_and_an_empty_batch_of_rois():
+    generator = torch.Generator().manual_seed(6)
+    conv = nn.Conv2d(8, 8, 3, padding=1)
+    nn.init.normal_(conv.weight, std=0.2, generator=generator)
+    x = torch.randn(5, 8, 14, 14, generator=generator)
+    layer = Int8Conv(conv, relu=True)
+    with torch.inference_mode():
+        layer(x)
+        convert_calibrated(layer)
+        out, empty, expected = layer(x), layer(x[:0]), F.relu(conv(x))
+    assert out.dtype == torch.float32 and (out - expected).norm() / expected.norm() < 0.03
+    assert empty.shape == (0, 8, 14, 14) and empty.dtype == torch.float32
 
 
 def test_the_quantized_residual_add_matches_the_float_sum():
