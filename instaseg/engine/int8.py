@@ -1,13 +1,16 @@
-"""int8 inference of the ResNet / ResNeXt trunk, the FPN and the R-CNN heads' 3x3 convolutions:
-static quantization, calibrated on images.
+"""int8 inference of the ResNet / ResNeXt trunk, the FPN and the heads' 3x3 convolutions: static
+quantization, calibrated on images.
 
 ``quantize_int8(model, images)`` replaces ``model.backbone`` and ``model.neck`` by int8 versions
 with the same structure, in place: every convolution with its frozen norm folded in (and its ReLU
 fused) runs on PyTorch's x86 quantized kernels (FBGEMM / oneDNN) with int8 weights and uint8
 activations, the residual additions and the FPN's top-down sums add in uint8, and the pyramid
-levels come out in float32 for the heads. With ``heads=True`` (the default) the RPN's shared 3x3
-convolution and the FCN mask head's 3x3 stack run in int8 too, each between float maps. The 1x1
-predictors, the box head, the mask deconvolution, NMS, RoIAlign and mask pasting stay float32.
+levels come out in float32 for the heads. A block with a deformable convolution (YOLACT++) runs in
+float32 between its int8 neighbours. With ``heads=True`` (the default) the 3x3 convolutions followed
+by a ReLU run in int8 too, each between float maps: the RPN's shared one and the FCN mask head's
+stack (R-CNN), ProtoNet's and the prediction head's ``upfeature`` (YOLACT). The predictors (box,
+class, mask coefficient and mask logit layers), the box head, the mask deconvolution, NMS, RoIAlign
+and mask pasting stay float32.
 
 Quantization (the x86 scheme PyTorch's own ``get_default_qconfig("x86")`` uses):
 
@@ -21,9 +24,9 @@ Calibration runs ``model.predict(images)`` with the new modules computing in flo
 their ranges; :func:`quantize_int8` then converts them. Use a few images like those the model will
 see (the user's own): the ranges come from them.
 
-Supported: ResNet / ResNeXt trunks with frozen (or eval-mode) batch norm or none, without deformable
-convolutions, and the FPN with any extra levels. Anything else raises :class:`ConfigError`: int8
-is for inference only (training keeps float32 master weights; see ``train.precision``).
+Supported: ResNet / ResNeXt trunks with frozen (or eval-mode) batch norm or none, and the FPN with
+any extra levels. Anything else (GroupNorm, another trunk) raises :class:`ConfigError`: int8 is for
+inference only (training keeps float32 master weights; see ``train.precision``).
 
 PyTorch marks these quantized kernels (``torch.ao.nn.quantized``) deprecated in favour of torchao;
 they are in the pinned torch 2.13. torchao's PT2E x86 quantizer, the successor, could not partition
@@ -50,12 +53,13 @@ from instaseg.data.image_io import read_image
 from instaseg.errors import ConfigError
 from instaseg.heads.mask_head import MaskFCNHead
 from instaseg.heads.rpn import RPNHead
+from instaseg.heads.yolact_head import ProtoNet, YolactPredictionHead
 from instaseg.layers.fusion import fold_frozen_batchnorm
 from instaseg.layers.norm import FrozenBatchNorm2d, convert_frozen_batchnorm
 from instaseg.necks.fpn import FPN, extra_levels, upsample_to
 
 __all__ = ["quantize_int8", "load_calibration_images", "MAX_CALIBRATION_IMAGES", "convert_calibrated", "is_int8",
-           "quantize_weight", "QuantConv", "QuantAdd", "QuantInput", "Int8ResNet", "Int8FPN", "Int8Conv"]
+           "quantize_weight", "QuantConv", "QuantAdd", "QuantInput", "Int8ResNet", "Int8FPN", "Int8Conv", "Float32Block"]
 
 
 # Images a calibration reads at most: it records value ranges, a few images are enough.
@@ -141,11 +145,10 @@ class QuantConv(_Observed):
     def __init__(self, conv: nn.Conv2d, norm: nn.Module | None = None, relu: bool = False) -> None:
         super().__init__()
         if not isinstance(conv, nn.Conv2d):
-            raise ConfigError(f"int8: {type(conv).__name__} has no int8 kernel (plain convolutions only; "
-                              "deformable convolutions stay float32: use float32 for this model)")
+            raise ConfigError(f"int8: {type(conv).__name__} has no int8 kernel (plain convolutions only)")
         weight, bias = _folded(conv, norm)
-        self.conv: nn.Conv2d | None = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                              conv.dilation, conv.groups, bias=True).requires_grad_(False)
+        self.conv: nn.Conv2d | None = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
+                                                conv.padding, conv.dilation, conv.groups).requires_grad_(False)
         with torch.no_grad():
             self.conv.weight.copy_(weight)
             self.conv.bias.copy_(bias)
@@ -168,6 +171,23 @@ class QuantConv(_Observed):
         layer.set_weight_bias(quantize_weight(c.weight.detach()), c.bias.detach().clone())
         layer.scale, layer.zero_point = self.qparams
         self.quantized, self.conv = layer, None  # the float32 copy is no longer needed
+
+
+def _plain(block: nn.Module) -> bool:
+    """Whether every convolution of a ResNet block is a plain one (not deformable)."""
+    return all(isinstance(conv, nn.Conv2d) for name, conv in block.named_children() if name.startswith("conv"))
+
+
+class Float32Block(nn.Module):
+    """A block with a deformable convolution (YOLACT++'s DCNv2) in float32 between int8 neighbours:
+    the input dequantized, the block's own forward, the output quantized at its calibrated scale."""
+
+    def __init__(self, block: nn.Module) -> None:
+        super().__init__()
+        self.block, self.output = block, QuantInput()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.output(self.block(_dequantize(x)))
 
 
 class _Int8Block(nn.Module):
@@ -208,7 +228,8 @@ class Int8ResNet(nn.Module):
             for block in blocks:
                 if not isinstance(block, (BasicBlock, Bottleneck)):
                     raise ConfigError(f"int8: {type(block).__name__} is not a ResNet block")
-            self.stages.append(nn.Sequential(*(_Int8Block(block) for block in blocks)))
+            self.stages.append(nn.Sequential(*(_Int8Block(block) if _plain(block) else Float32Block(block)
+                                               for block in blocks)))
 
     def output_shape(self) -> dict:
         return dict(self._shapes)
@@ -300,14 +321,22 @@ def load_calibration_images(paths: Sequence[str | Path], limit: int = MAX_CALIBR
 
 def _head_convs(model: nn.Module) -> list[tuple[nn.Module, str, nn.Conv2d]]:
     """(parent, attribute, conv) of each head convolution followed by a ReLU that :func:`quantize_int8`
-    converts: the RPN's shared 3x3 and the FCN mask head's 3x3 stack (``heads=True``)."""
-    found = []
+    converts: the RPN's shared 3x3 and the FCN mask head's 3x3 stack (R-CNN); ProtoNet's 3x3 convolutions
+    and the prediction head's shared ``upfeature`` (YOLACT)."""
+    found: list[tuple[nn.Module, str, nn.Conv2d]] = []
     rpn_head = getattr(model, "rpn_head", None)
     if isinstance(rpn_head, RPNHead):
         found.append((rpn_head, "conv", rpn_head.conv))
     mask_head = getattr(model, "mask_head", None)
     if isinstance(mask_head, MaskFCNHead):
         found += [(mask_head.convs, str(index), conv) for index, conv in enumerate(mask_head.convs)]
+    protonet = getattr(model, "protonet", None)
+    if isinstance(protonet, ProtoNet):
+        found += [(protonet.convs, str(index), conv) for index, conv in enumerate(protonet.convs)]
+        found.append((protonet, "post_conv", protonet.post_conv))
+    prediction_head = getattr(model, "prediction_head", None)
+    if isinstance(prediction_head, YolactPredictionHead):
+        found.append((prediction_head, "upfeature", prediction_head.upfeature))
     return found
 
 
@@ -315,13 +344,13 @@ def quantize_int8(model: nn.Module, images: Sequence[Tensor], heads: bool = True
     """Replace ``model.backbone`` (and ``model.neck``, an FPN) by int8 versions calibrated on ``images``.
 
     ``images``: what ``model.predict`` takes, ``(3, H, W)`` tensors of the kind the model will see
-    (a few are enough: the ranges of 4-8 images). ``heads``: also the R-CNN heads' 3x3 convolutions
-    (the RPN's shared conv, the FCN mask head's four), each between float maps (:class:`Int8Conv`);
-    the 1x1 predictors, the box head, the mask deconvolution and everything data-dependent stay
-    float32. In place; returns ``model``, in eval mode, for inference only. Sets
-    ``torch.backends.quantized.engine`` to ``"x86"`` (FBGEMM / oneDNN kernels) for the process.
-    Raises :class:`ConfigError` for what has no int8 form (see the module docstring), leaving the
-    model as it was.
+    (a few are enough: the ranges of 4-8 images). ``heads``: also the heads' 3x3 convolutions that a
+    ReLU follows (the RPN's shared conv and the FCN mask head's four; YOLACT's ProtoNet and
+    ``upfeature``), each between float maps (:class:`Int8Conv`); the predictors, the box head, the
+    mask deconvolution and everything data-dependent stay float32. In place; returns ``model``, in
+    eval mode, for inference only. Sets ``torch.backends.quantized.engine`` to ``"x86"`` (FBGEMM /
+    oneDNN kernels) for the process. Raises :class:`ConfigError` for what has no int8 form (see the
+    module docstring); whatever fails, the model is left as it was.
     """
     if not images:
         raise ConfigError("int8: calibration needs at least one image")

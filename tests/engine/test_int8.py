@@ -12,10 +12,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from instaseg.backbones.resnet import ResNet
-from instaseg.engine.int8 import (Int8Conv, Int8FPN, Int8ResNet, QuantAdd, QuantConv, QuantInput, convert_calibrated,
-                                  is_int8, quantize_int8, quantize_weight)
+from instaseg.engine.int8 import (Int8Conv, Int8FPN, Int8ResNet, QuantAdd, QuantConv, QuantInput, Float32Block,
+                                  convert_calibrated, is_int8, quantize_int8, quantize_weight)
 from instaseg.errors import ConfigError
 from instaseg.hub.bench import build_bench_model
+from instaseg.layers.deform import ModulatedDeformConv2d
 from instaseg.layers.norm import FrozenBatchNorm2d
 from instaseg.structures.boxes import box_iou
 
@@ -177,14 +178,36 @@ def test_quantize_int8_predicts_close_to_float32_and_keeps_the_rest_float():
     assert isinstance(trunk_only.neck, Int8FPN) and type(trunk_only.rpn_head.conv) is nn.Conv2d
 
 
-def test_what_has_no_int8_form_is_refused_and_the_model_left_as_it_was():
+def test_yolact_pp_keeps_its_deformable_blocks_float32_between_int8_ones():
     model = _tiny("yolact_pp_r18_tiny")
-    backbone = model.backbone
-    with pytest.raises(ConfigError, match="deformable"):
-        quantize_int8(model, [torch.rand(3, 64, 64) * 255])
-    assert model.backbone is backbone
+    reference = copy.deepcopy(model)
+    generator = torch.Generator().manual_seed(7)
+    images = [torch.rand(3, 96, 96, generator=generator) * 255 for _ in range(3)]
+    quantize_int8(model, images[:2])
+    blocks = [block for stage in model.backbone.stages for block in stage]
+    deformable = [block for block in blocks if isinstance(block, Float32Block)]
+    assert deformable and len(deformable) < len(blocks)
+    assert all(isinstance(block.block.conv2, ModulatedDeformConv2d) for block in deformable)
+    assert isinstance(model.prediction_head.upfeature, Int8Conv) and isinstance(model.protonet.post_conv, Int8Conv)
+    assert type(model.prediction_head.conf_layer) is nn.Conv2d  # the predictors stay float32
+    x = torch.randn(1, 3, 96, 96, generator=generator)
+    with torch.inference_mode():
+        expected = reference.neck(list(reference.backbone(x).values()))
+        out = model.neck(list(model.backbone(x).values()))
+        assert len(model.predict(images[2:])[0]) > 0
+    for name in expected:
+        assert (out[name] - expected[name]).norm() / expected[name].norm() < 0.1, name
+
+
+def test_what_has_no_int8_form_is_refused_and_a_failed_calibration_leaves_the_model_as_it_was():
+    model = _tiny()
+    backbone, rpn_conv = model.backbone, model.rpn_head.conv
+    with pytest.raises(RuntimeError):
+        quantize_int8(model, [torch.rand(2, 64, 64)])  # two channels: the model's normalisation fails
+    assert model.backbone is backbone and model.rpn_head.conv is rpn_conv and not is_int8(model)
     with pytest.raises(ConfigError, match="at least one image"):
-        quantize_int8(_tiny(), [])
-    group_norm = nn.Conv2d(4, 4, 3)
+        quantize_int8(model, [])
     with pytest.raises(ConfigError, match="GroupNorm"):
-        QuantConv(group_norm, nn.GroupNorm(2, 4))
+        QuantConv(nn.Conv2d(4, 4, 3), nn.GroupNorm(2, 4))
+    with pytest.raises(ConfigError, match="no int8 kernel"):
+        QuantConv(ModulatedDeformConv2d(4, 4, 3, padding=1))
