@@ -59,7 +59,8 @@ from instaseg.layers.norm import FrozenBatchNorm2d, convert_frozen_batchnorm
 from instaseg.necks.fpn import FPN, extra_levels, upsample_to
 
 __all__ = ["quantize_int8", "load_calibration_images", "MAX_CALIBRATION_IMAGES", "convert_calibrated", "is_int8",
-           "quantize_weight", "QuantConv", "QuantAdd", "QuantInput", "Int8ResNet", "Int8FPN", "Int8Conv", "Float32Block"]
+           "quantize_weight", "QuantConv", "QuantAdd", "QuantInput", "Int8ResNet", "Int8FPN", "Int8Conv",
+           "Float32Block"]
 
 
 # Images a calibration reads at most: it records value ranges, a few images are enough.
