@@ -30,12 +30,17 @@ def ensure_writable_dir(path: str | Path, what: str = "output folder") -> Path:
     return path
 
 
+def add_set_option(parser: argparse.ArgumentParser) -> None:
+    """``--set KEY=VALUE`` (config overrides of the model), into ``args.overrides``."""
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value of the model, e.g. --set model.inference.score_thresh=0.3 "
+                             "(repeatable)")
+
+
 def add_model_options(parser: argparse.ArgumentParser, with_set: bool = True) -> None:
     """``--set KEY=VALUE`` (config overrides of the loaded model) and ``--max-detections N``."""
     if with_set:
-        parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                            help="override a config value of the model, e.g. --set model.inference.score_thresh=0.3 "
-                                 "(repeatable)")
+        add_set_option(parser)
     parser.add_argument("--max-detections", type=int, metavar="N",
                         help="let N objects per image through: raises every cap on the way (RPN proposals, "
                              "Fast NMS candidates, detections per image, COCO maxDets)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from instaseg.cli._common import add_set_option
 from instaseg.errors import InstasegError
 
 
@@ -36,6 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "bf16+compile, onnxruntime (the exported graph), int8 (the last two inference only); "
                              "ignores --precision and --compile")
     parser.add_argument("--json", metavar="PATH", help="also write the result as JSON")
+    add_set_option(parser)
 
 
 def _default_size(preset: str, checkpoint: str | None) -> int:
@@ -64,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
         results = run_modes(args.preset, [m.strip() for m in args.modes.split(",") if m.strip()],
                             checkpoint=args.checkpoint, size=size, threads=args.threads, iters=args.iters,
                             warmup=args.warmup, train=args.train, batch_size=args.batch, score_thresh=args.score_thresh,
-                            calibration=args.calibration)
+                            calibration=args.calibration, overrides=args.overrides)
         print(format_modes(results))
     else:
         results = [run_benchmark(
@@ -72,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
             iters=args.iters, warmup=args.warmup, train=args.train, batch_size=args.batch,
             precision=args.precision, compile=args.compile, score_thresh=args.score_thresh,
             stages=not args.no_stages, flops=not args.no_flops, calibration=args.calibration,
+            overrides=args.overrides,
         )]
         print(format_result(results[0]))
     if args.json:

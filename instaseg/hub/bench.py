@@ -6,6 +6,7 @@ The measuring itself is ``instaseg.engine.bench`` (model-agnostic); this builds 
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -37,25 +38,27 @@ MODES: dict[str, tuple[str, bool, str]] = {
 
 
 def build_bench_model(preset: str, checkpoint: str | None = None, size: int = 800,
-                      score_thresh: float | None = None) -> tuple[nn.Module, tuple[int, int], str]:
+                      score_thresh: float | None = None,
+                      overrides: Sequence[str] = ()) -> tuple[nn.Module, tuple[int, int], str]:
     """The model to measure, the image size ``(H, W)`` it sees (no resizing inside it), its name.
 
     Without ``checkpoint``: the preset with random weights and, unless given, score threshold 0.
     With one: its config and weights (then ``preset`` is ignored) and its own threshold.
+    ``overrides`` (``"key=value"``, ``--set``) come last, e.g. ``model.inference.detections_per_image=100``.
     """
     payload = load_checkpoint(checkpoint) if checkpoint else None
     config = config_from_dict(payload["config"]) if payload else resolve_config(preset)
     height, width = bench_image_size(config.input, size)
-    overrides = []
+    bench_settings = []
     if config.input.square > 0:
-        overrides.append(f"input.square={size}")
+        bench_settings.append(f"input.square={size}")
     else:
-        overrides += [f"input.min_size_test={min(height, width)}", f"input.max_size_test={max(height, width)}"]
+        bench_settings += [f"input.min_size_test={min(height, width)}", f"input.max_size_test={max(height, width)}"]
     if score_thresh is None and payload is None:
         score_thresh = 0.0
     if score_thresh is not None:
-        overrides.append(f"model.inference.score_thresh={score_thresh}")
-    model = model_from_config(apply_overrides(config, overrides))
+        bench_settings.append(f"model.inference.score_thresh={score_thresh}")
+    model = model_from_config(apply_overrides(config, [*bench_settings, *overrides]))
     if payload is not None:
         load_state_dict_checked(model, payload["model"], False, source=str(checkpoint))
     return model, (height, width), config.name
@@ -65,17 +68,18 @@ def run_benchmark(preset: str, *, checkpoint: str | None = None, size: int = 800
                   threads: int | None = None, iters: int = 5, warmup: int = 1, train: bool = False,
                   batch_size: int | None = None, precision: str = "float32", compile: bool = False,
                   score_thresh: float | None = None, stages: bool = True, flops: bool = True,
-                  calibration: str | None = None) -> BenchResult:
+                  calibration: str | None = None, overrides: Sequence[str] = ()) -> BenchResult:
     """Build ``preset`` (or load ``checkpoint``) and measure it (``instaseg.engine.bench.benchmark_model``).
 
     ``batch_size`` defaults to 1 image for inference and 2 for training; ``size`` is the shorter
     image side (YOLACT: the square side). ``threads`` sets ``torch.set_num_threads`` when given.
     ``precision="int8"``: the backbone and FPN quantized (``instaseg.engine.int8``), calibrated on the
-    images of the folder ``calibration`` (:func:`calibration_images`); inference only.
+    images of the folder ``calibration`` (:func:`calibration_images`); inference only. ``overrides``:
+    config changes (:func:`build_bench_model`).
     """
     if precision == "int8" and train:
         raise InstasegError("int8 is for inference (training keeps float32 weights): drop --train or int8")
-    model, image_size, name = _seeded_bench_model(preset, checkpoint, size, score_thresh, threads)
+    model, image_size, name = _seeded_bench_model(preset, checkpoint, size, score_thresh, threads, overrides)
     if precision == "int8":
         quantize_int8(model, calibration_images(calibration, image_size))
     return benchmark_model(model, image_size, name, device=device, iters=iters, warmup=warmup, train=train,
@@ -83,19 +87,19 @@ def run_benchmark(preset: str, *, checkpoint: str | None = None, size: int = 800
 
 
 def _seeded_bench_model(preset: str, checkpoint: str | None, size: int, score_thresh: float | None,
-                        threads: int | None) -> tuple[nn.Module, tuple[int, int], str]:
+                        threads: int | None, overrides: Sequence[str] = ()) -> tuple[nn.Module, tuple[int, int], str]:
     """:func:`build_bench_model` after ``torch.set_num_threads(threads)`` (when given) and seed 0, so a
     preset's random weights are the same in every run and mode."""
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(0)
-    return build_bench_model(preset, checkpoint, size, score_thresh)
+    return build_bench_model(preset, checkpoint, size, score_thresh, overrides)
 
 
 def run_modes(preset: str, modes: list[str], *, checkpoint: str | None = None, size: int = 800,
               threads: int | None = None, iters: int = 5, warmup: int = 1, train: bool = False,
               batch_size: int | None = None, score_thresh: float | None = None,
-              calibration: str | None = None) -> list[BenchResult]:
+              calibration: str | None = None, overrides: Sequence[str] = ()) -> list[BenchResult]:
     """Measure ``preset`` (or ``checkpoint``) in each of ``modes`` (keys of :data:`MODES`), each on a
     freshly built model with the same weights and images; no stage profile or FLOP count."""
     unknown = [mode for mode in modes if mode not in MODES]
@@ -107,13 +111,13 @@ def run_modes(preset: str, modes: list[str], *, checkpoint: str | None = None, s
     for mode in modes:
         precision, compile, runtime = MODES[mode]
         if runtime == "onnxruntime":
-            model, image_size, name = _seeded_bench_model(preset, checkpoint, size, score_thresh, threads)
+            model, image_size, name = _seeded_bench_model(preset, checkpoint, size, score_thresh, threads, overrides)
             results.append(_benchmark_onnxruntime(model, image_size, name, iters, warmup))
             continue
         results.append(run_benchmark(preset, checkpoint=checkpoint, size=size, threads=threads, iters=iters,
                                      warmup=warmup, train=train, batch_size=batch_size, precision=precision,
                                      compile=compile, score_thresh=score_thresh, stages=False, flops=False,
-                                     calibration=calibration))
+                                     calibration=calibration, overrides=overrides))
     return results
 
 

@@ -24,6 +24,14 @@ def test_bench_prints_timings_stages_and_writes_json(tmp_path, capsys):
     assert f"malloc {result['malloc']}" in text
 
 
+def test_bench_set_changes_the_measured_model(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--preset", "mask_rcnn_r18_fpn_tiny", "--size", "64", "--iters", "1", "--no-stages",
+                 "--no-flops", "--set", "model.inference.detections_per_image=7", "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["num_detections"] == 7  # random weights, threshold 0: the cap is reached
+    assert main(["bench", "--preset", "mask_rcnn_r18_fpn_tiny", "--iters", "1", "--set", "model.no_such_key=1"]) == 2
+
+
 def test_an_unknown_malloc_setting_stops_the_command_with_a_message(monkeypatch, capsys):
     monkeypatch.setenv("INSTASEG_MALLOC", "tcmalloc")
     assert main(["presets"]) == 2
