@@ -23,7 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", type=int, default=None, help="images per iteration (default 1, training 2)")
     parser.add_argument("--precision", default="float32", choices=("float32", "bf16", "int8"),
                         help="bf16: bfloat16 autocast (train.precision's mode), outputs differ slightly; int8: "
-                             "backbone and FPN quantized, calibrated on --calibration's images (inference only)")
+                             "backbone, FPN and head convolutions quantized, calibrated on --calibration's images "
+                             "(CPU inference only)")
     parser.add_argument("--calibration", metavar="FOLDER",
                         help="int8: calibrate on the first 8 images of this folder "
                              "(default: 2 synthetic images, right for timing only)")

@@ -370,7 +370,7 @@ def result_summary(result: BenchResult) -> dict[str, object]:
 
 
 _PRECISION_NOTES = {"bf16": " (bf16 autocast: outputs differ slightly from float32)",
-                    "int8": " (backbone and FPN in int8, calibrated: outputs differ slightly from float32)"}
+                    "int8": " (backbone, FPN and head convolutions in int8: outputs differ slightly from float32)"}
 
 
 def format_result(result: BenchResult) -> str:

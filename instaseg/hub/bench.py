@@ -13,10 +13,10 @@ import torch
 from torch import nn
 
 from instaseg.config.io import apply_overrides, config_from_dict
+from instaseg.data.image_io import IMAGE_EXTENSIONS
 from instaseg.detectors.build import resolve_config
 from instaseg.engine.bench import (BenchResult, bench_image_size, bench_images, benchmark_model, peak_memory,
                                    time_iterations)
-from instaseg.data.image_io import IMAGE_EXTENSIONS
 from instaseg.engine.allocator import malloc_setting
 from instaseg.engine.checkpoint import load_checkpoint, load_state_dict_checked
 from instaseg.engine.int8 import load_calibration_images, quantize_int8
@@ -34,7 +34,6 @@ MODES: dict[str, tuple[str, bool, str]] = {
     "onnxruntime": ("float32", False, "onnxruntime"),
     "int8": ("int8", False, "pytorch"),
 }
-
 
 
 def build_bench_model(preset: str, checkpoint: str | None = None, size: int = 800,
@@ -73,12 +72,14 @@ def run_benchmark(preset: str, *, checkpoint: str | None = None, size: int = 800
 
     ``batch_size`` defaults to 1 image for inference and 2 for training; ``size`` is the shorter
     image side (YOLACT: the square side). ``threads`` sets ``torch.set_num_threads`` when given.
-    ``precision="int8"``: the backbone and FPN quantized (``instaseg.engine.int8``), calibrated on the
-    images of the folder ``calibration`` (:func:`calibration_images`); inference only. ``overrides``:
-    config changes (:func:`build_bench_model`).
+    ``precision="int8"``: the backbone, FPN and head convolutions quantized (``instaseg.engine.int8``),
+    calibrated on the images of the folder ``calibration`` (:func:`calibration_images`); inference on
+    the CPU only. ``overrides``: config changes (:func:`build_bench_model`).
     """
     if precision == "int8" and train:
         raise InstasegError("int8 is for inference (training keeps float32 weights): drop --train or int8")
+    if precision == "int8" and device != "cpu":
+        raise InstasegError("int8 runs on the CPU (PyTorch's quantized kernels): drop --device or int8")
     model, image_size, name = _seeded_bench_model(preset, checkpoint, size, score_thresh, threads, overrides)
     if precision == "int8":
         quantize_int8(model, calibration_images(calibration, image_size))

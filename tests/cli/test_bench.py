@@ -78,6 +78,7 @@ def test_bench_modes_refuses_unknown_modes_and_onnxruntime_training(capsys):
     assert "only predict" in capsys.readouterr().err
     assert main(base + ["--precision", "int8", "--train"]) == 2
     assert "int8 is for inference" in capsys.readouterr().err
+    assert main(base + ["--precision", "int8", "--device", "cuda"]) == 2
 
 
 def test_bench_int8_calibrated_on_a_folder_of_images(tmp_path, capsys):
@@ -96,7 +97,7 @@ def test_bench_int8_calibrated_on_a_folder_of_images(tmp_path, capsys):
     assert [r["precision"] for r in results] == ["float32", "int8"] and results[1]["num_detections"] > 0
     assert main(base + ["--precision", "int8", "--no-flops"]) == 0  # synthetic calibration images
     text = capsys.readouterr().out
-    assert "int8 (backbone and FPN in int8" in text and "bf16" not in text and "| backbone |" in text
+    assert "int8 (backbone, FPN and head convolutions in int8" in text and "bf16" not in text and "| backbone |" in text
     assert main(base + ["--precision", "int8", "--calibration", str(tmp_path / "missing")]) == 2
     assert "not a folder" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()
