@@ -367,20 +367,35 @@ def quantize_int8(model: nn.Module, images: Sequence[Tensor], heads: bool = True
         raise ConfigError(f"int8: this PyTorch build has no x86 quantized kernels (engines: {engines})")
     torch.backends.quantized.engine = "x86" if "x86" in engines else "fbgemm"
     model.eval()
+    head_convs = _head_convs(model) if heads else []
+    head_swaps = [(parent, name, conv, Int8Conv(conv, relu=True)) for parent, name, conv in head_convs]
     swaps = [(model, "backbone", backbone, Int8ResNet(backbone, float_outputs=neck is None))]
     if neck is not None:
         swaps.append((model, "neck", neck, Int8FPN(neck)))
-    if heads:
-        swaps += [(parent, name, conv, Int8Conv(conv, relu=True)) for parent, name, conv in _head_convs(model)]
+    swaps += head_swaps
     for parent, name, _, new in swaps:
         setattr(parent, name, new)
     try:
         with torch.inference_mode():
             model.predict(list(images))
-        for _, _, _, new in swaps:
-            convert_calibrated(new)
+        unseen = [(parent, name, old) for parent, name, old, new in head_swaps if not _calibrated(new)]
+        for parent, name, old in unseen:  # a head that never ran (no detections): it stays float32
+            setattr(parent, name, old)
+        for parent, name, _, new in swaps:
+            if getattr(parent, name) is new:
+                convert_calibrated(new)
     except BaseException:
         for parent, name, old, _ in swaps:
             setattr(parent, name, old)
         raise
+    if unseen:
+        warnings.warn(f"int8: {len(unseen)} head convolution(s) saw no values on the calibration images (nothing "
+                      "detected there) and stay float32; calibrate on images where the model finds objects",
+                      stacklevel=2)
     return model
+
+
+def _calibrated(module: nn.Module) -> bool:
+    """Whether every quantization point in ``module`` has seen values."""
+    return all(torch.isfinite(point.observer.min_val).all() for point in module.modules()
+               if isinstance(point, _Observed))

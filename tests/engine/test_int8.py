@@ -178,6 +178,16 @@ def test_quantize_int8_predicts_close_to_float32_and_keeps_the_rest_float():
     assert isinstance(trunk_only.neck, Int8FPN) and type(trunk_only.rpn_head.conv) is nn.Conv2d
 
 
+def test_head_convolutions_that_calibration_never_ran_stay_float32_with_a_warning():
+    model = _tiny()
+    mask_convs = list(model.mask_head.convs)
+    with torch.no_grad():  # every class scores 0 (above the threshold 0: nothing): the mask head never runs
+        model.box_predictor.cls_score.bias[:-1] = -1e4
+    with pytest.warns(UserWarning, match="4 head convolution"):
+        quantize_int8(model, [torch.rand(3, 64, 64) * 255])
+    assert list(model.mask_head.convs) == mask_convs and isinstance(model.rpn_head.conv, Int8Conv)
+
+
 def test_yolact_pp_keeps_its_deformable_blocks_float32_between_int8_ones():
     model = _tiny("yolact_pp_r18_tiny")
     reference = copy.deepcopy(model)
