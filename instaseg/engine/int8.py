@@ -351,7 +351,8 @@ def quantize_int8(model: nn.Module, images: Sequence[Tensor], heads: bool = True
     mask deconvolution and everything data-dependent stay float32. In place; returns ``model``, in
     eval mode, for inference only. Sets ``torch.backends.quantized.engine`` to ``"x86"`` (FBGEMM /
     oneDNN kernels) for the process. Raises :class:`ConfigError` for what has no int8 form (see the
-    module docstring); whatever fails, the model is left as it was.
+    module docstring); whatever fails, the model is left as it was. Head convolutions that no
+    calibration image reached (nothing detected) stay float32, with a warning.
     """
     if not images:
         raise ConfigError("int8: calibration needs at least one image")
