@@ -77,7 +77,7 @@ def _mode(model: nn.Module, mode: str, args: argparse.Namespace, folder: str) ->
     if mode in ("int8", "int8-trunk"):
         if not args.calibration:
             raise SystemExit("int8 needs --calibration FOLDER")
-        images = calibration_images(args.calibration, (0, 0))
+        images = calibration_images(args.calibration)
         return _Timed(quantize_int8(copy.deepcopy(model), images, heads=mode == "int8"))
     raise SystemExit(f"unknown mode {mode!r}")
 

@@ -39,6 +39,7 @@ __all__ = [
     "resnext101_32x8d",
     "resnext101_64x4d",
     "RESNET_PRESETS",
+    "OUTPUT_NAMES",
 ]
 
 
@@ -251,7 +252,7 @@ _DEPTHS: dict[int, tuple[type[nn.Module], tuple[int, int, int, int]]] = {
     152: (Bottleneck, (3, 8, 36, 3)),
 }
 _STAGE_NAMES = ("res2", "res3", "res4", "res5")
-_OUTPUT_NAMES = ("stem",) + _STAGE_NAMES
+OUTPUT_NAMES = ("stem",) + _STAGE_NAMES  # the trunk's output names, in stride order
 
 
 class ResNet(nn.Module):
@@ -301,7 +302,7 @@ class ResNet(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
         self._shapes = {"stem": ShapeSpec(64, 4)}
-        self.num_stages = max(_OUTPUT_NAMES.index(name) for name in self.out_features)
+        self.num_stages = max(OUTPUT_NAMES.index(name) for name in self.out_features)
         stage_kwargs = dict(
             groups=groups, width_per_group=width_per_group, norm=norm, stride_in_1x1=stride_in_1x1
         )
@@ -371,11 +372,11 @@ def _resolve_architecture(
 def _check_out_features(out_features: Sequence[str]) -> tuple[str, ...]:
     if isinstance(out_features, str):
         out_features = (out_features,)
-    unknown = [name for name in out_features if name not in _OUTPUT_NAMES]
+    unknown = [name for name in out_features if name not in OUTPUT_NAMES]
     if unknown or not out_features:
-        raise ValueError(f"out_features {tuple(out_features)} must be among {_OUTPUT_NAMES}")
+        raise ValueError(f"out_features {tuple(out_features)} must be among {OUTPUT_NAMES}")
     # Keep stride order whatever order the caller used.
-    return tuple(name for name in _OUTPUT_NAMES if name in out_features)
+    return tuple(name for name in OUTPUT_NAMES if name in out_features)
 
 
 # ---------------------------------------------------------------------------------------- builder

@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.ao.quantization.observer import HistogramObserver
 
-from instaseg.backbones.resnet import BasicBlock, Bottleneck, ResNet
+from instaseg.backbones.resnet import OUTPUT_NAMES, BasicBlock, Bottleneck, ResNet
 from instaseg.data.image_io import read_image
 from instaseg.errors import ConfigError
 from instaseg.heads.mask_head import MaskFCNHead
@@ -104,8 +104,13 @@ class _Observed(nn.Module):
         self.observer = _activation_observer()
         self.qparams: tuple[float, int] | None = None
 
+    @property
+    def calibrated(self) -> bool:
+        """Whether calibration has shown this point any values."""
+        return bool(torch.isfinite(self.observer.min_val).all())
+
     def convert(self) -> None:
-        if not torch.isfinite(self.observer.min_val).all():
+        if not self.calibrated:
             raise ConfigError("int8: a quantization point saw no values; calibrate on images first")
         scale, zero_point = self.observer.calculate_qparams()
         self.qparams = (float(scale), int(zero_point))
@@ -219,7 +224,7 @@ class Int8ResNet(nn.Module):
 
     def __init__(self, resnet: ResNet, float_outputs: bool = False) -> None:
         super().__init__()
-        self.out_features, self.num_stages, self.float_outputs = resnet.out_features, resnet.num_stages, float_outputs
+        self.out_features, self.float_outputs = resnet.out_features, float_outputs
         self._shapes = resnet.output_shape()
         self.input = QuantInput()
         self.stem = QuantConv(resnet.conv1, resnet.bn1, relu=True)
@@ -236,13 +241,12 @@ class Int8ResNet(nn.Module):
         return dict(self._shapes)
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
-        names = ("stem", "res2", "res3", "res4", "res5")
         x = F.max_pool2d(self.stem(self.input(x)), kernel_size=3, stride=2, padding=1)
         outputs = {"stem": x} if "stem" in self.out_features else {}
         for index, stage in enumerate(self.stages):
             x = stage(x)
-            if names[index + 1] in self.out_features:
-                outputs[names[index + 1]] = x
+            if OUTPUT_NAMES[index + 1] in self.out_features:
+                outputs[OUTPUT_NAMES[index + 1]] = x
         if self.float_outputs:
             outputs = {name: _dequantize(value) for name, value in outputs.items()}
         return outputs
@@ -271,7 +275,7 @@ class Int8FPN(nn.Module):
 
     def __init__(self, fpn: FPN) -> None:
         super().__init__()
-        self.upsample_mode, self.relu_outputs, self.extra_relu = fpn.upsample_mode, fpn.relu_outputs, fpn.extra_relu
+        self.upsample_mode, self.extra_relu = fpn.upsample_mode, fpn.extra_relu
         self.extra, self.num_extra, self.extra_from = fpn.extra, fpn.num_extra, fpn.extra_from
         self._shapes = fpn.output_shape()
         self.lateral = nn.ModuleList(QuantConv(conv, conv.norm, relu=False) for conv in fpn.lateral_convs)
@@ -398,5 +402,4 @@ def quantize_int8(model: nn.Module, images: Sequence[Tensor], heads: bool = True
 
 def _calibrated(module: nn.Module) -> bool:
     """Whether every quantization point in ``module`` has seen values."""
-    return all(torch.isfinite(point.observer.min_val).all() for point in module.modules()
-               if isinstance(point, _Observed))
+    return all(point.calibrated for point in module.modules() if isinstance(point, _Observed))

@@ -122,11 +122,13 @@ def run_modes(preset: str, modes: list[str], *, checkpoint: str | None = None, s
     return results
 
 
-def calibration_images(folder: str | None, image_size: tuple[int, int]) -> list[torch.Tensor]:
+def calibration_images(folder: str | None, image_size: tuple[int, int] | None = None) -> list[torch.Tensor]:
     """``(3, H, W)`` float images for the int8 calibration: the first few images of ``folder`` (sorted
     by name; :func:`~instaseg.engine.int8.load_calibration_images`), or, without one, two synthetic
     images of ``image_size`` (noise: right for timing, not for accuracy; give the user's own images)."""
     if folder is None:
+        if image_size is None:
+            raise ValueError("calibration_images: give a folder or the synthetic images' size")
         return bench_images(image_size, 2, torch.Generator().manual_seed(1))
     if not Path(folder).is_dir():
         raise InstasegError(f"--calibration {folder}: not a folder")

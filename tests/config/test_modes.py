@@ -142,7 +142,7 @@ def test_mode_choices_reads_an_alias():
 
 
 def test_the_schema_modes_agree_with_the_components_choices():
-    from instaseg.backbones.resnet import _OUTPUT_NAMES, RESNET_PRESETS
+    from instaseg.backbones.resnet import OUTPUT_NAMES, RESNET_PRESETS
     from instaseg.layers.norm import NORM_NAMES
     from instaseg.necks.fpn import _EXTRA_KINDS
     from instaseg.ops.poolers import _METHODS
@@ -154,7 +154,7 @@ def test_the_schema_modes_agree_with_the_components_choices():
         (schema.BackboneName, RESNET_PRESETS), (schema.NormName, NORM_NAMES), (schema.FPNExtra, _EXTRA_KINDS),
         (schema.PoolerType, _METHODS), (schema.ResizeFilter, RESIZE_FILTERS),
         (schema.ResizeRounding, RESIZE_ROUNDINGS), (schema.AnchorConvention, _CONVENTIONS),
-        (schema.AnchorStrides, _STRIDE_RULES), (schema.CropRule, CROP_RULES), (schema.StageName, _OUTPUT_NAMES),
+        (schema.AnchorStrides, _STRIDE_RULES), (schema.CropRule, CROP_RULES), (schema.StageName, OUTPUT_NAMES),
     ]
     for alias, component in pairs:
         assert set(mode_choices(alias)) == set(component), alias
